@@ -1,0 +1,58 @@
+"""kerzoo: zeroth-order fine-tuning of large language models on one seeded-perturbation engine.
+
+    import kerzoo
+    opt = kerzoo.optimizer("kerzoo", model.parameters(), lr=1e-6, eps=1e-3, seed=0)
+    loss = opt.step(closure)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .registry import NameClashError, RegistrationError, UnknownNameError
+
+__version__ = "0.1.0"
+
+
+def optimizer(spec: Any, params: Any, **overrides: Any):
+    """A ZOOptimizer from a preset name (``"mezo"``, ``"kerzoo"``...) or a dict of named parts.
+
+    ``params`` is a module (enables on-the-fly perturbation), an iterable of parameters, or
+    param groups. Keyword overrides replace the preset's options.
+    """
+    from .optim import make_optimizer
+
+    return make_optimizer(spec, params, **overrides)
+
+
+def _names(kind: str) -> list[str]:
+    from .plugins import get_registry
+
+    return list(get_registry(kind))
+
+
+def list_optimizers() -> list[str]:
+    """Names of the registered optimizer presets."""
+    return _names("optimizers")
+
+
+def list_estimators() -> list[str]:
+    return _names("estimators")
+
+
+def list_kernels() -> list[str]:
+    return _names("kernels")
+
+
+def list_projections() -> list[str]:
+    return _names("projections")
+
+
+def list_updates() -> list[str]:
+    return _names("updates")
+
+
+__all__ = [
+    "optimizer", "list_optimizers", "list_estimators", "list_kernels", "list_projections",
+    "list_updates", "UnknownNameError", "NameClashError", "RegistrationError", "__version__",
+]

@@ -1,0 +1,6 @@
+"""Kernels K(s) on s in [-1, 1] for KerZOO's kernel-weighted estimator (ALGORITHMS.md, KerZOO)."""
+
+from .base import PolynomialKernel
+from .moments import KernelMoments, kernel_moments, validate_kernel
+
+__all__ = ["PolynomialKernel", "KernelMoments", "kernel_moments", "validate_kernel"]

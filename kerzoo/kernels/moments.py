@@ -1,0 +1,101 @@
+"""Moment conditions of a kernel, checked by Gauss-Legendre quadrature.
+
+With s ~ U[-1, 1], a kernel of order beta must satisfy (ALGORITHMS.md, KerZOO)
+
+    E[s K(s)] = 1,   E[s^k K(s)] = 0 for odd k = 3, 5, ..., beta,
+
+so that E_r[r K_a(r)] = C and the odd Taylor terms of the two-point difference up to
+order beta cancel. E[g(s)] = 1/2 * int_{-1}^{1} g(s) ds is computed with an n-point
+Gauss-Legendre rule, exact for polynomials of degree <= 2n - 1: a polynomial kernel of
+degree d needs n > (d + beta) / 2, which `_points` guarantees; other kernels get 128 points.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..registry import RegistrationError
+
+TOLERANCE = 1e-9
+
+
+@dataclass(frozen=True)
+class KernelMoments:
+    name: str
+    order: int
+    rows: tuple[tuple[int, float, float], ...]  # (k, measured E[s^k K], required)
+    tolerance: float = TOLERANCE
+
+    @property
+    def failures(self) -> list[tuple[int, float, float]]:
+        return [r for r in self.rows if abs(r[1] - r[2]) > self.tolerance * max(1.0, abs(r[2]))]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def table(self) -> str:
+        lines = [f"kernel {self.name!r}, order {self.order}", "   k   E[s^k K(s)]          required   status"]
+        for k, got, want in self.rows:
+            bad = abs(got - want) > self.tolerance * max(1.0, abs(want))
+            lines.append(f"  {k:2d}   {got: .12e}   {want: 8.1f}   {'FAIL' if bad else 'ok'}")
+        return "\n".join(lines)
+
+
+def _points(kernel) -> int:
+    degree = getattr(kernel, "degree", None)
+    if isinstance(degree, int) and degree >= 0:
+        return max(8, (degree + kernel.order) // 2 + 2)
+    return 128
+
+
+def kernel_moments(kernel) -> KernelMoments:
+    """Measure E[s^k K(s)] for odd k = 1 .. order, with s ~ U[-1, 1]."""
+    name = getattr(kernel, "name", repr(kernel))
+    order = getattr(kernel, "order", None)
+    if not isinstance(order, int) or isinstance(order, bool) or order < 1 or order % 2 == 0:
+        raise RegistrationError(
+            f"kernel {name!r} has order {order!r}: the order beta must be an odd integer >= 1 "
+            "(1, 3, 5, ...), the highest odd moment k with E[s^k K(s)] = 0 required (k >= 3)"
+        )
+    nodes, weights = np.polynomial.legendre.leggauss(_points(kernel))
+    s = torch.from_numpy(nodes)
+    try:
+        values = kernel(s)
+    except Exception as exc:
+        raise RegistrationError(f"kernel {name!r} failed when called on a float64 tensor: {exc}") from exc
+    if not isinstance(values, torch.Tensor) or values.shape != s.shape:
+        raise RegistrationError(
+            f"kernel {name!r} must return a tensor shaped like its input {tuple(s.shape)}, "
+            f"got {type(values).__name__} {getattr(values, 'shape', '')}"
+        )
+    k_values = values.detach().to(torch.float64).numpy()
+    if not np.all(np.isfinite(k_values)):
+        raise RegistrationError(f"kernel {name!r} returned non-finite values on [-1, 1]")
+    rows = []
+    for k in range(1, order + 1, 2):
+        measured = 0.5 * float(np.sum(weights * nodes**k * k_values))
+        rows.append((k, measured, 1.0 if k == 1 else 0.0))
+    return KernelMoments(name, order, tuple(rows))
+
+
+def validate_kernel(kernel) -> KernelMoments:
+    """Raise RegistrationError, with the table of moments, unless the kernel satisfies them."""
+    for attr in ("name", "order"):
+        if not hasattr(kernel, attr):
+            raise RegistrationError(
+                f"{kernel!r} is not a kernel: it has no `{attr}` attribute "
+                "(a kernel has `name`, `order` and `__call__(s) -> Tensor`)"
+            )
+    if not callable(kernel):
+        raise RegistrationError(f"kernel {kernel.name!r} is not callable: define __call__(s) -> Tensor")
+    moments = kernel_moments(kernel)
+    if not moments.ok:
+        raise RegistrationError(
+            f"kernel {moments.name!r} fails its moment conditions:\n{moments.table()}\n"
+            "Scale K so that E[s K(s)] = 1 and make the odd moments 3..order vanish."
+        )
+    return moments
