@@ -36,6 +36,11 @@ HOOKS = {
 
 BUILTIN_PLUGINS = (
     "kerzoo.kernels.legendre",
+    "kerzoo.estimators.two_point",
+    "kerzoo.estimators.kernel",
+    "kerzoo.projections.dense",
+    "kerzoo.updates.rules",
+    "kerzoo.presets",
 )
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT

@@ -56,6 +56,19 @@ def first_doc_line(obj: Any) -> str:
     return ""
 
 
+def unknown_options(owner: str, given: dict[str, Any], known: dict[str, Any]) -> None:
+    """Raise TypeError naming each option of ``given`` that ``known`` lacks, with close matches."""
+    bad = [k for k in given if k not in known]
+    if not bad:
+        return
+    parts = []
+    for k in bad:
+        close = difflib.get_close_matches(k, list(known), n=1, cutoff=0.6)
+        parts.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise TypeError(f"{owner} got unknown option(s) {', '.join(parts)}; its options are: "
+                    f"{', '.join(sorted(known)) or '(none)'}")
+
+
 class Registry(Mapping):
     """Mapping of name -> registered object for one kind of part."""
 

@@ -56,7 +56,8 @@ def fill_z(out: torch.Tensor, seed: int, key: int, offset: int = 0, dist: str = 
     _check(out, "out")
     _ints(seed, key, offset)
     load_extension()
-    torch.ops.kerzoo.fill_z(out, seed, key, offset, _dist(dist))
+    with torch.no_grad():
+        torch.ops.kerzoo.fill_z(out, seed, key, offset, _dist(dist))
     return out
 
 
@@ -76,8 +77,9 @@ def add_z_multi(theta: torch.Tensor, coefs: Sequence[float], seeds: Sequence[int
         _ints(s, key, offset)
     _ints(rounding_seed, key, offset)
     load_extension()
-    torch.ops.kerzoo.add_z_multi(theta, [float(c) for c in coefs], [int(s) for s in seeds], key, offset,
-                                 _dist(dist), rounding == "stochastic", rounding_seed)
+    with torch.no_grad():
+        torch.ops.kerzoo.add_z_multi(theta, [float(c) for c in coefs], [int(s) for s in seeds], key, offset,
+                                     _dist(dist), rounding == "stochastic", rounding_seed)
 
 
 def add_z(theta: torch.Tensor, c: float, seed: int, key: int, offset: int = 0, dist: str = "gaussian") -> None:
@@ -92,8 +94,9 @@ def restore_perturb(theta: torch.Tensor, c_restore: float, seed_restore: int, c_
     _ints(seed_restore, key, offset)
     _ints(seed_new, key, offset)
     load_extension()
-    torch.ops.kerzoo.restore_perturb(theta, float(c_restore), seed_restore, float(c_new), seed_new, key, offset,
-                                     _dist(dist))
+    with torch.no_grad():
+        torch.ops.kerzoo.restore_perturb(theta, float(c_restore), seed_restore, float(c_new), seed_new, key,
+                                         offset, _dist(dist))
 
 
 def add_lowrank(theta: torch.Tensor, c: float, U: torch.Tensor, S: torch.Tensor, V: torch.Tensor) -> None:
@@ -107,4 +110,5 @@ def add_lowrank(theta: torch.Tensor, c: float, U: torch.Tensor, S: torch.Tensor,
         raise ValueError(f"shapes do not fit theta {tuple(theta.shape)}: U {tuple(U.shape)} (want {(m, r)}), "
                          f"S {tuple(S.shape)} (want {(r, r)}), V {tuple(V.shape)} (want {(n, r)})")
     load_extension()
-    torch.ops.kerzoo.add_lowrank(theta, float(c), U, S, V)
+    with torch.no_grad():
+        torch.ops.kerzoo.add_lowrank(theta, float(c), U, S, V)

@@ -1,0 +1,70 @@
+"""Built-in plugin: KerZOO's kernel-weighted two-point estimator (ALGORITHMS.md, KerZOO).
+
+For direction i, r_i ~ U[-a, a] (from the direction's seed) and
+
+    g_i = [L(theta + eps r_i z_i) - L(theta - eps r_i z_i)] / (2 eps) * K_a(r_i),
+    K_a(r) = (C / a) K(r / a),
+
+averaged over the n directions. With E[s K(s)] = 1 and E[s^3 K(s)] = 0 (order 3), the
+expansion of the difference in r gives E_r[r K_a(r)] = C and E_r[r^3 K_a(r)] = 0 for every a,
+so the eps^2 bias term cancels: the bias is O(eps^4). K is rescaled with a at every step, so
+the conditions hold while a shrinks from r_max to r_min over r_shrink_steps.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..hookspecs import hookimpl
+from ..seeds import uniform
+from .base import Estimator, Plan
+
+
+class KernelEstimator(Estimator):
+    """KerZOO: two-point differences at eps*r_i weighted by a kernel K_a(r_i); bias O(eps^4)."""
+
+    name = "kernel"
+    defaults = {"directions": 3, "kernel": "legendre3", "C": 1.0, "r_max": 0.5, "r_min": 0.5,
+                "r_shrink_steps": 0}
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        from ..plugins import get_registry
+
+        k = self.options["kernel"]
+        self.kernel = get_registry("kernels")[k] if isinstance(k, str) else k
+        self.C = float(self.options["C"])
+        self.r_max, self.r_min = float(self.options["r_max"]), float(self.options["r_min"])
+        self.r_shrink_steps = int(self.options["r_shrink_steps"])
+        if not 0 < self.r_min <= self.r_max:
+            raise ValueError(f"kernel estimator: need 0 < r_min <= r_max, got r_min={self.r_min}, r_max={self.r_max}")
+
+    def radius(self, step: int) -> float:
+        """a(step): r_max, shrinking linearly to r_min over r_shrink_steps (0 keeps r_max)."""
+        if self.r_shrink_steps <= 0:
+            return self.r_max
+        t = min(1.0, step / self.r_shrink_steps)
+        return self.r_max - (self.r_max - self.r_min) * t
+
+    def plan(self, step, seeds, eps):
+        a = self.radius(step)
+        r = [a * (2.0 * uniform(s, "kernel-r") - 1.0) for s in seeds]
+        points = []
+        for i, ri in enumerate(r):
+            points += [{i: eps * ri}, {i: -eps * ri}]
+        return Plan(seeds, points, {"r": r, "a": a})
+
+    def weight(self, r: float, a: float) -> float:
+        """K_a(r) = (C / a) K(r / a)."""
+        s = torch.tensor([r / a], dtype=torch.float64)
+        return self.C / a * float(self.kernel(s)[0])
+
+    def coefficients(self, plan, losses, eps):
+        n, a = len(plan.seeds), plan.extra["a"]
+        return [(losses[2 * i] - losses[2 * i + 1]) / (2 * eps) * self.weight(r, a) / n
+                for i, r in enumerate(plan.extra["r"])]
+
+
+@hookimpl
+def kerzoo_register_estimators(register):
+    register(KernelEstimator)

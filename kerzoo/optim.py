@@ -1,0 +1,281 @@
+"""ZOOptimizer: a torch.optim.Optimizer composed of an estimator, a projection and an update rule.
+
+One step (ALGORITHMS.md, Order of passes), for the estimator's points p_1 .. p_k:
+1. move theta to p_1 (theta + scale z), evaluate the closure;
+2. from each point to the next, restore and perturb in one fused pass, evaluate;
+3. restore and update in one pass across all directions (linear rules), or restore, then
+   the rule's own update (momentum, Adam, conservative).
+In on-the-fly mode (a module was given, and by default when its parameters are fp16/bf16),
+the parameters are never written while perturbed: a forward pre-hook of each module builds
+W + sum scale z into a transient of that module's size, so only the update changes W and the
+restore is exact in every dtype.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+
+from . import engine
+from .estimators.base import Estimator, Plan
+from .projections.base import ParamInfo, Projection
+from .seeds import derive, direction_seeds
+from .updates.base import Update, UpdateContext
+
+Closure = Callable[[], Any]
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _is_vector(p: torch.Tensor) -> bool:
+    """Biases and norm weights (1-D): no weight decay, as in MeZO."""
+    return p.dim() <= 1
+
+
+class _OnTheFly:
+    """Forward pre/post hooks that swap each parameter's data for W + sum scale z during forward."""
+
+    def __init__(self, module: torch.nn.Module, infos: dict[int, ParamInfo], projection: Projection):
+        self.point: dict[int, float] = {}
+        self.seeds: list[int] = []
+        self.projection = projection
+        self.touched: set[int] = set()
+        self.handles = []
+        for m in module.modules():
+            owned = [(n, p) for n, p in m._parameters.items() if p is not None and id(p) in infos]
+            if owned:
+                self.handles.append(m.register_forward_pre_hook(self._pre(owned, infos)))
+                self.handles.append(m.register_forward_hook(self._post(owned)))
+
+    def _pre(self, owned, infos):
+        def hook(module, args):
+            if not self.point:
+                return
+            idx = sorted(self.point)
+            for _, p in owned:
+                info = infos[id(p)]
+                tmp = p.data.clone()
+                self.projection.add(info, tmp, [self.point[i] for i in idx], [self.seeds[i] for i in idx])
+                module._kerzoo_saved = getattr(module, "_kerzoo_saved", [])
+                module._kerzoo_saved.append((p, p.data))
+                p.data = tmp
+                self.touched.add(id(p))
+        return hook
+
+    def _post(self, owned):
+        def hook(module, args, output):
+            for p, original in reversed(getattr(module, "_kerzoo_saved", [])):
+                p.data = original
+            module._kerzoo_saved = []
+        return hook
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+class ZOOptimizer(torch.optim.Optimizer):
+    """A zeroth-order optimizer: ``loss = opt.step(closure)``.
+
+    ``closure()`` returns the loss of the current batch; it is called under ``torch.no_grad()``
+    once per evaluation point (a list of closures is gradient accumulation: every point's loss
+    is their mean, at the same perturbation). ``step`` returns the mean loss over the points
+    (for the two-point estimator, (L+ + L-)/2 = L(theta) + O(eps^2)).
+    """
+
+    def __init__(self, params: Any, *, estimator: Estimator, projection: Projection, update: Update,
+                 lr: float = 1e-6, eps: float = 1e-3, weight_decay: float = 0.0, seed: int = 0,
+                 perturb: str = "auto", stochastic_rounding: bool | None = None, spec: dict | None = None):
+        if not eps > 0:
+            raise ValueError(f"eps must be > 0, got {eps!r}")
+        if perturb not in ("auto", "inplace", "onthefly"):
+            raise ValueError(f"perturb must be 'auto', 'inplace' or 'onthefly', got {perturb!r}")
+        module = params if isinstance(params, torch.nn.Module) else None
+        names: dict[int, str] = {}
+        if module is not None:
+            named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+            if not named:
+                raise ValueError("the module has no parameter with requires_grad=True: nothing to train")
+            names = {id(p): n for n, p in named}
+            params = [p for _, p in named]
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
+        self.estimator, self.projection, self.update_rule = estimator, projection, update
+        self.eps, self.seed = float(eps), int(seed)
+        self.spec = spec or {}
+        self.infos: list[ParamInfo] = []
+        for gi, group in enumerate(self.param_groups):
+            for pi, p in enumerate(group["params"]):
+                if not p.is_contiguous():
+                    raise ValueError(f"parameter {names.get(id(p), (gi, pi))} is not contiguous")
+                name = names.get(id(p), f"group{gi}.param{pi}")
+                self.infos.append(ParamInfo(name, engine.param_key(name), p, gi))
+        self.projection.setup(self.infos, self.seed)
+        low = any(i.tensor.dtype in LOW_PRECISION for i in self.infos)
+        if perturb == "onthefly" and module is None:
+            raise ValueError("perturb='onthefly' needs the module itself: kerzoo.optimizer(name, model)")
+        self.mode = perturb if perturb != "auto" else ("onthefly" if module is not None and low else "inplace")
+        self.stochastic_rounding = low if stochastic_rounding is None else bool(stochastic_rounding)
+        self._hooks = _OnTheFly(module, {id(i.tensor): i for i in self.infos}, projection) if self.mode == "onthefly" else None
+        self._step = 0
+        self.skipped_steps = 0
+        self.last_record: dict[str, Any] | None = None
+
+    # -- moving the parameters between points --------------------------------------------
+    def _seeds_of(self, point: dict[int, float], seeds: list[int]) -> tuple[list[float], list[int]]:
+        idx = sorted(point)
+        return [point[i] for i in idx], [seeds[i] for i in idx]
+
+    def _goto(self, current: dict[int, float], target: dict[int, float], seeds: list[int]) -> None:
+        """Move in-place parameters from theta + current to theta + target."""
+        if current == target:
+            return
+        rc, rs = self._seeds_of({i: -c for i, c in current.items()}, seeds)
+        nc, ns = self._seeds_of(target, seeds)
+        for info in self.infos:
+            if len(rc) == 1 and len(nc) == 1:
+                self.projection.move(info, info.tensor, (rc[0], rs[0]), (nc[0], ns[0]))
+            else:
+                if rc:
+                    self.projection.add(info, info.tensor, rc, rs)
+                if nc:
+                    self.projection.add(info, info.tensor, nc, ns)
+
+    def _evaluate(self, closures: Sequence[Closure] | None, point: dict[int, float], seeds: list[int],
+                  current: dict[int, float]) -> tuple[float | None, dict[int, float]]:
+        """Loss at theta + point (None when replaying); returns it and the new in-place point."""
+        if self.mode == "inplace":
+            self._goto(current, point, seeds)
+            current = dict(point)
+        if closures is None:
+            return None, current
+        if self._hooks is not None:
+            self._hooks.point, self._hooks.seeds = dict(point), seeds
+        try:
+            with torch.no_grad():
+                values = [float(c()) for c in closures]
+        finally:
+            if self._hooks is not None:
+                self._hooks.point = {}
+        return sum(values) / len(values), current
+
+    # -- the step -------------------------------------------------------------------------
+    def step(self, closure: Closure | Sequence[Closure] | None = None) -> float:  # type: ignore[override]
+        if closure is None:
+            raise ValueError("a ZO optimizer needs a closure: opt.step(lambda: loss_of(batch))")
+        closures = list(closure) if isinstance(closure, (list, tuple)) else [closure]
+        return self._run_step(closures, record=None)
+
+    def replay(self, record: dict[str, Any]) -> None:
+        """Re-apply a step from its record, with no forward pass (rebuilds the weights bit for bit)."""
+        if record.get("step") != self._step:
+            raise ValueError(f"record is for step {record.get('step')} but the optimizer is at step {self._step}: "
+                             "replay the records in order from the start")
+        for group, lr in zip(self.param_groups, record["lr"]):
+            group["lr"] = lr
+        self._run_step(None, record=record)
+
+    @torch.no_grad()
+    def _run_step(self, closures: Sequence[Closure] | None, record: dict[str, Any] | None) -> float:
+        step = self._step
+        seeds = direction_seeds(self.seed, step, self.estimator.directions)
+        plan: Plan = self.estimator.plan(step, seeds, self.eps)
+        self.projection.begin_step(step)
+        losses: list[float] = []
+        current: dict[int, float] = {}
+        replaying = closures is None
+        skipped = bool(record and record.get("skipped"))
+        evaluated = plan.points if not skipped else plan.points[: len(record.get("losses", []))]
+        for point in evaluated:
+            loss, current = self._evaluate(closures, point, seeds, current)
+            if not replaying:
+                losses.append(loss)
+                if not math.isfinite(loss):
+                    skipped = True
+                    break
+        if replaying:
+            losses = list(record.get("losses", []))
+        if skipped:
+            self._goto(current, {}, seeds) if self.mode == "inplace" else None
+            self._finish(step, seeds, [], losses, skipped=True)
+            if not replaying:
+                self.skipped_steps += 1
+                warnings.warn(f"kerzoo: non-finite loss {losses[-1]} at step {step}: step skipped, parameters "
+                              f"restored ({self.skipped_steps} skipped so far)", RuntimeWarning, stacklevel=3)
+            return float("nan")
+        coefs = list(record["coefs"]) if replaying else self.estimator.coefficients(plan, losses, self.eps)
+        rule_record = self._update(step, seeds, coefs, current, closures, record.get("update") if record else None)
+        self._finish(step, seeds, coefs, losses, skipped=False, extra={**plan.extra, "update": rule_record})
+        return sum(losses) / len(losses) if losses else float("nan")
+
+    def _update(self, step, seeds, coefs, current, closures, replay_rule) -> dict[str, Any]:
+        rounding = "stochastic" if self.stochastic_rounding else "nearest"
+        linear = [self.update_rule.linear(coefs, float(g["lr"])) for g in self.param_groups]
+        for info in self.infos:  # decoupled weight decay, not on biases and norms
+            wd, lr = self.param_groups[info.group]["weight_decay"], self.param_groups[info.group]["lr"]
+            if wd and not _is_vector(info.tensor):
+                info.tensor.mul_(1.0 - lr * wd)
+        if all(c is not None for c in linear):
+            restore_c, restore_s = self._seeds_of({i: -c for i, c in current.items()}, seeds)
+            for info in self.infos:
+                self.projection.add(info, info.tensor, restore_c + linear[info.group], restore_s + seeds,
+                                    rounding=rounding, rounding_seed=derive(self.seed, step, "rounding"))
+            return {}
+        if self.mode == "inplace":
+            self._goto(current, {}, seeds)
+        here: dict[int, float] = {}
+
+        def evaluate_at(cs: Sequence[float]) -> float | None:
+            nonlocal here
+            loss, here = self._evaluate(closures, {i: c for i, c in enumerate(cs) if c != 0.0}, seeds, here)
+            if self.mode == "inplace":
+                self._goto(here, {}, seeds)
+                here = {}
+            return loss
+
+        ctx = UpdateContext(self.infos, coefs, seeds, self.projection, self.param_groups,
+                            lambda p: self.state[p.tensor], evaluate_at)
+        self.update_rule.apply(ctx, replay=replay_rule)
+        return ctx.record
+
+    def _finish(self, step, seeds, coefs, losses, skipped, extra=None) -> None:
+        self.last_record = {
+            "step": step, "seeds": seeds, "coefs": coefs, "losses": losses, "skipped": skipped,
+            "lr": [float(g["lr"]) for g in self.param_groups], **(extra or {}),
+        }
+        self._step = step + 1
+
+    # -- state ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd["kerzoo"] = {"step": self._step, "seed": self.seed, "skipped_steps": self.skipped_steps,
+                        "projection": self.projection.state_dict(), "spec": self.spec}
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        zo = state_dict.pop("kerzoo", None)
+        if zo is None:
+            raise ValueError("not a kerzoo optimizer state: the 'kerzoo' entry is missing")
+        super().load_state_dict(state_dict)
+        self._step, self.seed, self.skipped_steps = int(zo["step"]), int(zo["seed"]), int(zo["skipped_steps"])
+        self.projection.load_state_dict(zo["projection"])
+
+    @property
+    def steps_done(self) -> int:
+        return self._step
+
+    def close(self) -> None:
+        """Remove the on-the-fly hooks from the module."""
+        if self._hooks is not None:
+            self._hooks.remove()
+            self._hooks = None
+
+
+def make_optimizer(spec: Any, params: Any, **overrides: Any) -> ZOOptimizer:
+    """Build a ZOOptimizer from a preset name or a dict of named parts, plus overrides."""
+    from .presets import resolve
+
+    return resolve(spec, overrides).build(params)

@@ -1,0 +1,118 @@
+"""Named optimizers: presets composed of named parts, and the resolution of a spec into one.
+
+A spec is a preset name, or a dict of parts and options:
+``{"estimator": "kernel", "kernel": "legendre3", "projection": "dense", "update": "sgd", "lr": 1e-6}``.
+Each option is routed to the part whose defaults name it; an option no part knows is an error
+that names it and its closest known option.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+from .hookspecs import hookimpl
+
+PARTS = ("estimator", "projection", "update")
+OPTIMIZER_OPTIONS = {"lr": 1e-6, "eps": 1e-3, "weight_decay": 0.0, "seed": 0, "perturb": "auto",
+                     "stochastic_rounding": None}
+DEFAULT_PARTS = {"estimator": "two-point", "projection": "dense", "update": "sgd"}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named optimizer: its parts and its option defaults."""
+
+    name: str
+    parts: dict[str, str]
+    options: dict[str, Any] = field(default_factory=dict)
+    doc: str = ""
+
+    def spec(self) -> dict[str, Any]:
+        return {**self.parts, **self.options}
+
+    def describe(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.spec().items())
+
+
+@dataclass
+class Resolved:
+    spec: dict[str, Any]
+    parts: dict[str, type]
+    part_options: dict[str, dict[str, Any]]
+    options: dict[str, Any]
+
+    def build(self, params: Any):
+        from .optim import ZOOptimizer
+
+        made = {k: self.parts[k](**self.part_options[k]) for k in PARTS}
+        return ZOOptimizer(params, **made, **self.options, spec=self.spec)
+
+
+def resolve(spec: Any, overrides: dict[str, Any] | None = None) -> Resolved:
+    from .plugins import get_registry
+
+    overrides = dict(overrides or {})
+    if isinstance(spec, str):
+        preset = get_registry("optimizers")[spec]
+        merged = {**preset.spec(), **overrides}
+    elif isinstance(spec, dict):
+        merged = {**spec, **overrides}
+        base = merged.pop("preset", None)
+        if base is not None:
+            merged = {**get_registry("optimizers")[base].spec(), **merged}
+    else:
+        raise TypeError(f"an optimizer spec is a preset name or a dict of parts, got {type(spec).__name__}")
+    full = {**DEFAULT_PARTS, **merged}
+    kinds = {"estimator": "estimators", "projection": "projections", "update": "updates"}
+    parts = {k: get_registry(kinds[k])[full[k]] if isinstance(full[k], str) else full[k] for k in PARTS}
+    part_options: dict[str, dict[str, Any]] = {k: {} for k in PARTS}
+    options: dict[str, Any] = {}
+    unknown = []
+    for key, value in full.items():
+        if key in PARTS:
+            continue
+        if key in OPTIMIZER_OPTIONS:
+            options[key] = value
+            continue
+        owner = next((k for k in PARTS if key in parts[k].defaults), None)
+        if owner is None:
+            unknown.append(key)
+        else:
+            part_options[owner][key] = value
+    if unknown:
+        known = sorted({*OPTIMIZER_OPTIONS, *PARTS, *(o for k in PARTS for o in parts[k].defaults)})
+        msgs = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            msgs.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise TypeError(f"unknown optimizer option(s) {', '.join(msgs)} for estimator {full['estimator']!r}, "
+                        f"projection {full['projection']!r}, update {full['update']!r}; known options: {', '.join(known)}")
+    return Resolved(full, parts, part_options, options)
+
+
+MEZO = {"estimator": "two-point", "projection": "dense", "update": "sgd"}
+BUILTIN = (
+    Preset("mezo", MEZO, {"lr": 1e-6, "eps": 1e-3},
+           "MeZO (Malladi et al. 2023): two-point SPSA, dense Gaussian z, SGD; memory of inference"),
+    Preset("zo-sgd", MEZO, {"lr": 1e-6, "eps": 1e-3, "directions": 1},
+           "ZO-SGD (Zhang et al. 2024 benchmark): two-point estimate, SGD step"),
+    Preset("zo-sgd-sign", {**MEZO, "update": "sign"}, {"lr": 1e-6, "eps": 1e-3},
+           "ZO-SGD-Sign: step along sign(g) z"),
+    Preset("zo-sgd-mmt", {**MEZO, "update": "momentum"}, {"lr": 1e-6, "eps": 1e-3, "beta": 0.9},
+           "ZO-SGD with momentum 0.9 (one full-size buffer)"),
+    Preset("zo-sgd-cons", {**MEZO, "update": "conservative"}, {"lr": 1e-6, "eps": 1e-3},
+           "ZO-SGD-Cons: keep the best of theta, theta -/+ lr g by loss (5 forwards)"),
+    Preset("zo-adam", {**MEZO, "update": "adam"}, {"lr": 1e-5, "eps": 1e-3},
+           "ZO-Adam: Adam on the two-point estimate (two full-size buffers)"),
+    Preset("kerzoo", {**MEZO, "estimator": "kernel"},
+           {"lr": 1e-6, "eps": 1e-3, "kernel": "legendre3", "directions": 3, "r_max": 0.5, "r_min": 0.5},
+           "KerZOO: kernel-weighted two-point estimator (legendre3), bias O(eps^4), 3 directions"),
+)
+
+
+@hookimpl
+def kerzoo_register_optimizers(register):
+    for preset in BUILTIN:
+        register(preset)

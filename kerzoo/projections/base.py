@@ -1,0 +1,69 @@
+"""The projection interface (what a plugin implements).
+
+A projection adds seeded directions to a tensor: ``add(p, target, coefs, seeds)`` makes
+target += sum_i coefs[i] * Z_i(seeds[i], p), where Z_i is the projection's direction for the
+tensor ``p``. The optimizer never builds a Z itself. ``target`` is ``p.tensor`` (in-place
+mode) or a transient copy of it (on-the-fly mode).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+
+@dataclass
+class ParamInfo:
+    """A trainable tensor: its stable name, the engine key of the name, the tensor, its group."""
+
+    name: str
+    key: int
+    tensor: torch.Tensor
+    group: int
+    offset: int = 0  # global flat index of tensor's first element (shards)
+
+
+class Projection:
+    name: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, **options: Any):
+        from ..registry import unknown_options
+
+        unknown_options(f"projection {self.name!r}", options, self.defaults)
+        self.options = {**self.defaults, **options}
+
+    def setup(self, params: Sequence[ParamInfo], base_seed: int) -> None:
+        """Called once with every trainable tensor."""
+
+    def begin_step(self, step: int) -> None:
+        """Called before each step's first evaluation (refresh bases here)."""
+
+    def add(self, p: ParamInfo, target: torch.Tensor, coefs: Sequence[float], seeds: Sequence[int],
+            rounding: str = "nearest", rounding_seed: int = 0) -> None:
+        raise NotImplementedError
+
+    def move(self, p: ParamInfo, target: torch.Tensor, restore: tuple[float, int], new: tuple[float, int]) -> None:
+        """target += restore[0] Z(restore[1]), rounded, then += new[0] Z(new[1]): from one point to the next."""
+        self.add(p, target, [restore[0]], [restore[1]])
+        self.add(p, target, [new[0]], [new[1]])
+
+    def materialize(self, p: ParamInfo, coefs: Sequence[float], seeds: Sequence[int]) -> torch.Tensor:
+        """sum_i coefs[i] Z_i as a new float32 (float64 for float64) tensor shaped like p."""
+        dtype = torch.float64 if p.tensor.dtype == torch.float64 else torch.float32
+        out = torch.zeros(p.tensor.shape, dtype=dtype, device=p.tensor.device)
+        self.add(p, out, coefs, seeds)
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def memory_bytes(self) -> int:
+        """Bytes the projection holds between steps (bases, buffers)."""
+        return 0

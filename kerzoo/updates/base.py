@@ -1,0 +1,60 @@
+"""The update-rule interface (what a plugin implements).
+
+An update rule either is *linear* (the change is a combination of the step's directions,
+sum_i c_i z_i: SGD, sign-SGD), so the optimizer fuses it with the last restore in one pass,
+or it implements ``apply(ctx)`` with full access to per-tensor state (momentum, Adam) and to
+extra evaluations (the conservative rule).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from ..projections.base import ParamInfo, Projection
+
+
+@dataclass
+class UpdateContext:
+    params: list[ParamInfo]
+    coefs: list[float]          # g_i, the estimate is sum_i g_i z_i
+    seeds: list[int]
+    projection: Projection
+    groups: list[dict[str, Any]]
+    state: Callable[[ParamInfo], dict]                     # per-tensor state (saved in state_dict)
+    evaluate_at: Callable[[Sequence[float]], float | None]  # L(theta + sum_i c_i z_i); None when replaying
+    record: dict[str, Any] = field(default_factory=dict)   # what the rule chose, for replay
+
+    def lr(self, p: ParamInfo) -> float:
+        return float(self.groups[p.group]["lr"])
+
+    def add(self, p: ParamInfo, coefs: Sequence[float]) -> None:
+        """p += sum_i coefs[i] z_i."""
+        self.projection.add(p, p.tensor, list(coefs), self.seeds)
+
+    def estimate(self, p: ParamInfo) -> torch.Tensor:
+        """The estimated gradient of p, materialised (a temporary the size of p)."""
+        return self.projection.materialize(p, self.coefs, self.seeds)
+
+
+class Update:
+    name: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, Any]] = {}
+    memory: ClassVar[str] = "none"  # what the rule holds, for `kerzoo list updates`
+
+    def __init__(self, **options: Any):
+        from ..registry import unknown_options
+
+        unknown_options(f"update {self.name!r}", options, self.defaults)
+        self.options = {**self.defaults, **options}
+
+    def linear(self, coefs: Sequence[float], lr: float) -> list[float] | None:
+        """Coefficients c_i of the change sum_i c_i z_i, or None if the rule is not linear."""
+        return None
+
+    def apply(self, ctx: UpdateContext, replay: dict[str, Any] | None = None) -> None:
+        """Change the parameters (after they were restored). ``replay`` is the rule's record."""
+        raise NotImplementedError

@@ -1,0 +1,101 @@
+"""Built-in plugin: the update rules of the ZO-SGD family and ZO-Adam (ALGORITHMS.md, Update rules)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..hookspecs import hookimpl
+from .base import Update
+
+
+class SGD(Update):
+    """theta <- theta - lr g (decoupled weight decay is the optimizer's, skipping 1-D tensors)."""
+
+    name = "sgd"
+
+    def linear(self, coefs, lr):
+        return [-lr * g for g in coefs]
+
+
+class Sign(Update):
+    """theta <- theta - lr sign(g_i) z_i, averaged over directions (ZO-SGD-Sign)."""
+
+    name = "sign"
+
+    def linear(self, coefs, lr):
+        q = len(coefs)
+        return [-lr * math.copysign(1.0, g) / q if g != 0 else 0.0 for g in coefs]
+
+
+class Momentum(Update):
+    """m <- beta m + g; theta <- theta - lr m. Holds one full-size buffer per tensor (fp32)."""
+
+    name = "momentum"
+    defaults = {"beta": 0.9}
+    memory = "1 buffer per tensor"
+
+    def apply(self, ctx, replay=None):
+        beta = float(self.options["beta"])
+        for p in ctx.params:
+            st = ctx.state(p)
+            if "momentum" not in st:
+                st["momentum"] = torch.zeros(p.tensor.shape, dtype=torch.float32 if p.tensor.dtype != torch.float64
+                                             else torch.float64, device=p.tensor.device)
+            m = st["momentum"]
+            m.mul_(beta)
+            ctx.projection.add(p, m, ctx.coefs, ctx.seeds)
+            p.tensor.add_((-ctx.lr(p) * m).to(p.tensor.dtype))
+
+
+class Adam(Update):
+    """Adam on the estimate g: two full-size buffers per tensor (fp32)."""
+
+    name = "adam"
+    defaults = {"beta1": 0.9, "beta2": 0.999, "adam_eps": 1e-8}
+    memory = "2 buffers per tensor"
+
+    def apply(self, ctx, replay=None):
+        b1, b2, e = float(self.options["beta1"]), float(self.options["beta2"]), float(self.options["adam_eps"])
+        for p in ctx.params:
+            st = ctx.state(p)
+            if "exp_avg" not in st:
+                dt = torch.float64 if p.tensor.dtype == torch.float64 else torch.float32
+                st["exp_avg"] = torch.zeros(p.tensor.shape, dtype=dt, device=p.tensor.device)
+                st["exp_avg_sq"] = torch.zeros_like(st["exp_avg"])
+                st["t"] = 0
+            st["t"] += 1
+            g = ctx.estimate(p)
+            st["exp_avg"].mul_(b1).add_(g, alpha=1 - b1)
+            st["exp_avg_sq"].mul_(b2).addcmul_(g, g, value=1 - b2)
+            m_hat = st["exp_avg"] / (1 - b1 ** st["t"])
+            v_hat = st["exp_avg_sq"] / (1 - b2 ** st["t"])
+            p.tensor.add_((-ctx.lr(p) * m_hat / (v_hat.sqrt() + e)).to(p.tensor.dtype))
+
+
+class Conservative(Update):
+    """Keep the best of theta, theta - lr g, theta + lr g by loss (3 more forwards; ZO-SGD-Cons)."""
+
+    name = "conservative"
+
+    def apply(self, ctx, replay=None):
+        # losses at theta, theta - lr g, theta + lr g (lr of the first group: one scalar choice);
+        # when replaying, evaluate_at makes the same moves and returns None
+        lr = ctx.lr(ctx.params[0]) if ctx.params else 0.0
+        step = [lr * g for g in ctx.coefs]
+        losses = [ctx.evaluate_at([0.0] * len(step)), ctx.evaluate_at([-c for c in step]), ctx.evaluate_at(step)]
+        if replay is not None:
+            sign = replay["sign"]
+        else:
+            sign = min(zip(losses, (0, -1, 1)), key=lambda t: t[0])[1]
+        ctx.record["sign"] = sign
+        if sign:
+            for p in ctx.params:
+                ctx.add(p, [sign * ctx.lr(p) * g for g in ctx.coefs])
+
+
+@hookimpl
+def kerzoo_register_updates(register):
+    for rule in (SGD, Sign, Momentum, Adam, Conservative):
+        register(rule)
