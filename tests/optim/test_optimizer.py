@@ -1,0 +1,143 @@
+import warnings
+
+import pytest
+import torch
+
+import kerzoo
+from kerzoo.registry import UnknownNameError
+
+
+class TinyNet(torch.nn.Module):
+    def __init__(self, dtype=torch.float32):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1 = torch.nn.Linear(8, 16, dtype=dtype)
+        self.norm = torch.nn.LayerNorm(16, dtype=dtype)
+        self.fc2 = torch.nn.Linear(16, 1, dtype=dtype)
+
+    def forward(self, x):
+        return self.fc2(torch.tanh(self.norm(self.fc1(x))))
+
+
+def data(dtype=torch.float32):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 8, generator=g, dtype=dtype)
+    y = torch.sin(x[:, :1]) + 0.5 * x[:, 1:2]
+    return x, y
+
+
+def test_kerzoo_preset_fine_tunes_a_small_torch_model():
+    model = TinyNet()
+    x, y = data()
+    closure = lambda: torch.nn.functional.mse_loss(model(x), y)
+    opt = kerzoo.optimizer("kerzoo", model, lr=3e-3, eps=1e-3, seed=0)
+    start = float(closure())
+    for _ in range(400):
+        opt.step(closure)
+    assert float(closure()) < 0.6 * start
+
+
+def test_param_groups_and_torch_lr_scheduler():
+    model = TinyNet()
+    x, y = data()
+    opt = kerzoo.optimizer("mezo", [{"params": model.fc1.parameters(), "lr": 1e-2},
+                                    {"params": model.fc2.parameters(), "lr": 0.0}], eps=1e-3)
+    fc2_before = model.fc2.weight.detach().clone()
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    for _ in range(4):
+        opt.step(lambda: torch.nn.functional.mse_loss(model(x), y))
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-2 * 0.25)
+    # lr 0 group: perturbed and restored in place, so unchanged up to the rounding of W + eps z
+    torch.testing.assert_close(model.fc2.weight, fc2_before, rtol=0, atol=1e-6)
+    assert opt.last_record["lr"] == [pytest.approx(1e-2 * 0.5), 0.0]
+
+
+def test_gradient_accumulation_equals_the_mean_loss_batch():
+    """A list of closures is one step over their mean loss: the same as one closure of the mean."""
+    x, y = data(torch.float64)
+    runs = []
+    for split in (True, False):
+        model = TinyNet(torch.float64)
+        opt = kerzoo.optimizer("mezo", model, lr=1e-2, seed=3)
+        loss = lambda a, b: torch.nn.functional.mse_loss(model(x[a:b]), y[a:b])
+        for _ in range(3):
+            if split:
+                opt.step([lambda: loss(0, 32), lambda: loss(32, 64)])
+            else:
+                opt.step(lambda: (loss(0, 32) + loss(32, 64)) / 2)
+        runs.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_on_the_fly_never_writes_low_precision_weights(dtype):
+    model = TinyNet(dtype)
+    x, y = data(dtype)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = kerzoo.optimizer("mezo", model, lr=0.0, eps=1e-2)
+    assert opt.mode == "onthefly"
+    losses = {float(opt.step(lambda: torch.nn.functional.mse_loss(model(x), y))) for _ in range(30)}
+    assert len(losses) > 1  # the perturbations did reach the forward
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_on_the_fly_and_in_place_see_the_same_losses_in_float64():
+    x, y = data(torch.float64)
+    records = []
+    for mode in ("onthefly", "inplace"):
+        model = TinyNet(torch.float64)
+        opt = kerzoo.optimizer("kerzoo", model, lr=1e-3, perturb=mode, seed=5)
+        for _ in range(3):
+            opt.step(lambda: torch.nn.functional.mse_loss(model(x), y))
+        records.append(opt.last_record["losses"])
+    assert records[0] == pytest.approx(records[1], rel=1e-12)
+
+
+def test_weight_decay_skips_biases_and_norms():
+    model = TinyNet(torch.float64)
+    bias, norm_w = model.fc1.bias.detach().clone(), model.norm.weight.detach().clone()
+    w = model.fc1.weight.detach().clone()
+    opt = kerzoo.optimizer("mezo", model, lr=0.1, weight_decay=0.5, eps=1e-3, perturb="onthefly")
+    opt.step(lambda: torch.tensor(1.0, dtype=torch.float64))  # constant loss: g = 0, only decay acts
+    assert torch.equal(model.fc1.bias, bias) and torch.equal(model.norm.weight, norm_w)
+    torch.testing.assert_close(model.fc1.weight, w * 0.95, rtol=0, atol=1e-12)
+
+
+def test_unknown_preset_and_misspelt_options_are_named():
+    with pytest.raises(UnknownNameError, match="mezo"):
+        kerzoo.optimizer("mez0", [torch.nn.Parameter(torch.zeros(2))])
+    with pytest.raises(TypeError, match="'directons' \\(did you mean 'directions'\\?\\)"):
+        kerzoo.optimizer("kerzoo", [torch.nn.Parameter(torch.zeros(2))], directons=4)
+    with pytest.raises(UnknownNameError, match="legendre3"):
+        kerzoo.optimizer("kerzoo", [torch.nn.Parameter(torch.zeros(2))], kernel="legendre4")
+
+
+def test_composition_by_names_equals_the_preset():
+    x, y = data(torch.float64)
+    out = []
+    for spec in ("kerzoo", {"estimator": "kernel", "kernel": "legendre3", "projection": "dense",
+                            "update": "sgd", "directions": 3, "lr": 1e-6}):
+        model = TinyNet(torch.float64)
+        opt = kerzoo.optimizer(spec, model, lr=1e-3, seed=2)
+        for _ in range(3):
+            opt.step(lambda: torch.nn.functional.mse_loss(model(x), y))
+        out.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*out))
+
+
+def test_presets_are_listed_with_their_parts(capsys):
+    from kerzoo.cli import main
+
+    main(["list", "optimizers"])
+    out = capsys.readouterr().out
+    for name in ("mezo", "zo-sgd", "zo-sgd-sign", "zo-sgd-mmt", "zo-sgd-cons", "zo-adam", "kerzoo"):
+        assert name in out
+    assert "estimator=kernel" in out and "kernel=legendre3" in out
+
+
+def test_step_without_closure_is_an_error():
+    opt = kerzoo.optimizer("mezo", [torch.nn.Parameter(torch.zeros(2))])
+    with pytest.raises(ValueError, match="closure"):
+        opt.step()
