@@ -76,10 +76,14 @@ def add_z_multi(theta: torch.Tensor, coefs: Sequence[float], seeds: Sequence[int
     for s in seeds:
         _ints(s, key, offset)
     _ints(rounding_seed, key, offset)
+    merged: dict[int, float] = {}
+    for c, s in zip(coefs, seeds):  # one z per seed: restore + update of one direction is one term
+        merged[int(s)] = merged.get(int(s), 0.0) + float(c)
+    seeds, coefs = list(merged), list(merged.values())
     load_extension()
     with torch.no_grad():
-        torch.ops.kerzoo.add_z_multi(theta, [float(c) for c in coefs], [int(s) for s in seeds], key, offset,
-                                     _dist(dist), rounding == "stochastic", rounding_seed)
+        torch.ops.kerzoo.add_z_multi(theta, coefs, seeds, key, offset, _dist(dist), rounding == "stochastic",
+                                     rounding_seed)
 
 
 def add_z(theta: torch.Tensor, c: float, seed: int, key: int, offset: int = 0, dist: str = "gaussian") -> None:

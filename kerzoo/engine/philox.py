@@ -4,7 +4,7 @@ z(seed, key, j) for element j (flat, global index) of the tensor named by ``key`
 - Philox key (k0, k1) = (seed & 0xFFFFFFFF, seed >> 32);
 - block b = j // 4, lane j % 4, counter = (b_lo, b_hi, key_lo, key_hi);
 - Gaussian: u = x * 2^-32 + 2^-33 (as cuRAND), Box-Muller on (x0, x1) -> lanes 0, 1 and on
-  (x2, x3) -> lanes 2, 3: r = sqrt(-2 ln u_a), (r cos 2 pi u_b, r sin 2 pi u_b);
+  (x2, x3) -> lanes 2, 3: r = sqrt(-2 ln u_a), (r cos 2 pi t, r sin 2 pi t), t = u_b - round(u_b);
 - Rademacher: +1 where the lane's top bit is 0, else -1.
 
 uint32 arithmetic is emulated in int64 with masks; the 32x32 -> 64-bit product is split in
@@ -73,8 +73,9 @@ def normals_from_words(words4: torch.Tensor) -> torch.Tensor:
     u = _uniform(words4)
     r01 = torch.sqrt(-2.0 * torch.log(u[:, 0]))
     r23 = torch.sqrt(-2.0 * torch.log(u[:, 2]))
-    a01 = (2.0 * math.pi) * u[:, 1]
-    a23 = (2.0 * math.pi) * u[:, 3]
+    # cos(2 pi u) = cos(2 pi t) with t = u - round(u) in [-1/2, 1/2]: a small, exact argument
+    a01 = (2.0 * math.pi) * (u[:, 1] - torch.round(u[:, 1]))
+    a23 = (2.0 * math.pi) * (u[:, 3] - torch.round(u[:, 3]))
     return torch.stack((r01 * torch.cos(a01), r01 * torch.sin(a01), r23 * torch.cos(a23), r23 * torch.sin(a23)), 1)
 
 
