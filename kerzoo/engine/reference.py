@@ -1,8 +1,8 @@
 """The pure-torch kernels of the engine's ops: the reference, and the default implementation.
 
 Every op works chunk by chunk (``CHUNK`` elements), so even this path never allocates a
-temporary proportional to a parameter tensor. Arithmetic is in float32 (float64 for float64
-tensors) with one rounding to the tensor's dtype per written value.
+temporary proportional to a parameter tensor. Arithmetic is in float64 for float32/float64 tensors and float32 for bf16/fp16, with one
+rounding to the tensor's dtype per written value.
 """
 
 from __future__ import annotations
@@ -19,7 +19,15 @@ DIST_NAMES = {v: k for k, v in DIST_CODES.items()}
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+    """float64 for float32/float64 tensors, so that theta + c z is rounded once (as the compiled
+    kernels' fused multiply-add does); float32 for bf16/fp16."""
+    return torch.float64 if dtype in (torch.float64, torch.float32) else torch.float32
+
+
+def _coef(c: float, dtype: torch.dtype) -> float:
+    """The coefficient as the compiled kernels hold it: float32 unless the tensor is float64.
+    With it, c * z is exact in float64, so theta + c z is rounded once, like a fused multiply-add."""
+    return c if dtype == torch.float64 else float(torch.tensor(c, dtype=torch.float32))
 
 
 def _chunks(n: int):
@@ -66,7 +74,7 @@ def add_z_multi(theta: torch.Tensor, coefs: Sequence[float], seeds: Sequence[int
         acc = flat[a:b].to(ct)
         for c, s in zip(coefs, seeds):
             if c != 0.0:
-                acc = acc + c * _z(s, key, offset + a, b - a, dist, flat, ct)
+                acc = acc + _coef(c, theta.dtype) * _z(s, key, offset + a, b - a, dist, flat, ct)
         if stochastic:
             flat[a:b] = stochastic_round(acc.float(), theta.dtype, rounding_seed, key, offset + a)
         else:
@@ -79,8 +87,9 @@ def restore_perturb(theta: torch.Tensor, c_restore: float, seed_restore: int, c_
     ct = compute_dtype(theta.dtype)
     flat = theta.view(-1)
     for a, b in _chunks(flat.numel()):
-        t = (flat[a:b].to(ct) + c_restore * _z(seed_restore, key, offset + a, b - a, dist, flat, ct)).to(theta.dtype)
-        flat[a:b] = (t.to(ct) + c_new * _z(seed_new, key, offset + a, b - a, dist, flat, ct)).to(theta.dtype)
+        cr, cn = _coef(c_restore, theta.dtype), _coef(c_new, theta.dtype)
+        t = (flat[a:b].to(ct) + cr * _z(seed_restore, key, offset + a, b - a, dist, flat, ct)).to(theta.dtype)
+        flat[a:b] = (t.to(ct) + cn * _z(seed_new, key, offset + a, b - a, dist, flat, ct)).to(theta.dtype)
 
 
 def add_lowrank(theta: torch.Tensor, c: float, u: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> None:

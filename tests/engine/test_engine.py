@@ -1,0 +1,186 @@
+"""The engine: the reference generator, the compiled kernels against it, and the ops' contracts."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import kerzoo.engine as engine
+from kerzoo.engine import build as ext_build
+from kerzoo.engine import reference as R
+from kerzoo.engine.philox import philox4x32, random_words
+
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+DISTS = ["gaussian", "rademacher"]
+seeds = st.integers(0, 2**63 - 1)
+offsets = st.integers(0, 2**40)
+
+
+def words(*xs):
+    return tuple(torch.tensor([x], dtype=torch.int64) for x in xs)
+
+
+@pytest.mark.parametrize("ctr,key,expected", [
+    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+])
+def test_reference_philox_matches_random123_known_answers(ctr, key, expected):
+    out = philox4x32(words(*ctr), key)
+    assert tuple(int(w) for w in out) == expected
+
+
+@pytest.fixture(scope="module")
+def ext():
+    if engine.info()[0]["cpu"] != "c++":
+        pytest.skip("the C++ extension is not built here: " + engine.info()[0]["why"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=seeds, key=seeds, offset=offsets, n=st.integers(1, 300), dtype=st.sampled_from(DTYPES),
+       dist=st.sampled_from(DISTS))
+def test_extension_fill_equals_reference(ext, seed, key, offset, n, dtype, dist):
+    a = engine.fill_z(torch.empty(n, dtype=dtype), seed, key, offset, dist)
+    b = torch.empty(n, dtype=dtype)
+    R.fill_z(b, seed, key, offset, R.DIST_CODES[dist])
+    if dist == "rademacher":
+        assert torch.equal(a, b)
+    else:  # the same Philox words; Box-Muller within float32 rounding
+        torch.testing.assert_close(a.double(), b.double(), rtol=0, atol=4e-6 * max(1.0, float(b.double().abs().max())))
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=seeds, offset=offsets, n=st.integers(1, 200), dtype=st.sampled_from(DTYPES), q=st.integers(1, 4))
+def test_extension_add_multi_equals_reference(ext, seed, offset, n, dtype, q):
+    g = torch.Generator().manual_seed(seed % 2**32)
+    theta = (torch.randn(n, generator=g) * 0.1).to(dtype)
+    coefs = (torch.randn(q, generator=g, dtype=torch.float64) * 1e-2).tolist()
+    ss = [(seed + i * 7919) % 2**63 for i in range(q)]
+    a, b = theta.clone(), theta.clone()
+    engine.add_z_multi(a, coefs, ss, 11, offset)
+    R.add_z_multi(b, coefs, ss, 11, offset, 0)
+    ulp = torch.finfo(dtype).eps
+    torch.testing.assert_close(a.double(), b.double(), rtol=2 * ulp, atol=1e-6)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=seeds, key=seeds, a=st.integers(0, 500), length=st.integers(1, 300), dist=st.sampled_from(DISTS))
+def test_a_slice_gets_the_slice_of_the_whole(seed, key, a, length, dist):
+    whole = engine.fill_z(torch.empty(a + length + 5), seed, key, 0, dist)
+    part = engine.fill_z(torch.empty(length), seed, key, a, dist)
+    assert torch.equal(part, whole[a:a + length])
+
+
+def test_same_seed_same_z_and_different_key_different_z():
+    a = engine.fill_z(torch.empty(1000), 5, engine.param_key("w"))
+    assert torch.equal(a, engine.fill_z(torch.empty(1000), 5, engine.param_key("w")))
+    assert not torch.equal(a, engine.fill_z(torch.empty(1000), 5, engine.param_key("b")))
+    assert not torch.equal(a, engine.fill_z(torch.empty(1000), 6, engine.param_key("w")))
+
+
+def test_param_key_is_stable_across_processes():
+    assert engine.param_key("model.layers.0.weight") == 1931446192400481819
+
+
+def test_normals_moments_and_kolmogorov_smirnov_over_a_million_draws():
+    from scipy import stats
+
+    z = engine.fill_z(torch.empty(1_000_000, dtype=torch.float64), 123, 456).numpy()
+    n = z.size
+    assert abs(z.mean()) < 5 / np.sqrt(n)
+    assert abs(z.var() - 1) < 5 * np.sqrt(2 / n)
+    assert abs(stats.skew(z)) < 5 * np.sqrt(6 / n)
+    assert abs(stats.kurtosis(z)) < 5 * np.sqrt(24 / n)
+    assert stats.kstest(z, "norm").pvalue > 1e-3
+
+
+def test_rademacher_is_plus_minus_one_balanced():
+    z = engine.fill_z(torch.empty(100_000), 1, 2, dist="rademacher")
+    assert set(z.unique().tolist()) == {-1.0, 1.0}
+    assert abs(float(z.mean())) < 5 / np.sqrt(z.numel())
+
+
+def test_add_multi_equals_sequence_of_adds_in_float64():
+    theta = torch.randn(10_001, dtype=torch.float64)
+    a, b = theta.clone(), theta.clone()
+    engine.add_z_multi(a, [0.3, -0.2, 0.1], [1, 2, 3], 9)
+    for c, s in zip([0.3, -0.2, 0.1], [1, 2, 3]):
+        engine.add_z(b, c, s, 9)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_restore_perturb_is_bit_identical_to_two_adds(dtype):
+    theta = (torch.randn(5003) * 0.05).to(dtype)
+    a, b = theta.clone(), theta.clone()
+    engine.restore_perturb(a, -1e-3, 17, -1e-3, 17, 5)
+    engine.add_z(b, -1e-3, 17, 5)
+    engine.add_z(b, -1e-3, 17, 5)
+    assert torch.equal(a, b)
+    engine.restore_perturb(a, 1e-3, 17, 1e-3, 18, 5)
+    engine.add_z(b, 1e-3, 17, 5)
+    engine.add_z(b, 1e-3, 18, 5)
+    assert torch.equal(a, b)
+
+
+def test_restore_is_exact_in_float32_where_the_binade_does_not_change():
+    theta = torch.randn(100_000) * 0.05
+    back = theta.clone()
+    engine.add_z(back, 1e-3, 3, 4)
+    moved_up = back.abs() > theta.abs()
+    crossed = torch.floor(torch.log2(back.abs())) != torch.floor(torch.log2(theta.abs()))
+    engine.add_z(back, -1e-3, 3, 4)
+    same_binade = ~crossed
+    assert torch.equal(back[same_binade], theta[same_binade])
+    assert same_binade.float().mean() > 0.9
+
+
+def test_add_lowrank_equals_the_dense_formula():
+    g = torch.Generator().manual_seed(0)
+    m, n, r = 37, 23, 4
+    u, s, v = (torch.randn(x, generator=g, dtype=torch.float64) for x in ((m, r), (r, r), (n, r)))
+    theta = torch.randn(m, n, generator=g, dtype=torch.float64)
+    expected = theta + 0.5 * u @ s @ v.T
+    engine.add_lowrank(theta, 0.5, u, s, v)
+    torch.testing.assert_close(theta, expected)
+    with pytest.raises(ValueError, match="U"):
+        engine.add_lowrank(theta, 0.5, u[:, :2], s, v)
+
+
+def test_stochastic_rounding_is_unbiased_in_mean():
+    theta = torch.full((200_000,), 1.0, dtype=torch.bfloat16)
+    engine.add_z_multi(theta, [1e-4], [4], 3, rounding="stochastic", rounding_seed=9)
+    z = engine.fill_z(torch.empty(200_000, dtype=torch.float64), 4, 3)
+    exact = 1.0 + 1e-4 * z
+    err = theta.double() - exact
+    assert abs(float(err.mean())) < 5 * float(err.std()) / np.sqrt(err.numel())
+    nearest = torch.full((200_000,), 1.0, dtype=torch.bfloat16)
+    engine.add_z_multi(nearest, [1e-4], [4], 3)
+    assert torch.equal(nearest, torch.ones_like(nearest))  # each update is below half an ulp: lost
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match="dist 'uniform'"):
+        engine.fill_z(torch.empty(3), 1, 2, dist="uniform")
+    with pytest.raises(ValueError, match="contiguous"):
+        engine.add_z(torch.empty(4, 4).t(), 1.0, 1, 2)
+    with pytest.raises(ValueError, match="seed"):
+        engine.add_z(torch.empty(4), 1.0, -1, 2)
+
+
+def test_info_reports_a_backend_and_reason_per_op():
+    rows = engine.info()
+    assert {r["op"] for r in rows} == {"fill_z", "add_z_multi", "restore_perturb", "add_lowrank"}
+    assert all(r["cpu"] in ("c++", "reference") for r in rows)
+    assert any("cuda" in line for line in engine.info_lines())
+
+
+def test_disabled_extension_falls_back_with_a_reason(monkeypatch):
+    import subprocess, sys
+    code = ("import warnings, torch, kerzoo.engine as e; warnings.simplefilter('error');\n"
+            "t=torch.zeros(8); e.fill_z(t,1,2); print(e.info()[0]['why'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**__import__('os').environ, "KERZOO_DISABLE_EXT": "1"})
+    assert out.returncode == 0, out.stderr
+    assert "KERZOO_DISABLE_EXT" in out.stdout
