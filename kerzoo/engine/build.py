@@ -31,12 +31,13 @@ def cpu_sources() -> list[Path]:
 
 
 def cuda_sources() -> list[Path]:
-    return sorted((SOURCES / "cuda").glob("*.cu"))
+    """The CUDA kernels (plain CUDA) and their torch glue."""
+    return sorted((SOURCES / "cuda").glob("*.cu")) + sorted((SOURCES / "cuda").glob("*.cpp"))
 
 
 def cache_dir(sources: list[Path]) -> Path:
     h = hashlib.sha256(torch.__version__.encode())
-    for p in sources:
+    for p in [*sources, *sorted(SOURCES.rglob("*.h"))]:
         h.update(p.name.encode())
         h.update(p.read_bytes())
     root = os.environ.get("KERZOO_EXT_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "kerzoo")

@@ -1,0 +1,140 @@
+"""One ZO step on an OPT-shaped transformer: kerzoo against the peers' MeZO loop.
+
+    python benchmarks/step_time.py --model opt-125m --device cpu --dtype float32 --batch 4 --seq 64
+    python benchmarks/step_time.py --model opt-1.3b --device cuda --dtype bfloat16 --batch 16 --seq 256
+
+The model is built from an OPT config with random weights (no download). Reported: one
+forward, one MeZO step (2 forwards + perturbation passes) with kerzoo in place and on the fly,
+and with the peers' loop (torch.manual_seed, torch.normal per parameter, +1 -2 +1, update),
+the step's overhead over its two forwards, and peak memory against inference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+import kerzoo
+import kerzoo.engine
+
+CONFIGS = {  # hidden, layers, heads, ffn
+    "opt-125m": (768, 12, 12, 3072),
+    "opt-350m": (1024, 24, 16, 4096),
+    "opt-1.3b": (2048, 24, 32, 8192),
+}
+
+
+def build(name: str, dtype, device):
+    from transformers import OPTConfig, OPTForCausalLM
+
+    d, layers, heads, ffn = CONFIGS[name]
+    config = OPTConfig(hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads, ffn_dim=ffn,
+                       word_embed_proj_dim=d, vocab_size=50272, max_position_embeddings=2048)
+    torch.manual_seed(0)
+    model = OPTForCausalLM(config).to(dtype=dtype, device=device).eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device, repeat):
+    fn()
+    sync(device)
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def peers_step(model, loss, seed, eps=1e-3, lr=1e-6):
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def perturb(scale):
+        torch.manual_seed(seed)
+        for p in params:
+            z = torch.normal(mean=0, std=1, size=p.data.size(), device=p.data.device, dtype=p.data.dtype)
+            p.data = p.data + scale * z * eps
+
+    with torch.no_grad():
+        perturb(1)
+        l1 = loss()
+        perturb(-2)
+        l2 = loss()
+        perturb(1)
+        g = float((l1 - l2) / (2 * eps))
+        torch.manual_seed(seed)
+        for p in params:
+            z = torch.normal(mean=0, std=1, size=p.data.size(), device=p.data.device, dtype=p.data.dtype)
+            p.data = p.data - lr * g * z
+
+
+def peak(fn, device):
+    if device.type != "cuda":
+        return None
+    sync(device)
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    sync(device)
+    return torch.cuda.max_memory_allocated()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="opt-125m", choices=sorted(CONFIGS))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=64)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    model = build(args.model, dtype, device)
+    ids = torch.randint(0, 50272, (args.batch, args.seq), device=device)
+
+    def loss():
+        return model(input_ids=ids, labels=ids).loss
+
+    with torch.no_grad():
+        t_fwd = timed(loss, device, args.repeat)
+        mem_inf = peak(loss, device)
+    res = {"model": args.model, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+           "threads": torch.get_num_threads(), "dtype": args.dtype, "batch": args.batch, "seq": args.seq,
+           "params": sum(p.numel() for p in model.parameters()), "forward_s": t_fwd, "inference_peak_bytes": mem_inf,
+           "engine": kerzoo.engine.info()[1]}
+    for mode in ("inplace", "onthefly"):
+        opt = kerzoo.optimizer("mezo", model, lr=1e-7, eps=1e-3, perturb=mode)
+        t = timed(lambda: opt.step(loss), device, args.repeat)
+        res[f"kerzoo_{mode}_step_s"] = t
+        res[f"kerzoo_{mode}_overhead_s"] = t - 2 * t_fwd
+        res[f"kerzoo_{mode}_peak_bytes"] = peak(lambda: opt.step(loss), device)
+        opt.close()
+    seed = [0]
+
+    def peers():
+        seed[0] += 1
+        peers_step(model, loss, seed[0])
+
+    t = timed(peers, device, args.repeat)
+    res["peers_step_s"], res["peers_overhead_s"] = t, t - 2 * t_fwd
+    res["peers_peak_bytes"] = peak(peers, device)
+    res["speedup_inplace_vs_peers"] = res["peers_step_s"] / res["kerzoo_inplace_step_s"]
+    print(json.dumps(res, indent=2))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

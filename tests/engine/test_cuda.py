@@ -1,0 +1,89 @@
+"""The CUDA backend: compiled sources, and the kernels against the reference on a GPU."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+import kerzoo.engine as engine
+from kerzoo.engine import reference as R
+
+ROOT = Path(__file__).resolve().parents[2]
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+def test_cuda_kernels_compile_with_nvcc(tmp_path):
+    out = subprocess.run(["nvcc", "-c", "-std=c++17", "-arch=sm_90", "-O3", str(ROOT / "extensions/cuda/kernels.cu"),
+                          "-o", str(tmp_path / "kernels.o")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "kernels.o").stat().st_size > 0
+
+
+def cuda_backend():
+    rows = engine.info()
+    if rows[0]["cuda"] != "cuda":
+        pytest.skip(f"CUDA kernels not built: {rows[0]['why']}")
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dist", ["gaussian", "rademacher"])
+@pytest.mark.parametrize("n,offset", [(1, 0), (1001, 7), (1 << 20, 4), (4097, 2**40 + 3)])
+def test_cuda_fill_and_add_equal_cpu_reference(dtype, dist, n, offset):
+    cuda_backend()
+    a = engine.fill_z(torch.empty(n, dtype=dtype, device="cuda"), 99, 1234, offset, dist).cpu()
+    b = torch.empty(n, dtype=dtype)
+    R.fill_z(b, 99, 1234, offset, R.DIST_CODES[dist])
+    tol = 4e-6 * max(1.0, float(b.double().abs().max()))
+    torch.testing.assert_close(a.double(), b.double(), rtol=0, atol=tol if dtype in (torch.float32, torch.float64) else
+                               float(torch.finfo(dtype).eps) * 8)
+    theta = (torch.randn(n) * 0.1).to(dtype)
+    g, h = theta.cuda(), theta.clone()
+    engine.add_z_multi(g, [1e-2, -3e-3, 5e-3], [1, 2, 3], 77, offset, dist)
+    R.add_z_multi(h, [1e-2, -3e-3, 5e-3], [1, 2, 3], 77, offset, R.DIST_CODES[dist])
+    torch.testing.assert_close(g.cpu().double(), h.double(), rtol=2 * float(torch.finfo(dtype).eps), atol=1e-6)
+
+
+@gpu
+def test_cuda_rademacher_bits_equal_cpu_exactly():
+    cuda_backend()
+    a = engine.fill_z(torch.empty(123457, device="cuda"), 5, 6, 11, "rademacher").cpu()
+    b = engine.fill_z(torch.empty(123457), 5, 6, 11, "rademacher")
+    assert torch.equal(a, b)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_restore_perturb_identical_to_two_adds(dtype):
+    cuda_backend()
+    theta = (torch.randn(100003, device="cuda") * 0.05).to(dtype)
+    a, b = theta.clone(), theta.clone()
+    engine.restore_perturb(a, -1e-3, 8, -1e-3, 8, 3)
+    engine.add_z(b, -1e-3, 8, 3)
+    engine.add_z(b, -1e-3, 8, 3)
+    assert torch.equal(a, b)
+
+
+@gpu
+def test_cuda_stochastic_rounding_is_unbiased():
+    cuda_backend()
+    theta = torch.ones(1 << 20, dtype=torch.bfloat16, device="cuda")
+    engine.add_z_multi(theta, [1e-4], [4], 3, rounding="stochastic", rounding_seed=9)
+    z = engine.fill_z(torch.empty(1 << 20, dtype=torch.float64, device="cuda"), 4, 3)
+    err = theta.double() - (1 + 1e-4 * z)
+    assert abs(float(err.mean())) < 5 * float(err.std()) / (1 << 10)
+
+
+@gpu
+def test_cuda_more_directions_than_one_launch_holds():
+    cuda_backend()
+    theta = torch.zeros(1000, dtype=torch.float64, device="cuda")
+    ref = torch.zeros(1000, dtype=torch.float64)
+    coefs, seeds = [0.01 * (i + 1) for i in range(40)], list(range(40))
+    engine.add_z_multi(theta, coefs, seeds, 5)
+    R.add_z_multi(ref, coefs, seeds, 5, 0, 0)
+    torch.testing.assert_close(theta.cpu(), ref, rtol=0, atol=1e-5)
