@@ -106,7 +106,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--model", default="opt-125m")
     ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--cycles", type=int, default=1000, help="perturb/restore cycles for exactness")
     ap.add_argument("--json", help="write the results here too")
     args = ap.parse_args()
@@ -118,6 +118,10 @@ def main() -> None:
     numel = sum(p.numel() for p in params)
     bytes_ = numel * params[0].element_size()
     t_floor = timeit(lambda: floor_pass(params), device, args.repeat)
+    src = torch.empty(bytes_ // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    t_copy = timeit(lambda: dst.copy_(src), device, args.repeat)
+    del src, dst
     t_ours = timeit(lambda: kerzoo_step(params, keys), device, args.repeat)
     t_peers = timeit(lambda: peers_step(params), device, args.repeat)
     res = {
@@ -126,7 +130,9 @@ def main() -> None:
         "device": str(device), "model": args.model, "dtype": args.dtype, "params": numel,
         "backend": backend["add_z_multi"],
         "floor_add_s": t_floor, "floor_GBps": 2 * bytes_ / t_floor / 1e9,
+        "copy_GBps": 2 * bytes_ / t_copy / 1e9,
         "kerzoo_step_s": t_ours, "kerzoo_GBps_per_pass": 3 * 2 * bytes_ / t_ours / 1e9,
+        "kerzoo_pass_fraction_of_copy": (3 * 2 * bytes_ / t_ours) / (2 * bytes_ / t_copy),
         "peers_step_s": t_peers, "speedup_vs_peers": t_peers / t_ours, "kerzoo_over_floor": t_ours / t_floor,
         "kerzoo_pass_over_floor": t_ours / 3 / t_floor,
         "peak_extra_bytes_kerzoo": peak_bytes(lambda: kerzoo_step(params, keys), device),
