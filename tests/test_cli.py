@@ -51,3 +51,10 @@ def test_console_script_runs_as_a_user_would():
                             capture_output=True, text=True)
     assert result.returncode == 1, result.stderr
     assert "FAIL" in result.stdout
+
+
+def test_build_ext_reports_backends(capsys):
+    rc = main(["build-ext"])
+    out = capsys.readouterr().out
+    assert "add_z_multi" in out and "cpu:" in out
+    assert rc == (0 if "cpu: c++" in out else 1)
