@@ -22,7 +22,7 @@ $(VENV)/.kerzoo-setup: pyproject.toml plugins/kerzoo-example-plugin/pyproject.to
 	touch $@
 
 demo: setup
-	$(VENV)/bin/kerzoo list
+	$(VENV)/bin/kerzoo train
 
 test: setup
 	$(PY) -m pytest -q

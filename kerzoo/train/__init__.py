@@ -1,0 +1,1 @@
+"""Fine-tuning with any registered optimizer: data, tasks, the loop, checkpoints and replay."""

@@ -1,0 +1,126 @@
+"""The training config: TOML or YAML, every key checked against this schema."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any
+
+SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
+    "model": {
+        "name": ("builtin:all-minilm-l6-v2", "a local folder, a transformers name (needs network or cache), "
+                                             "or builtin:all-minilm-l6-v2 (shipped by a PyPI package)"),
+        "kind": ("auto", "encoder, causal or auto (from the model's config)"),
+        "dtype": ("float32", "float32, float64, bfloat16 or float16"),
+        "trainable": (["encoder.layer.4.", "encoder.layer.5."],
+                      "name prefixes of the trained parameters; [] trains all"),
+        "lora": ({}, "PEFT LoRA options (r, lora_alpha, target_modules); {} for none"),
+    },
+    "data": {
+        "source": ("vader-polarity", "a .jsonl/.csv file, a saved HF dataset folder, or a built-in task"),
+        "text_key": ("text", "the field holding the text"),
+        "label_key": ("label", "the field holding the integer label"),
+        "eval_size": (500, "examples held out for evaluation"),
+    },
+    "task": {
+        "type": ("classification", "classification (label words)"),
+        "template": ("{text}", "the prompt; {text} is replaced by the example's text"),
+        "label_words": (["terrible", "great"], "one word per label, in label order"),
+        "label_prompt": ("It was {word}.", "encoders: the sentence each label word is embedded in"),
+        "temperature": (0.05, "encoders: logits are cosine similarities divided by this"),
+        "max_length": (32, "tokens per example"),
+    },
+    "optimizer": {},  # passed to kerzoo.optimizer, which checks its own options
+    "train": {
+        "steps": (2000, "optimizer steps"),
+        "batch_size": (16, "examples per step"),
+        "eval_every": (200, "evaluate every this many steps (and at the start and the end)"),
+        "eval_batch_size": (64, "examples per evaluation forward"),
+        "checkpoint_every": (250, "write a checkpoint every this many steps"),
+        "seed": (0, "seed of the data order and the optimizer"),
+        "out": ("runs/default", "output folder"),
+        "schedule": ("constant", "constant, linear or cosine learning rate"),
+        "warmup_steps": (0, "linear warm-up steps"),
+        "max_nan_streak": (20, "stop after this many steps in a row skipped for a non-finite loss"),
+        "threads": (0, "torch threads (0: torch's default)"),
+    },
+}
+DEFAULT_OPTIMIZER = {"preset": "mezo", "lr": 1e-4, "eps": 1e-3}
+
+
+class ConfigError(ValueError):
+    """A config that cannot run: the message names the key and what to do."""
+
+
+def _suggest(key: str, known) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def defaults() -> dict[str, dict[str, Any]]:
+    out = {section: {k: copy.deepcopy(v[0]) for k, v in keys.items()} for section, keys in SCHEMA.items()}
+    out["optimizer"] = dict(DEFAULT_OPTIMIZER)
+    return out
+
+
+def validate(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Defaults overridden by ``raw``; an unknown section or key is an error naming it."""
+    cfg = defaults()
+    for section, values in raw.items():
+        if section not in SCHEMA:
+            raise ConfigError(f"unknown config section [{section}]{_suggest(section, SCHEMA)}; "
+                              f"sections: {', '.join(SCHEMA)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section [{section}] must be a table of keys, got {values!r}")
+        if section == "optimizer":
+            cfg["optimizer"] = dict(values) if values else dict(DEFAULT_OPTIMIZER)
+            continue
+        for key, value in values.items():
+            if key not in SCHEMA[section]:
+                raise ConfigError(f"unknown key {section}.{key}{_suggest(key, SCHEMA[section])}; "
+                                  f"[{section}] keys: {', '.join(SCHEMA[section])}")
+            want = type(SCHEMA[section][key][0])
+            if want is float and isinstance(value, int):
+                value = float(value)
+            if not isinstance(value, want) or isinstance(value, bool) != (want is bool):
+                raise ConfigError(f"{section}.{key} = {value!r}: expected {want.__name__} "
+                                  f"({SCHEMA[section][key][1]})")
+            cfg[section][key] = value
+    t = cfg["train"]
+    for key in ("steps", "batch_size", "eval_every", "checkpoint_every", "eval_batch_size"):
+        if t[key] < 1:
+            raise ConfigError(f"train.{key} must be >= 1, got {t[key]}")
+    if t["schedule"] not in ("constant", "linear", "cosine"):
+        raise ConfigError(f"train.schedule = {t['schedule']!r}: use constant, linear or cosine")
+    if cfg["task"]["type"] != "classification":
+        raise ConfigError(f"task.type = {cfg['task']['type']!r}: this version trains 'classification'")
+    return cfg
+
+
+def load(path: str | Path | None) -> dict[str, dict[str, Any]]:
+    """Read and validate a TOML or YAML config; None gives the default run."""
+    if path is None:
+        return validate({})
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    text = p.read_text(encoding="utf-8")
+    try:
+        if p.suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            raw = tomllib.loads(text)
+        elif p.suffix in (".yaml", ".yml"):
+            import yaml
+
+            raw = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError(f"config {str(p)!r}: use a .toml or .yaml file")
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"config {str(p)!r} could not be parsed: {exc}") from None
+    return validate(raw)

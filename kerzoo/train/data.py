@@ -1,0 +1,89 @@
+"""Labelled examples from JSONL, CSV, an HF dataset saved on disk, or a built-in task.
+
+An example is a dict with a text and an integer label. Built-in tasks:
+- ``vader-polarity``: the words of the VADER sentiment lexicon (Hutto and Gilbert, 2014; MIT
+  licence; shipped by the PyPI package vaderSentiment) whose mean rating by ten human raters
+  is at least 1.0 in absolute value: 5,588 words (well over 1,000), labelled
+  negative (0) or positive (1).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+BUILTIN = ("vader-polarity",)
+
+
+class DataError(ValueError):
+    """The data could not be read, or holds no usable example."""
+
+
+def vader_polarity(min_abs: float = 1.0) -> list[dict]:
+    try:
+        from importlib.resources import files
+
+        text = (files("vaderSentiment") / "vader_lexicon.txt").read_text(encoding="utf-8")
+    except ModuleNotFoundError:
+        raise DataError("the built-in task 'vader-polarity' needs the package vaderSentiment: "
+                        "pip install 'kerzoo[train]'") from None
+    out = []
+    for line in text.splitlines():
+        parts = line.split("\t")
+        if len(parts) < 2 or not parts[0].isalpha():
+            continue  # emoticons and symbols: keep words only
+        score = float(parts[1])
+        if abs(score) >= min_abs:
+            out.append({"text": parts[0], "label": int(score > 0)})
+    return out
+
+
+def load_examples(source: str, text_key: str = "text", label_key: str = "label") -> list[dict]:
+    """Read examples from ``source``: a built-in name, a .jsonl/.csv file, or a saved HF dataset folder."""
+    if source in BUILTIN:
+        return vader_polarity()
+    path = Path(source)
+    if not path.exists():
+        raise DataError(f"data source {source!r} does not exist: give a .jsonl or .csv file, a folder saved "
+                        f"with datasets' save_to_disk, or a built-in task ({', '.join(BUILTIN)})")
+    if path.is_dir():
+        try:
+            from datasets import load_from_disk
+        except ImportError:
+            raise DataError(f"{source!r} is a folder: reading a saved HF dataset needs `pip install datasets`") from None
+        rows = list(load_from_disk(str(path)))
+    elif path.suffix == ".jsonl":
+        rows = []
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{source}:{i}: not a JSON object: {exc}") from None
+    elif path.suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    else:
+        raise DataError(f"data file {source!r}: use .jsonl or .csv (or a saved HF dataset folder)")
+    out = []
+    for i, row in enumerate(rows):
+        if text_key not in row or label_key not in row:
+            raise DataError(f"{source}: example {i} has no {text_key!r} or {label_key!r} field "
+                            f"(its fields: {sorted(row)}); set text_key/label_key in the config")
+        out.append({"text": str(row[text_key]), "label": int(row[label_key])})
+    if not out:
+        raise DataError(f"data source {source!r} holds no example")
+    return out
+
+
+def split(examples: list[dict], eval_size: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """A seeded shuffle, then the first ``eval_size`` examples are held out for evaluation."""
+    if len(examples) <= eval_size:
+        raise DataError(f"{len(examples)} examples cannot give {eval_size} held-out ones and a training set: "
+                        "lower eval_size or add data")
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    shuffled = [examples[i] for i in order]
+    return shuffled[eval_size:], shuffled[:eval_size]
