@@ -261,6 +261,7 @@ class ZOOptimizer(torch.optim.Optimizer):
             raise ValueError("not a kerzoo optimizer state: the 'kerzoo' entry is missing")
         super().load_state_dict(state_dict)
         self._step, self.seed, self.skipped_steps = int(zo["step"]), int(zo["seed"]), int(zo["skipped_steps"])
+        self.projection.setup(self.infos, self.seed)  # the projection's bases derive from the seed
         self.projection.load_state_dict(zo["projection"])
 
     @property

@@ -39,6 +39,7 @@ BUILTIN_PLUGINS = (
     "kerzoo.estimators.two_point",
     "kerzoo.estimators.kernel",
     "kerzoo.projections.dense",
+    "kerzoo.projections.lowrank",
     "kerzoo.updates.rules",
     "kerzoo.presets",
 )

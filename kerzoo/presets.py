@@ -109,6 +109,13 @@ BUILTIN = (
     Preset("kerzoo", {**MEZO, "estimator": "kernel"},
            {"lr": 1e-6, "eps": 1e-3, "kernel": "legendre3", "directions": 3, "r_max": 0.5, "r_min": 0.5},
            "KerZOO: kernel-weighted two-point estimator (legendre3), bias O(eps^4), 3 directions"),
+    Preset("subzero", {**MEZO, "projection": "subspace"}, {"lr": 1e-6, "eps": 1e-3, "rank": 8, "refresh": 2000},
+           "SubZero: two-point estimate in random rank-8 subspaces of each matrix, redrawn every 2000 steps"),
+    Preset("lozo", {**MEZO, "projection": "lowrank"}, {"lr": 1e-6, "eps": 1e-3, "rank": 1, "nu": 100},
+           "LOZO: low-rank U V^T directions, V kept for 100 steps"),
+    Preset("kerzoo-subspace", {**MEZO, "estimator": "kernel", "projection": "subspace"},
+           {"lr": 1e-6, "eps": 1e-3, "kernel": "legendre3", "directions": 3, "rank": 8, "refresh": 2000},
+           "KerZOO's kernel-weighted estimator over SubZero's random subspaces"),
 )
 
 
