@@ -54,6 +54,8 @@ def resolve(spec: Any, overrides: dict[str, Any] | None = None) -> Resolved:
     from .plugins import get_registry
 
     overrides = dict(overrides or {})
+    if isinstance(spec, str) and spec.endswith((".toml", ".yaml", ".yml")):
+        spec = load_spec_file(spec)
     if isinstance(spec, str):
         preset = get_registry("optimizers")[spec]
         merged = {**preset.spec(), **overrides}
@@ -90,6 +92,29 @@ def resolve(spec: Any, overrides: dict[str, Any] | None = None) -> Resolved:
         raise TypeError(f"unknown optimizer option(s) {', '.join(msgs)} for estimator {full['estimator']!r}, "
                         f"projection {full['projection']!r}, update {full['update']!r}; known options: {', '.join(known)}")
     return Resolved(full, parts, part_options, options)
+
+
+def load_spec_file(path: str) -> dict[str, Any]:
+    """An optimizer spec from a TOML or YAML file: its [optimizer] table, or the whole file."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"optimizer config {path!r} does not exist")
+    if p.suffix == ".toml":
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    else:
+        import yaml
+
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    spec = raw.get("optimizer", raw)
+    if not isinstance(spec, dict):
+        raise TypeError(f"{path}: the optimizer spec must be a table of parts and options, got {spec!r}")
+    return dict(spec)
 
 
 MEZO = {"estimator": "two-point", "projection": "dense", "update": "sgd"}

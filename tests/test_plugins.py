@@ -132,3 +132,11 @@ def test_name_clash_with_builtin_is_refused_at_runtime():
 def test_unknown_registry_kind_suggests():
     with pytest.raises(KeyError, match="kernels"):
         plugins.get_registry("kernel")
+
+
+def test_example_plugin_estimator_passes_the_conformance_suite(example_installed):
+    from kerzoo.testing import check_optimizer
+
+    plugins.reload()
+    assert plugins.entry("estimators", "richardson").plugin == "example"
+    check_optimizer({"estimator": "richardson", "update": "sgd"})

@@ -141,3 +141,16 @@ def test_step_without_closure_is_an_error():
     opt = kerzoo.optimizer("mezo", [torch.nn.Parameter(torch.zeros(2))])
     with pytest.raises(ValueError, match="closure"):
         opt.step()
+
+
+def test_spec_from_toml_and_yaml_files(tmp_path):
+    (tmp_path / "opt.toml").write_text('[optimizer]\nestimator = "kernel"\nkernel = "legendre5"\nlr = 1e-3\n')
+    (tmp_path / "opt.yaml").write_text("preset: zo-adam\nlr: 0.01\n")
+    p = [torch.nn.Parameter(torch.zeros(3))]
+    a = kerzoo.optimizer(str(tmp_path / "opt.toml"), p)
+    assert a.estimator.name == "kernel" and a.estimator.kernel.name == "legendre5" and a.param_groups[0]["lr"] == 1e-3
+    b = kerzoo.optimizer(str(tmp_path / "opt.yaml"), p)
+    assert b.update_rule.name == "adam" and b.param_groups[0]["lr"] == 0.01
+    (tmp_path / "bad.toml").write_text('[optimizer]\nestimator = "kernel"\nkernal = "legendre5"\n')
+    with pytest.raises(TypeError, match="'kernal' \\(did you mean 'kernel'\\?\\)"):
+        kerzoo.optimizer(str(tmp_path / "bad.toml"), p)
