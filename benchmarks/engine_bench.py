@@ -17,9 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 
 import torch
+
+from common import best_time, sync
 
 import kerzoo.engine as engine
 
@@ -32,21 +33,7 @@ def opt_shapes(name: str) -> list[tuple[int, ...]]:
     return shapes + [(d,), (d,)]
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
-
-def timeit(fn, device, repeat: int) -> float:
-    fn()
-    sync(device)
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def kerzoo_step(params, keys, seed=1, eps=1e-3, lr=1e-6, g=0.5):
@@ -117,13 +104,13 @@ def main() -> None:
     keys = [engine.param_key(f"p{i}") for i in range(len(params))]
     numel = sum(p.numel() for p in params)
     bytes_ = numel * params[0].element_size()
-    t_floor = timeit(lambda: floor_pass(params), device, args.repeat)
+    t_floor = best_time(lambda: floor_pass(params), device, args.repeat)
     src = torch.empty(bytes_ // 4, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
-    t_copy = timeit(lambda: dst.copy_(src), device, args.repeat)
+    t_copy = best_time(lambda: dst.copy_(src), device, args.repeat)
     del src, dst
-    t_ours = timeit(lambda: kerzoo_step(params, keys), device, args.repeat)
-    t_peers = timeit(lambda: peers_step(params), device, args.repeat)
+    t_ours = best_time(lambda: kerzoo_step(params, keys), device, args.repeat)
+    t_peers = best_time(lambda: peers_step(params), device, args.repeat)
     res = {
         "machine": platform.node() if device.type == "cpu" else torch.cuda.get_device_name(device),
         "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),

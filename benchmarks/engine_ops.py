@@ -5,25 +5,14 @@
 
 import argparse
 import json
-import time
 
 import torch
+
+from common import best_time, sync
 
 import kerzoo.engine as engine
 
 
-def timeit(fn, device, repeat=5):
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def main():
@@ -50,7 +39,7 @@ def main():
             "add_z_multi 2 seeds": lambda: engine.add_z_multi(x, [1e-3, 1e-3], [1, 2], 2),
         }
         for op, fn in ops.items():
-            t = timeit(fn, device)
+            t = best_time(fn, device, 5)
             moved = b if op.startswith("fill_z") else 2 * b
             rows[f"{name} {op}"] = {"s": t, "GBps": moved / t / 1e9, "Gelem_per_s": args.numel / t / 1e9}
             print(f"{name:9} {op:28} {t * 1e3:8.2f} ms {moved / t / 1e9:8.1f} GB/s {args.numel / t / 1e9:7.1f} Gelem/s",

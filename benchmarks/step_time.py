@@ -17,6 +17,8 @@ import time
 
 import torch
 
+from common import best_time, sync
+
 import kerzoo
 import kerzoo.engine
 
@@ -40,21 +42,7 @@ def build(name: str, dtype, device):
     return model
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
-
-def timed(fn, device, repeat):
-    fn()
-    sync(device)
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def peers_step(model, loss, seed, eps=1e-3, lr=1e-6):
@@ -107,7 +95,7 @@ def main():
         return model(input_ids=ids, labels=ids).loss
 
     with torch.no_grad():
-        t_fwd = timed(loss, device, args.repeat)
+        t_fwd = best_time(loss, device, args.repeat)
         mem_inf = peak(loss, device)
     res = {"model": args.model, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
            "threads": torch.get_num_threads(), "dtype": args.dtype, "batch": args.batch, "seq": args.seq,
@@ -115,7 +103,7 @@ def main():
            "engine": kerzoo.engine.info()[1]}
     for mode in ("inplace", "onthefly"):
         opt = kerzoo.optimizer("mezo", model, lr=1e-7, eps=1e-3, perturb=mode)
-        t = timed(lambda: opt.step(loss), device, args.repeat)
+        t = best_time(lambda: opt.step(loss), device, args.repeat)
         res[f"kerzoo_{mode}_step_s"] = t
         res[f"kerzoo_{mode}_overhead_s"] = t - 2 * t_fwd
         res[f"kerzoo_{mode}_peak_bytes"] = peak(lambda: opt.step(loss), device)
@@ -126,7 +114,7 @@ def main():
         seed[0] += 1
         peers_step(model, loss, seed[0])
 
-    t = timed(peers, device, args.repeat)
+    t = best_time(peers, device, args.repeat)
     res["peers_step_s"], res["peers_overhead_s"] = t, t - 2 * t_fwd
     res["peers_peak_bytes"] = peak(peers, device)
     res["speedup_inplace_vs_peers"] = res["peers_step_s"] / res["kerzoo_inplace_step_s"]

@@ -96,21 +96,9 @@ def resolve(spec: Any, overrides: dict[str, Any] | None = None) -> Resolved:
 
 def load_spec_file(path: str) -> dict[str, Any]:
     """An optimizer spec from a TOML or YAML file: its [optimizer] table, or the whole file."""
-    from pathlib import Path
+    from .config import read_config_file
 
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"optimizer config {path!r} does not exist")
-    if p.suffix == ".toml":
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10
-            import tomli as tomllib
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
-    else:
-        import yaml
-
-        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    raw = read_config_file(path)
     spec = raw.get("optimizer", raw)
     if not isinstance(spec, dict):
         raise TypeError(f"{path}: the optimizer spec must be a table of parts and options, got {spec!r}")

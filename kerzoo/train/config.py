@@ -7,6 +7,8 @@ import difflib
 from pathlib import Path
 from typing import Any
 
+from ..config import ConfigError, read_config_file
+
 SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
     "model": {
         "name": ("builtin:all-minilm-l6-v2", "a local folder, a transformers name (needs network or cache), "
@@ -49,8 +51,6 @@ SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
 DEFAULT_OPTIMIZER = {"preset": "mezo", "lr": 1e-4, "eps": 1e-3}
 
 
-class ConfigError(ValueError):
-    """A config that cannot run: the message names the key and what to do."""
 
 
 def _suggest(key: str, known) -> str:
@@ -100,27 +100,4 @@ def validate(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def load(path: str | Path | None) -> dict[str, dict[str, Any]]:
     """Read and validate a TOML or YAML config; None gives the default run."""
-    if path is None:
-        return validate({})
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"config file {str(p)!r} does not exist")
-    text = p.read_text(encoding="utf-8")
-    try:
-        if p.suffix == ".toml":
-            try:
-                import tomllib
-            except ModuleNotFoundError:  # Python 3.10
-                import tomli as tomllib
-            raw = tomllib.loads(text)
-        elif p.suffix in (".yaml", ".yml"):
-            import yaml
-
-            raw = yaml.safe_load(text) or {}
-        else:
-            raise ConfigError(f"config {str(p)!r}: use a .toml or .yaml file")
-    except ConfigError:
-        raise
-    except Exception as exc:
-        raise ConfigError(f"config {str(p)!r} could not be parsed: {exc}") from None
-    return validate(raw)
+    return validate({} if path is None else read_config_file(path))
