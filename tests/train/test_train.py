@@ -119,29 +119,40 @@ def test_nan_streak_stops_with_last_good_checkpoint(tmp_path, monkeypatch):
     assert kept["step"] == 3 and all(torch.equal(kept["params"][k], v) for k, v in good["params"].items())
 
 
-def tiny_causal(tmp_path):
-    from transformers import AutoTokenizer, OPTConfig, OPTForCausalLM
+def tiny_causal(tmp_path, family="opt"):
+    """A 2-layer causal LM of an OPT-style or LLaMA-style config, random weights, saved to a folder."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
 
     from kerzoo.train.model import resolve_path
 
     tok = AutoTokenizer.from_pretrained(resolve_path("builtin:all-minilm-l6-v2"))
-    config = OPTConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, ffn_dim=64,
-                       word_embed_proj_dim=32, max_position_embeddings=64, architectures=["OPTForCausalLM"])
+    if family == "opt":
+        config = OPTConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           ffn_dim=64, word_embed_proj_dim=32, max_position_embeddings=64,
+                           architectures=["OPTForCausalLM"])
+        model = OPTForCausalLM
+    else:
+        config = LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                             num_key_value_heads=1, intermediate_size=64, max_position_embeddings=64,
+                             architectures=["LlamaForCausalLM"])
+        model = LlamaForCausalLM
     torch.manual_seed(0)
-    folder = tmp_path / "tiny-opt"
-    OPTForCausalLM(config).save_pretrained(folder)
+    folder = tmp_path / f"tiny-{family}"
+    model(config).save_pretrained(folder)
     tok.save_pretrained(folder)
     return str(folder)
 
 
-def test_causal_lm_classification_trains_and_checks_label_words(tmp_path):
-    folder = tiny_causal(tmp_path)
-    c = cfg(tmp_path, model={"name": folder, "trainable": ["model.decoder.layers.1."]},
-            task={"template": "{text} it was"})
+@pytest.mark.parametrize("family,top", [("opt", "model.decoder.layers.1."), ("llama", "model.layers.1.")])
+def test_causal_lm_classification_trains_and_checks_label_words(tmp_path, family, top):
+    folder = tiny_causal(tmp_path, family)
+    c = cfg(tmp_path, model={"name": folder, "trainable": [top]}, task={"template": "{text} it was"})
     run = Run(c, resume=False, progress=False)
     assert run.kind == "causal"
+    before = params(run)
     run.train()
     assert run.step == 6
+    assert any(not torch.equal(before[k], v) for k, v in params(run).items())
     bad = cfg(tmp_path / "x", model={"name": folder, "trainable": []},
               task={"label_words": ["terrible", "supercalifragilistic"]})
     with pytest.raises(TaskError, match="'supercalifragilistic' is .* tokens"):
