@@ -41,6 +41,7 @@ class _OnTheFly:
     def __init__(self, module: torch.nn.Module, infos: dict[int, ParamInfo], projection: Projection):
         self.point: dict[int, float] = {}
         self.seeds: list[int] = []
+        self.factor = None  # the plan's per-tensor perturbation factor
         self.projection = projection
         self.touched: set[int] = set()
         self.handles = []
@@ -54,11 +55,10 @@ class _OnTheFly:
         def hook(module, args):
             if not self.point:
                 return
-            idx = sorted(self.point)
             for _, p in owned:
                 info = infos[id(p)]
                 tmp = p.data.clone()
-                self.projection.add(info, tmp, [self.point[i] for i in idx], [self.seeds[i] for i in idx])
+                self.projection.add(info, tmp, *ZOOptimizer._seeds_of(self.point, self.seeds, self.factor, info))
                 module._kerzoo_saved = getattr(module, "_kerzoo_saved", [])
                 module._kerzoo_saved.append((p, p.data))
                 p.data = tmp
@@ -88,7 +88,8 @@ class ZOOptimizer(torch.optim.Optimizer):
 
     def __init__(self, params: Any, *, estimator: Estimator, projection: Projection, update: Update,
                  lr: float = 1e-6, eps: float = 1e-3, weight_decay: float = 0.0, seed: int = 0,
-                 perturb: str = "auto", stochastic_rounding: bool | None = None, spec: dict | None = None):
+                 perturb: str = "auto", stochastic_rounding: bool | None = None, clip: float = 0.0,
+                 spec: dict | None = None):
         if not eps > 0:
             raise ValueError(f"eps must be > 0, got {eps!r}")
         if perturb not in ("auto", "inplace", "onthefly"):
@@ -104,6 +105,9 @@ class ZOOptimizer(torch.optim.Optimizer):
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
         self.estimator, self.projection, self.update_rule = estimator, projection, update
         self.eps, self.seed = float(eps), int(seed)
+        if clip < 0:
+            raise ValueError(f"clip must be >= 0 (0 turns per-tensor clipping off), got {clip!r}")
+        self.clip = float(clip)
         self.spec = spec or {}
         self.infos: list[ParamInfo] = []
         for gi, group in enumerate(self.param_groups):
@@ -124,17 +128,22 @@ class ZOOptimizer(torch.optim.Optimizer):
         self.last_record: dict[str, Any] | None = None
 
     # -- moving the parameters between points --------------------------------------------
-    def _seeds_of(self, point: dict[int, float], seeds: list[int]) -> tuple[list[float], list[int]]:
+    @staticmethod
+    def _seeds_of(point: dict[int, float], seeds: list[int], factor=None, info=None) -> tuple[list[float], list[int]]:
+        """Coefficients and seeds of a point for one tensor (times the plan's per-tensor factor)."""
         idx = sorted(point)
-        return [point[i] for i in idx], [seeds[i] for i in idx]
+        if factor is None:
+            return [point[i] for i in idx], [seeds[i] for i in idx]
+        return [point[i] * factor(i, info) for i in idx], [seeds[i] for i in idx]
 
-    def _goto(self, current: dict[int, float], target: dict[int, float], seeds: list[int]) -> None:
+    def _goto(self, current: dict[int, float], target: dict[int, float], seeds: list[int], factor=None) -> None:
         """Move in-place parameters from theta + current to theta + target."""
         if current == target:
             return
-        rc, rs = self._seeds_of({i: -c for i, c in current.items()}, seeds)
-        nc, ns = self._seeds_of(target, seeds)
+        restore = {i: -c for i, c in current.items()}
         for info in self.infos:
+            rc, rs = self._seeds_of(restore, seeds, factor, info)
+            nc, ns = self._seeds_of(target, seeds, factor, info)
             if len(rc) == 1 and len(nc) == 1:
                 self.projection.move(info, info.tensor, (rc[0], rs[0]), (nc[0], ns[0]))
             else:
@@ -144,15 +153,15 @@ class ZOOptimizer(torch.optim.Optimizer):
                     self.projection.add(info, info.tensor, nc, ns)
 
     def _evaluate(self, closures: Sequence[Closure] | None, point: dict[int, float], seeds: list[int],
-                  current: dict[int, float]) -> tuple[float | None, dict[int, float]]:
+                  current: dict[int, float], factor=None) -> tuple[float | None, dict[int, float]]:
         """Loss at theta + point (None when replaying); returns it and the new in-place point."""
         if self.mode == "inplace":
-            self._goto(current, point, seeds)
+            self._goto(current, point, seeds, factor)
             current = dict(point)
         if closures is None:
             return None, current
         if self._hooks is not None:
-            self._hooks.point, self._hooks.seeds = dict(point), seeds
+            self._hooks.point, self._hooks.seeds, self._hooks.factor = dict(point), seeds, factor
         try:
             with torch.no_grad():
                 values = [float(c()) for c in closures]
@@ -188,8 +197,9 @@ class ZOOptimizer(torch.optim.Optimizer):
         replaying = closures is None
         skipped = bool(record and record.get("skipped"))
         evaluated = plan.points if not skipped else plan.points[: len(record.get("losses", []))]
+        pf = plan.perturb_factor
         for point in evaluated:
-            loss, current = self._evaluate(closures, point, seeds, current)
+            loss, current = self._evaluate(closures, point, seeds, current, pf)
             if not replaying:
                 losses.append(loss)
                 if not math.isfinite(loss):
@@ -198,7 +208,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         if replaying:
             losses = list(record.get("losses", []))
         if skipped:
-            self._goto(current, {}, seeds) if self.mode == "inplace" else None
+            self._goto(current, {}, seeds, pf) if self.mode == "inplace" else None
             self._finish(step, seeds, [], losses, skipped=True)
             if not replaying:
                 self.skipped_steps += 1
@@ -206,11 +216,25 @@ class ZOOptimizer(torch.optim.Optimizer):
                               f"restored ({self.skipped_steps} skipped so far)", RuntimeWarning, stacklevel=3)
             return float("nan")
         coefs = list(record["coefs"]) if replaying else self.estimator.coefficients(plan, losses, self.eps)
-        rule_record = self._update(step, seeds, coefs, current, closures, record.get("update") if record else None)
+        rule_record = self._update(step, seeds, coefs, current, closures, record.get("update") if record else None,
+                                   plan)
         self._finish(step, seeds, coefs, losses, skipped=False, extra={**plan.extra, "update": rule_record})
         return sum(losses) / len(losses) if losses else float("nan")
 
-    def _update(self, step, seeds, coefs, current, closures, replay_rule) -> dict[str, Any]:
+    def _clipped(self, coefs, seeds, uf):
+        """The update factor with per-tensor clipping: the estimate of tensor t is scaled by
+        min(1, clip / ||g_t||). Measuring ||g_t|| builds g_t once, a temporary of that tensor's size."""
+        scale = {}
+        for info in self.infos:
+            cs, ss = self._seeds_of(dict(enumerate(coefs)), seeds, uf, info)
+            norm = float(self.projection.materialize(info, cs, ss).norm())
+            scale[id(info)] = min(1.0, self.clip / norm) if norm > 0 else 1.0
+        return lambda i, p: (uf(i, p) if uf else 1.0) * scale[id(p)]
+
+    def _update(self, step, seeds, coefs, current, closures, replay_rule, plan: Plan) -> dict[str, Any]:
+        pf, uf = plan.perturb_factor, plan.update_factor
+        if self.clip:
+            uf = self._clipped(coefs, seeds, uf)
         rounding = "stochastic" if self.stochastic_rounding else "nearest"
         linear = [self.update_rule.linear(coefs, float(g["lr"])) for g in self.param_groups]
         for info in self.infos:  # decoupled weight decay, not on biases and norms
@@ -218,25 +242,28 @@ class ZOOptimizer(torch.optim.Optimizer):
             if wd and not _is_vector(info.tensor):
                 info.tensor.mul_(1.0 - lr * wd)
         if all(c is not None for c in linear):
-            restore_c, restore_s = self._seeds_of({i: -c for i, c in current.items()}, seeds)
+            restore = {i: -c for i, c in current.items()}
             for info in self.infos:
-                self.projection.add(info, info.tensor, restore_c + linear[info.group], restore_s + seeds,
+                restore_c, restore_s = self._seeds_of(restore, seeds, pf, info)
+                update_c, _ = self._seeds_of(dict(enumerate(linear[info.group])), seeds, uf, info)
+                self.projection.add(info, info.tensor, restore_c + update_c, restore_s + seeds,
                                     rounding=rounding, rounding_seed=derive(self.seed, step, "rounding"))
             return {}
         if self.mode == "inplace":
-            self._goto(current, {}, seeds)
+            self._goto(current, {}, seeds, pf)
         here: dict[int, float] = {}
 
         def evaluate_at(cs: Sequence[float]) -> float | None:
             nonlocal here
-            loss, here = self._evaluate(closures, {i: c for i, c in enumerate(cs) if c != 0.0}, seeds, here)
+            # a point along the estimate: the update's per-tensor factors apply
+            loss, here = self._evaluate(closures, {i: c for i, c in enumerate(cs) if c != 0.0}, seeds, here, uf)
             if self.mode == "inplace":
-                self._goto(here, {}, seeds)
+                self._goto(here, {}, seeds, uf)
                 here = {}
             return loss
 
         ctx = UpdateContext(self.infos, coefs, seeds, self.projection, self.param_groups,
-                            lambda p: self.state[p.tensor], evaluate_at)
+                            lambda p: self.state[p.tensor], evaluate_at, factor=uf)
         self.update_rule.apply(ctx, replay=replay_rule)
         return ctx.record
 

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 
 @dataclass
 class Plan:
-    """One step's evaluation points. ``points[k]`` maps direction index -> scale; ``{}`` is theta."""
+    """One step's evaluation points. ``points[k]`` maps direction index -> scale; ``{}`` is theta.
+
+    Optional per-tensor factors: at a point, tensor p moves by scale * perturb_factor(i, p) * z_i,
+    and the estimate for p is sum_i g_i * update_factor(i, p) * z_i (KerZOO with one r per tensor).
+    """
 
     seeds: list[int]
     points: list[dict[int, float]]
     extra: dict[str, Any] = field(default_factory=dict)
+    perturb_factor: Callable[[int, Any], float] | None = None
+    update_factor: Callable[[int, Any], float] | None = None
 
 
 class Estimator:

@@ -9,6 +9,9 @@ averaged over the n directions. With E[s K(s)] = 1 and E[s^3 K(s)] = 0 (order 3)
 expansion of the difference in r gives E_r[r K_a(r)] = C and E_r[r^3 K_a(r)] = 0 for every a,
 so the eps^2 bias term cancels: the bias is O(eps^4). K is rescaled with a at every step, so
 the conditions hold while a shrinks from r_max to r_min over r_shrink_steps.
+
+r_scope="tensor" draws one r per direction and tensor: tensor t moves by eps r_{i,t} z_{i,t} and
+its estimate is sum_i [L+ - L-]/(2 eps n) K_a(r_{i,t}) z_{i,t}.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ class KernelEstimator(Estimator):
 
     name = "kernel"
     defaults = {"directions": 3, "kernel": "legendre3", "C": 1.0, "r_max": 0.5, "r_min": 0.5,
-                "r_shrink_steps": 0}
+                "r_shrink_steps": 0, "r_scope": "direction"}
 
     def __init__(self, **options):
         super().__init__(**options)
@@ -36,6 +39,10 @@ class KernelEstimator(Estimator):
         self.C = float(self.options["C"])
         self.r_max, self.r_min = float(self.options["r_max"]), float(self.options["r_min"])
         self.r_shrink_steps = int(self.options["r_shrink_steps"])
+        self.r_scope = self.options["r_scope"]
+        if self.r_scope not in ("direction", "tensor"):
+            raise ValueError(f"kernel estimator: r_scope must be 'direction' (the paper's theory) or 'tensor' "
+                             f"(one r per tensor, as a public implementation does), got {self.r_scope!r}")
         if not 0 < self.r_min <= self.r_max:
             raise ValueError(f"kernel estimator: need 0 < r_min <= r_max, got r_min={self.r_min}, r_max={self.r_max}")
 
@@ -48,6 +55,13 @@ class KernelEstimator(Estimator):
 
     def plan(self, step, seeds, eps):
         a = self.radius(step)
+        if self.r_scope == "tensor":  # one r per direction and tensor: theta_t +- eps r_{i,t} z_{i,t}
+            r_of = lambda i, p: a * (2.0 * uniform(seeds[i], f"kernel-r:{p.name}") - 1.0)
+            points = []
+            for i in range(len(seeds)):
+                points += [{i: eps}, {i: -eps}]
+            return Plan(seeds, points, {"a": a}, perturb_factor=r_of,
+                        update_factor=lambda i, p: self.weight(r_of(i, p), a))
         r = [a * (2.0 * uniform(s, "kernel-r") - 1.0) for s in seeds]
         points = []
         for i, ri in enumerate(r):
@@ -61,6 +75,8 @@ class KernelEstimator(Estimator):
 
     def coefficients(self, plan, losses, eps):
         n, a = len(plan.seeds), plan.extra["a"]
+        if self.r_scope == "tensor":  # K_a(r_{i,t}) is the update factor of each tensor
+            return [(losses[2 * i] - losses[2 * i + 1]) / (2 * eps) / n for i in range(n)]
         return [(losses[2 * i] - losses[2 * i + 1]) / (2 * eps) * self.weight(r, a) / n
                 for i, r in enumerate(plan.extra["r"])]
 

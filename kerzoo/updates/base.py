@@ -27,17 +27,24 @@ class UpdateContext:
     state: Callable[[ParamInfo], dict]                     # per-tensor state (saved in state_dict)
     evaluate_at: Callable[[Sequence[float]], float | None]  # L(theta + sum_i c_i z_i); None when replaying
     record: dict[str, Any] = field(default_factory=dict)   # what the rule chose, for replay
+    factor: Callable[[int, ParamInfo], float] | None = None  # the plan's per-tensor update factor
 
     def lr(self, p: ParamInfo) -> float:
         return float(self.groups[p.group]["lr"])
 
+    def for_tensor(self, p: ParamInfo, coefs: Sequence[float]) -> list[float]:
+        """Per-direction coefficients as they apply to tensor p (times the plan's factor, if any)."""
+        if self.factor is None:
+            return list(coefs)
+        return [c * self.factor(i, p) for i, c in enumerate(coefs)]
+
     def add(self, p: ParamInfo, coefs: Sequence[float]) -> None:
         """p += sum_i coefs[i] z_i."""
-        self.projection.add(p, p.tensor, list(coefs), self.seeds)
+        self.projection.add(p, p.tensor, self.for_tensor(p, coefs), self.seeds)
 
     def estimate(self, p: ParamInfo) -> torch.Tensor:
         """The estimated gradient of p, materialised (a temporary the size of p)."""
-        return self.projection.materialize(p, self.coefs, self.seeds)
+        return self.projection.materialize(p, self.for_tensor(p, self.coefs), self.seeds)
 
 
 class Update:

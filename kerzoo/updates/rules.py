@@ -45,7 +45,7 @@ class Momentum(Update):
                                              else torch.float64, device=p.tensor.device)
             m = st["momentum"]
             m.mul_(beta)
-            ctx.projection.add(p, m, ctx.coefs, ctx.seeds)
+            ctx.projection.add(p, m, ctx.for_tensor(p, ctx.coefs), ctx.seeds)
             p.tensor.add_((-ctx.lr(p) * m).to(p.tensor.dtype))
 
 

@@ -115,3 +115,52 @@ def test_one_sided_is_exact_on_linear_functions():
     coefs = est.coefficients(plan, losses, 1e-3)
     for ci, z in zip(coefs, zs):
         assert ci == pytest.approx(float(z @ b) / 2, rel=1e-9)
+
+
+class TwoTensors(torch.nn.Module):
+    """f = 1/2 a^T A a + b^T B b + c.(a, b): two tensors, a known gradient."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64))
+        self.b = torch.nn.Parameter(torch.tensor([[0.1, 0.4], [-0.3, 0.2]], dtype=torch.float64))
+
+    def forward(self):
+        return 0.5 * (self.a * torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64) * self.a).sum() \
+            + (self.b**2).sum() + self.a.sum() - self.b.sum()
+
+    def grad(self):
+        return (torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64) * self.a.detach() + 1,
+                2 * self.b.detach() - 1)
+
+
+def test_kerzoo_with_one_r_per_tensor_is_unbiased_on_a_quadratic():
+    model = TwoTensors()
+    ga, gb = model.grad()
+    start = [p.detach().clone() for p in model.parameters()]
+    lr, n = 1e-3, 3000
+    est = []
+    for s in range(n):
+        with torch.no_grad():
+            for p, v in zip(model.parameters(), start):
+                p.copy_(v)
+        opt = kerzoo.optimizer("kerzoo", model, lr=lr, eps=1e-3, seed=s, directions=1, r_scope="tensor",
+                               perturb="onthefly")
+        opt.step(model)
+        opt.close()
+        est.append(torch.cat([((v - p.detach()) / lr).reshape(-1) for p, v in zip(model.parameters(), start)]))
+    est = torch.stack(est)
+    mean, stderr = est.mean(0), est.std(0) / math.sqrt(n)
+    grad = torch.cat([ga.reshape(-1), gb.reshape(-1)])
+    assert torch.all((mean - grad).abs() <= 5 * stderr), (mean, grad, stderr)
+
+
+def test_one_r_per_tensor_perturbs_tensors_by_different_radii():
+    est = KernelEstimator(r_scope="tensor")
+    plan = est.plan(0, [11], 1e-3)
+    a, b = (type("P", (), {"name": n})() for n in ("layer.0.w", "layer.1.w"))
+    assert plan.perturb_factor(0, a) != plan.perturb_factor(0, b)
+    assert abs(plan.perturb_factor(0, a)) <= est.radius(0)
+    assert plan.update_factor(0, a) == pytest.approx(est.weight(plan.perturb_factor(0, a), est.radius(0)))
+    with pytest.raises(ValueError, match="r_scope"):
+        KernelEstimator(r_scope="layer")

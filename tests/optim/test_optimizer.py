@@ -154,3 +154,24 @@ def test_spec_from_toml_and_yaml_files(tmp_path):
     (tmp_path / "bad.toml").write_text('[optimizer]\nestimator = "kernel"\nkernal = "legendre5"\n')
     with pytest.raises(TypeError, match="'kernal' \\(did you mean 'kernel'\\?\\)"):
         kerzoo.optimizer(str(tmp_path / "bad.toml"), p)
+
+
+def test_per_tensor_clipping_bounds_each_tensors_step():
+    x, y = data(torch.float64)
+    model = TinyNet(torch.float64)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    lr, clip = 0.5, 0.01
+    opt = kerzoo.optimizer("kerzoo", model, lr=lr, clip=clip, perturb="onthefly", seed=4)
+    opt.step(lambda: torch.nn.functional.mse_loss(model(x), y))
+    moved = {n: float((p.detach() - before[n]).norm()) for n, p in model.named_parameters()}
+    assert all(m <= lr * clip * (1 + 1e-9) for m in moved.values()), moved
+    assert max(moved.values()) == pytest.approx(lr * clip, rel=1e-6)  # large estimates are clipped to the bound
+    with pytest.raises(ValueError, match="clip"):
+        kerzoo.optimizer("mezo", model, clip=-1.0)
+
+
+@pytest.mark.parametrize("check", ["resume_same_trajectory", "replay_rebuilds_weights", "unchanged_on_nan"])
+def test_clipping_passes_conformance(check):
+    import kerzoo.testing as kt
+
+    getattr(kt, f"check_{check}")("kerzoo", clip=0.05)
