@@ -22,11 +22,14 @@ SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
     "data": {
         "source": ("vader-polarity", "a .jsonl/.csv file, a saved HF dataset folder, or a built-in task"),
         "text_key": ("text", "the field holding the text"),
-        "label_key": ("label", "the field holding the integer label"),
+        "label_key": ("label", "the field holding the integer label (multiple choice: the right option's index)"),
+        "options_key": ("options", "multiple_choice: the field holding the list of options"),
+        "answer_key": ("answer", "lm: the field holding the gold answer"),
         "eval_size": (500, "examples held out for evaluation"),
     },
     "task": {
-        "type": ("classification", "classification (label words)"),
+        "type": ("classification", "classification (label words), multiple_choice (options scored by "
+                                   "log-likelihood), or lm (loss on the gold answer); the last two need a causal LM"),
         "template": ("{text}", "the prompt; {text} is replaced by the example's text"),
         "label_words": (["terrible", "great"], "one word per label, in label order"),
         "label_prompt": ("It was {word}.", "encoders: the sentence each label word is embedded in"),
@@ -93,8 +96,8 @@ def validate(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
             raise ConfigError(f"train.{key} must be >= 1, got {t[key]}")
     if t["schedule"] not in ("constant", "linear", "cosine"):
         raise ConfigError(f"train.schedule = {t['schedule']!r}: use constant, linear or cosine")
-    if cfg["task"]["type"] != "classification":
-        raise ConfigError(f"task.type = {cfg['task']['type']!r}: this version trains 'classification'")
+    if cfg["task"]["type"] not in ("classification", "multiple_choice", "lm"):
+        raise ConfigError(f"task.type = {cfg['task']['type']!r}: use classification, multiple_choice or lm")
     return cfg
 
 

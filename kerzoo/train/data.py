@@ -40,8 +40,14 @@ def vader_polarity(min_abs: float = 1.0) -> list[dict]:
     return out
 
 
-def load_examples(source: str, text_key: str = "text", label_key: str = "label") -> list[dict]:
-    """Read examples from ``source``: a built-in name, a .jsonl/.csv file, or a saved HF dataset folder."""
+def load_examples(source: str, text_key: str = "text", label_key: str = "label",
+                  fields: dict[str, str] | None = None, require_label: bool = True) -> list[dict]:
+    """Read examples from ``source``: a built-in name, a .jsonl/.csv file, or a saved HF dataset folder.
+
+    Each example gets "text" and "label" (an int); ``fields`` maps more names to source fields,
+    e.g. {"options": "choices"} for multiple choice or {"answer": "target"} for an LM loss; with
+    ``require_label=False`` the label is None where the source has none.
+    """
     if source in BUILTIN:
         return vader_polarity()
     path = Path(source)
@@ -67,12 +73,18 @@ def load_examples(source: str, text_key: str = "text", label_key: str = "label")
             rows = list(csv.DictReader(f))
     else:
         raise DataError(f"data file {source!r}: use .jsonl or .csv (or a saved HF dataset folder)")
+    fields = fields or {}
     out = []
     for i, row in enumerate(rows):
-        if text_key not in row or label_key not in row:
-            raise DataError(f"{source}: example {i} has no {text_key!r} or {label_key!r} field "
-                            f"(its fields: {sorted(row)}); set text_key/label_key in the config")
-        out.append({"text": str(row[text_key]), "label": int(row[label_key])})
+        needed = [text_key, *fields.values()] + ([label_key] if require_label else [])
+        missing = [k for k in needed if k not in row]
+        if missing:
+            raise DataError(f"{source}: example {i} lacks the field(s) {', '.join(repr(k) for k in missing)} "
+                            f"(its fields: {sorted(row)}); set the data keys in the config")
+        ex = {"text": str(row[text_key]), "label": int(row[label_key]) if label_key in row else None}
+        for name, key in fields.items():
+            ex[name] = row[key]
+        out.append(ex)
     if not out:
         raise DataError(f"data source {source!r} holds no example")
     return out

@@ -21,7 +21,7 @@ import torch
 from ..seeds import derive
 from . import data as data_mod
 from .model import load_model, trainable_state
-from .tasks import Classification
+from .tasks import make_task
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -74,11 +74,13 @@ class Run:
             torch.set_num_threads(t["threads"])
         self.out = Path(t["out"])
         self.out.mkdir(parents=True, exist_ok=True)
-        examples = data_mod.load_examples(cfg["data"]["source"], cfg["data"]["text_key"], cfg["data"]["label_key"])
-        self.train_set, self.eval_set = data_mod.split(examples, cfg["data"]["eval_size"], t["seed"])
-        num_labels = 1 + max(ex["label"] for ex in examples)
+        d, task_type = cfg["data"], cfg["task"]["type"]
+        fields = {"multiple_choice": {"options": d["options_key"]}, "lm": {"answer": d["answer_key"]}}.get(task_type)
+        examples = data_mod.load_examples(d["source"], d["text_key"], d["label_key"], fields,
+                                          require_label=task_type != "lm")
+        self.train_set, self.eval_set = data_mod.split(examples, d["eval_size"], t["seed"])
         self.model, self.tokenizer, self.kind = load_model(cfg["model"])
-        self.task = Classification(cfg["task"], self.tokenizer, self.kind, num_labels)
+        self.task = make_task(cfg["task"], self.tokenizer, self.kind, examples)
         self.opt = kerzoo.optimizer(dict(cfg["optimizer"]), self.model, seed=t["seed"])
         self.base_lrs = [g["lr"] for g in self.opt.param_groups]
         self.step = 0

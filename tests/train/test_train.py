@@ -61,7 +61,7 @@ def test_jsonl_and_csv_and_bad_data(tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(D.DataError, match="holds no example"):
         D.load_examples(str(tmp_path / "empty.jsonl"))
-    with pytest.raises(D.DataError, match="no 'text' or 'label' field"):
+    with pytest.raises(D.DataError, match="lacks the field\\(s\\) 'text', 'label'"):
         D.load_examples(str(tmp_path / "d.jsonl"))
     with pytest.raises(D.DataError, match="does not exist"):
         D.load_examples(str(tmp_path / "missing.jsonl"))
@@ -167,3 +167,39 @@ def test_lora_through_peft(tmp_path):
     before = params(run)
     run.train()
     assert any(not torch.equal(before[k], v) for k, v in params(run).items())
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.mark.parametrize("family", ["opt", "llama"])
+def test_multiple_choice_and_lm_tasks_train_on_tiny_causal_lms(tmp_path, family):
+    folder = tiny_causal(tmp_path, family)
+    words = ["good", "bad", "happy", "sad", "great", "awful", "nice", "poor"]
+    mc = [{"question": f"{w} means", "choices": ["yes", "no", "maybe"], "gold": i % 3} for i, w in enumerate(words * 5)]
+    lm = [{"text": f"the word is {w}", "target": w} for w in words * 5]
+    for task, source, data in (
+        ("multiple_choice", write_jsonl(tmp_path / "mc.jsonl", mc),
+         {"text_key": "question", "options_key": "choices", "label_key": "gold"}),
+        ("lm", write_jsonl(tmp_path / "lm.jsonl", lm), {"answer_key": "target"}),
+    ):
+        c = cfg(tmp_path / task, model={"name": folder, "trainable": []},
+                data={"source": source, "eval_size": 8, **data}, task={"type": task},
+                train={"eval_batch_size": 8})
+        run = Run(c, resume=False, progress=False)
+        before = params(run)
+        result = run.train()
+        assert 0.0 <= result["first_acc"] <= 1.0 and run.step == 6
+        assert any(not torch.equal(before[k], v) for k, v in params(run).items())
+        if task == "multiple_choice":  # the task's logits are mean log-likelihoods per option
+            logits = run.task.logits(run.model, run.eval_set[:2])
+            assert logits.shape == (2, 3) and torch.all(logits < 0)
+
+
+def test_multiple_choice_needs_a_causal_lm(tmp_path):
+    rows = [{"text": "x", "options": ["a", "b"], "label": 0}] * 30
+    c = cfg(tmp_path, data={"source": write_jsonl(tmp_path / "mc.jsonl", rows)}, task={"type": "multiple_choice"})
+    with pytest.raises(TaskError, match="needs a causal LM"):
+        Run(c, progress=False)
