@@ -203,3 +203,11 @@ def test_multiple_choice_needs_a_causal_lm(tmp_path):
     c = cfg(tmp_path, data={"source": write_jsonl(tmp_path / "mc.jsonl", rows)}, task={"type": "multiple_choice"})
     with pytest.raises(TaskError, match="needs a causal LM"):
         Run(c, progress=False)
+
+
+def test_hf_dataset_saved_on_disk(tmp_path):
+    datasets = pytest.importorskip("datasets", reason="reading saved HF datasets needs `pip install datasets`")
+    ds = datasets.Dataset.from_list([{"sentence": "fine", "y": 1}, {"sentence": "bad", "y": 0}])
+    ds.save_to_disk(str(tmp_path / "saved"))
+    ex = D.load_examples(str(tmp_path / "saved"), "sentence", "y")
+    assert ex == [{"text": "fine", "label": 1}, {"text": "bad", "label": 0}]
