@@ -13,6 +13,7 @@ restore is exact in every dtype.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -22,6 +23,7 @@ import torch
 
 from . import engine
 from .estimators.base import Estimator, Plan
+from .perturb import OnTheFly, point_coefficients
 from .projections.base import ParamInfo, Projection
 from .seeds import derive, direction_seeds
 from .updates.base import Update, UpdateContext
@@ -33,48 +35,6 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 def _is_vector(p: torch.Tensor) -> bool:
     """Biases and norm weights (1-D): no weight decay, as in MeZO."""
     return p.dim() <= 1
-
-
-class _OnTheFly:
-    """Forward pre/post hooks that swap each parameter's data for W + sum scale z during forward."""
-
-    def __init__(self, module: torch.nn.Module, infos: dict[int, ParamInfo], projection: Projection):
-        self.point: dict[int, float] = {}
-        self.seeds: list[int] = []
-        self.factor = None  # the plan's per-tensor perturbation factor
-        self.projection = projection
-        self.touched: set[int] = set()
-        self.handles = []
-        for m in module.modules():
-            owned = [(n, p) for n, p in m._parameters.items() if p is not None and id(p) in infos]
-            if owned:
-                self.handles.append(m.register_forward_pre_hook(self._pre(owned, infos)))
-                self.handles.append(m.register_forward_hook(self._post(owned)))
-
-    def _pre(self, owned, infos):
-        def hook(module, args):
-            if not self.point:
-                return
-            for _, p in owned:
-                info = infos[id(p)]
-                tmp = p.data.clone()
-                self.projection.add(info, tmp, *ZOOptimizer._seeds_of(self.point, self.seeds, self.factor, info))
-                module._kerzoo_saved = getattr(module, "_kerzoo_saved", [])
-                module._kerzoo_saved.append((p, p.data))
-                p.data = tmp
-                self.touched.add(id(p))
-        return hook
-
-    def _post(self, owned):
-        def hook(module, args, output):
-            for p, original in reversed(getattr(module, "_kerzoo_saved", [])):
-                p.data = original
-            module._kerzoo_saved = []
-        return hook
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
 
 
 class ZOOptimizer(torch.optim.Optimizer):
@@ -122,19 +82,13 @@ class ZOOptimizer(torch.optim.Optimizer):
             raise ValueError("perturb='onthefly' needs the module itself: kerzoo.optimizer(name, model)")
         self.mode = perturb if perturb != "auto" else ("onthefly" if module is not None and low else "inplace")
         self.stochastic_rounding = low if stochastic_rounding is None else bool(stochastic_rounding)
-        self._hooks = _OnTheFly(module, {id(i.tensor): i for i in self.infos}, projection) if self.mode == "onthefly" else None
+        self._hooks = OnTheFly(module, self.infos, projection) if self.mode == "onthefly" else None
         self._step = 0
         self.skipped_steps = 0
         self.last_record: dict[str, Any] | None = None
 
     # -- moving the parameters between points --------------------------------------------
-    @staticmethod
-    def _seeds_of(point: dict[int, float], seeds: list[int], factor=None, info=None) -> tuple[list[float], list[int]]:
-        """Coefficients and seeds of a point for one tensor (times the plan's per-tensor factor)."""
-        idx = sorted(point)
-        if factor is None:
-            return [point[i] for i in idx], [seeds[i] for i in idx]
-        return [point[i] * factor(i, info) for i in idx], [seeds[i] for i in idx]
+    _seeds_of = staticmethod(point_coefficients)
 
     def _goto(self, current: dict[int, float], target: dict[int, float], seeds: list[int], factor=None) -> None:
         """Move in-place parameters from theta + current to theta + target."""
@@ -160,14 +114,9 @@ class ZOOptimizer(torch.optim.Optimizer):
             current = dict(point)
         if closures is None:
             return None, current
-        if self._hooks is not None:
-            self._hooks.point, self._hooks.seeds, self._hooks.factor = dict(point), seeds, factor
-        try:
-            with torch.no_grad():
-                values = [float(c()) for c in closures]
-        finally:
-            if self._hooks is not None:
-                self._hooks.point = {}
+        at = self._hooks.at(point, seeds, factor) if self._hooks is not None else contextlib.nullcontext()
+        with at, torch.no_grad():
+            values = [float(c()) for c in closures]
         return sum(values) / len(values), current
 
     # -- the step -------------------------------------------------------------------------
@@ -218,6 +167,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         coefs = list(record["coefs"]) if replaying else self.estimator.coefficients(plan, losses, self.eps)
         rule_record = self._update(step, seeds, coefs, current, closures, record.get("update") if record else None,
                                    plan)
+        self.projection.end_step(step, seeds, plan, losses, coefs)
         self._finish(step, seeds, coefs, losses, skipped=False, extra={**plan.extra, "update": rule_record})
         return sum(losses) / len(losses) if losses else float("nan")
 
@@ -253,12 +203,13 @@ class ZOOptimizer(torch.optim.Optimizer):
             self._goto(current, {}, seeds, pf)
         here: dict[int, float] = {}
 
-        def evaluate_at(cs: Sequence[float]) -> float | None:
+        def evaluate_at(cs: Sequence[float], scale: Callable[[ParamInfo], float] | None = None) -> float | None:
+            """L(theta + sum_i cs[i] * factor(i, p) * scale(p) z_i); scale is e.g. each tensor's group lr."""
             nonlocal here
-            # a point along the estimate: the update's per-tensor factors apply
-            loss, here = self._evaluate(closures, {i: c for i, c in enumerate(cs) if c != 0.0}, seeds, here, uf)
+            f = uf if scale is None else (lambda i, p: (uf(i, p) if uf else 1.0) * scale(p))
+            loss, here = self._evaluate(closures, {i: c for i, c in enumerate(cs) if c != 0.0}, seeds, here, f)
             if self.mode == "inplace":
-                self._goto(here, {}, seeds, uf)
+                self._goto(here, {}, seeds, f)
                 here = {}
             return loss
 

@@ -64,9 +64,11 @@ def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
 def check_decreases_quadratic(spec: Any, steps: int = 400, **overrides: Any) -> None:
     model = _Quadratic()
     opt = _make(spec, model, overrides)
-    start = float(model())
+    with torch.no_grad():
+        start = float(model())
     _run(opt, model, steps)
-    end = float(model())
+    with torch.no_grad():
+        end = float(model())
     assert end < 0.5 * start, f"{spec!r}: loss {start:.4g} -> {end:.4g} after {steps} steps on a convex quadratic"
 
 

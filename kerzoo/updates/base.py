@@ -25,7 +25,8 @@ class UpdateContext:
     projection: Projection
     groups: list[dict[str, Any]]
     state: Callable[[ParamInfo], dict]                     # per-tensor state (saved in state_dict)
-    evaluate_at: Callable[[Sequence[float]], float | None]  # L(theta + sum_i c_i z_i); None when replaying
+    # L(theta + sum_i c_i scale(p) z_i), scale(p) optional per tensor (e.g. ctx.lr); None when replaying
+    evaluate_at: Callable[..., float | None]
     record: dict[str, Any] = field(default_factory=dict)   # what the rule chose, for replay
     factor: Callable[[int, ParamInfo], float] | None = None  # the plan's per-tensor update factor
 

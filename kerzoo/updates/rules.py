@@ -80,15 +80,15 @@ class Conservative(Update):
     name = "conservative"
 
     def apply(self, ctx, replay=None):
-        # losses at theta, theta - lr g, theta + lr g (lr of the first group: one scalar choice);
-        # when replaying, evaluate_at makes the same moves and returns None
-        lr = ctx.lr(ctx.params[0]) if ctx.params else 0.0
-        step = [lr * g for g in ctx.coefs]
-        losses = [ctx.evaluate_at([0.0] * len(step)), ctx.evaluate_at([-c for c in step]), ctx.evaluate_at(step)]
+        # losses at theta, theta - lr g, theta + lr g, each tensor with its group's lr; when
+        # replaying, evaluate_at makes the same moves (same rounding in place) and returns None
+        neg = [-g for g in ctx.coefs]
+        losses = [ctx.evaluate_at([0.0] * len(neg)), ctx.evaluate_at(neg, ctx.lr), ctx.evaluate_at(ctx.coefs, ctx.lr)]
         if replay is not None:
             sign = replay["sign"]
         else:
             sign = min(zip(losses, (0, -1, 1)), key=lambda t: t[0])[1]
+            ctx.record["losses"] = losses
         ctx.record["sign"] = sign
         if sign:
             for p in ctx.params:
