@@ -25,6 +25,13 @@ def optimizer(spec: Any, params: Any, **overrides: Any):
     return make_optimizer(spec, params, **overrides)
 
 
+def schedule(name: str, optimizer: Any, total_steps: int, warmup: int = 0, min_factor: float = 0.0):
+    """A torch LR scheduler by name: constant, linear or cosine, with linear warm-up (kerzoo.schedules)."""
+    from .schedules import schedule as make
+
+    return make(name, optimizer, total_steps, warmup, min_factor)
+
+
 def _names(kind: str) -> list[str]:
     from .plugins import get_registry
 
@@ -53,6 +60,6 @@ def list_updates() -> list[str]:
 
 
 __all__ = [
-    "optimizer", "list_optimizers", "list_estimators", "list_kernels", "list_projections",
+    "optimizer", "schedule", "list_optimizers", "list_estimators", "list_kernels", "list_projections",
     "list_updates", "UnknownNameError", "NameClashError", "RegistrationError", "__version__",
 ]
