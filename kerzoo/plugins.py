@@ -40,6 +40,9 @@ BUILTIN_PLUGINS = (
     "kerzoo.estimators.kernel",
     "kerzoo.projections.dense",
     "kerzoo.projections.lowrank",
+    "kerzoo.projections.aligned",
+    "kerzoo.projections.hessian",
+    "kerzoo.projections.presets",
     "kerzoo.updates.rules",
     "kerzoo.presets",
 )

@@ -58,6 +58,19 @@ class Projection:
         self.add(p, out, coefs, seeds)
         return out
 
+    def end_step(self, step: int, seeds: Sequence[int], plan: Any, losses: Sequence[float],
+                 coefs: Sequence[float]) -> None:
+        """Called after each completed step's update (and on replay, from the record), with the
+        estimator's plan (its points and per-tensor factors), the losses at those points and the
+        estimate's coefficients g_i. Projections that learn from the losses (P-GAP's gradient
+        subspace, HiZOO's Hessian) update their state here; not called on a skipped step."""
+
+    def factors(self, p: ParamInfo, coefs: Sequence[float], seeds: Sequence[int]) -> Any:
+        """sum_i coefs[i] Z_i as low-rank factors (c, U, S, V) with Z = c U S V^T, or None when
+        the direction of ``p`` is not low-rank. Lets a linear layer perturb its output instead of
+        its weight: y + c (x V) S^T U^T."""
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

@@ -62,7 +62,10 @@ class _LowRank(Projection):
             engine.add_z_multi(target, list(coefs), list(seeds), p.key, p.offset, rounding=rounding,
                                rounding_seed=rounding_seed)
             return
-        self.add_matrix(p, target, coefs, seeds)
+        engine.add_lowrank(target, *self.matrix_factors(p, coefs, seeds))
+
+    def factors(self, p, coefs, seeds):
+        return self.matrix_factors(p, coefs, seeds) if p.tensor.dim() == 2 else None
 
     def state_dict(self):
         return {"index": self.index}
@@ -86,14 +89,14 @@ class Subspace(_LowRank):
         dev = p.tensor.device
         return orthonormal(m, r, derive(seed, "U"), p.key, dev), orthonormal(n, r, derive(seed, "V"), p.key, dev)
 
-    def add_matrix(self, p, target, coefs, seeds):
+    def matrix_factors(self, p, coefs, seeds):
         u, v = self.bases[id(p)]
         m, n = p.tensor.shape
         r = u.shape[1]
         s = torch.zeros(r, r, dtype=torch.float32, device=u.device)
         for c, sd in zip(coefs, seeds):
             s += c * gaussian((r, r), sd, p.key, device=u.device)
-        engine.add_lowrank(target, math.sqrt(m * n) / r, u, s, v)
+        return math.sqrt(m * n) / r, u, s, v
 
 
 class LowRankLOZO(_LowRank):
@@ -106,13 +109,13 @@ class LowRankLOZO(_LowRank):
     def make_bases(self, p, seed):
         return (gaussian((p.tensor.shape[1], self.rank(p)), derive(seed, "V"), p.key, device=p.tensor.device),)
 
-    def add_matrix(self, p, target, coefs, seeds):
+    def matrix_factors(self, p, coefs, seeds):
         (v,) = self.bases[id(p)]
         m, r = p.tensor.shape[0], v.shape[1]
         a = torch.zeros(m, r, dtype=torch.float32, device=v.device)
         for c, sd in zip(coefs, seeds):
             a += c * gaussian((m, r), sd, p.key, device=v.device)
-        engine.add_lowrank(target, 1.0 / math.sqrt(r), a, torch.eye(r, device=v.device), v)
+        return 1.0 / math.sqrt(r), a, torch.eye(r, device=v.device), v
 
 
 @hookimpl
