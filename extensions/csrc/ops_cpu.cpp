@@ -180,12 +180,40 @@ void restore_perturb_cpu(at::Tensor theta, double cr, int64_t sr, double cn, int
   });
 }
 
+void check_lists(at::TensorList ts, at::IntArrayRef keys, at::IntArrayRef offsets) {
+  TORCH_CHECK(keys.size() == ts.size() && offsets.size() == ts.size(), "kerzoo: ", ts.size(), " tensors but ",
+              keys.size(), " keys and ", offsets.size(), " offsets");
+}
+
+void fill_z_foreach_cpu(at::TensorList outs, int64_t seed, at::IntArrayRef keys, at::IntArrayRef offsets,
+                        int64_t dist) {
+  check_lists(outs, keys, offsets);
+  for (size_t i = 0; i < outs.size(); ++i) fill_z_cpu(outs[i], seed, keys[i], offsets[i], dist);
+}
+
+void add_z_multi_foreach_cpu(at::TensorList thetas, at::ArrayRef<double> coefs, at::ArrayRef<int64_t> seeds,
+                             at::IntArrayRef keys, at::IntArrayRef offsets, int64_t dist, bool stochastic_rounding,
+                             int64_t rounding_seed) {
+  check_lists(thetas, keys, offsets);
+  for (size_t i = 0; i < thetas.size(); ++i)
+    add_z_multi_cpu(thetas[i], coefs, seeds, keys[i], offsets[i], dist, stochastic_rounding, rounding_seed);
+}
+
+void restore_perturb_foreach_cpu(at::TensorList thetas, double cr, int64_t sr, double cn, int64_t sn,
+                                 at::IntArrayRef keys, at::IntArrayRef offsets, int64_t dist) {
+  check_lists(thetas, keys, offsets);
+  for (size_t i = 0; i < thetas.size(); ++i) restore_perturb_cpu(thetas[i], cr, sr, cn, sn, keys[i], offsets[i], dist);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(kerzoo, CPU, m) {
   m.impl("fill_z", &fill_z_cpu);
   m.impl("add_z_multi", &add_z_multi_cpu);
   m.impl("restore_perturb", &restore_perturb_cpu);
+  m.impl("fill_z_foreach", &fill_z_foreach_cpu);
+  m.impl("add_z_multi_foreach", &add_z_multi_foreach_cpu);
+  m.impl("restore_perturb_foreach", &restore_perturb_foreach_cpu);
 }
 
 }  // namespace kerzoo

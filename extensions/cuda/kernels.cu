@@ -1,6 +1,9 @@
 // CUDA kernels of the engine's ops, in plain CUDA (no torch headers): ops_cuda.cpp launches
 // them on torch's current stream. One thread per block of four elements (one Philox call gives
-// its four values), grid-stride loops, 4-wide vector loads and stores where aligned.
+// its four values), grid-stride loops, 4-wide vector loads and stores where aligned. A launch
+// covers a list of tensors (Segments): each CUDA block works on one of them, so a pass over a
+// model takes a few launches. The tables are __grid_constant__ kernel parameters, indexed in
+// place (no per-thread copy).
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -47,7 +50,7 @@ __device__ __forceinline__ T round_out(typename Compute<T>::type x, bool sr, uin
     T other = from_bits<T>(next16(bits(down), x >= df));
     float gap = to_f(other) - df;
     float frac = gap != 0.f ? (x - df) / gap : 0.f;
-    float u = (float)((double)word * 2.3283064365386963e-10);
+    float u = __uint2float_rn(word) * 2.3283064365386963e-10f;  // = the double product, rounded
     return u < frac ? other : down;
   }
 }
@@ -87,8 +90,9 @@ __device__ __forceinline__ void load4(T* data, const Span& s, typename Compute<T
     Vec4<T> v = *reinterpret_cast<const Vec4<T>*>(data + s.j0);
 #pragma unroll
     for (int k = 0; k < 4; ++k) x[k] = load(v.v[k]);
-  } else {
-    for (int k = s.l0; k < s.l1; ++k) x[k] = load(data[s.j0 + k]);
+  } else {  // static indices keep the arrays in registers
+#pragma unroll
+    for (int k = 0; k < 4; ++k) x[k] = (k >= s.l0 && k < s.l1) ? load(data[s.j0 + k]) : 0;
   }
 }
 
@@ -100,69 +104,87 @@ __device__ __forceinline__ void store4(T* data, const Span& s, const T y[4]) {
     for (int k = 0; k < 4; ++k) v.v[k] = y[k];
     *reinterpret_cast<Vec4<T>*>(data + s.j0) = v;
   } else {
-    for (int k = s.l0; k < s.l1; ++k) data[s.j0 + k] = y[k];
+#pragma unroll
+    for (int k = 0; k < 4; ++k)
+      if (k >= s.l0 && k < s.l1) data[s.j0 + k] = y[k];
   }
 }
 
-#define KZ_BLOCKS                                                                       \
-  int64_t first = offset / 4, last = (offset + n - 1) / 4;                              \
-  int64_t stride = (int64_t)blockDim.x * gridDim.x;                                     \
-  for (int64_t b = first + blockIdx.x * (int64_t)blockDim.x + threadIdx.x; b <= last; b += stride)
+// The segment of this CUDA block: the last one whose first block is <= blockIdx.x.
+__device__ __forceinline__ int find_segment(const Segments& segs) {
+  int s = 0;
+  while (s + 1 < segs.count && segs.s[s + 1].start <= (int64_t)blockIdx.x) ++s;
+  return s;
+}
 
-template <typename T>
-__global__ void add_multi_kernel(T* data, int64_t n, int64_t offset, uint64_t key, int dist, Directions d,
-                                 bool sr, uint64_t rseed) {
+// Loops over the blocks of four elements of this CUDA block's segment, grid-stride within the
+// CUDA blocks assigned to that segment. Defines `data` (T*), `n`, `offset`, `key` and `b`.
+#define KZ_SEGMENT_BLOCKS                                                                      \
+  const int si = find_segment(segs);                                                           \
+  const Segment& seg = segs.s[si];                                                             \
+  T* data = static_cast<T*>(seg.data);                                                         \
+  const int64_t n = seg.n, offset = seg.offset;                                                \
+  const uint64_t key = seg.key;                                                                \
+  const int64_t nblk = (si + 1 < segs.count ? segs.s[si + 1].start : (int64_t)gridDim.x) - seg.start; \
+  const int64_t first = offset / 4, last = (offset + n - 1) / 4;                               \
+  const int64_t stride = nblk * blockDim.x;                                                    \
+  for (int64_t b = first + ((int64_t)blockIdx.x - seg.start) * blockDim.x + threadIdx.x; b <= last; b += stride)
+
+template <typename T, bool SR>
+__global__ void __launch_bounds__(256) add_multi_kernel(const __grid_constant__ Segments segs,
+                                                        const __grid_constant__ Directions d, int dist, uint64_t rseed) {
   using C = typename Compute<T>::type;
-  KZ_BLOCKS {
+  KZ_SEGMENT_BLOCKS {
     Span s = span(data, b, n, offset);
     C acc[4];
     load4(data, s, acc);
     for (int i = 0; i < d.q; ++i) {
       float z[4];
       values((uint64_t)b, key, d.seed[i], dist, z);
-      C c = (C)d.coef[i];
+      const C c = (C)d.coef[i];
 #pragma unroll
       for (int k = 0; k < 4; ++k) acc[k] += c * (C)z[k];
     }
     uint32_t w[4] = {0, 0, 0, 0};
-    if (sr) { U4 r = philox((uint64_t)b, key, rseed); w[0] = r.x; w[1] = r.y; w[2] = r.z; w[3] = r.w; }
+    if constexpr (SR) { U4 r = philox((uint64_t)b, key, rseed); w[0] = r.x; w[1] = r.y; w[2] = r.z; w[3] = r.w; }
     T y[4];
 #pragma unroll
-    for (int k = 0; k < 4; ++k) y[k] = round_out<T>(acc[k], sr, w[k]);
+    for (int k = 0; k < 4; ++k) y[k] = round_out<T>(acc[k], SR, w[k]);
     store4(data, s, y);
   }
 }
 
-template <typename T>
-__global__ void restore_perturb_kernel(T* data, int64_t n, int64_t offset, uint64_t key, int dist, double cr,
-                                       uint64_t sr_, double cn, uint64_t sn) {
+template <typename T, bool SAME>
+__global__ void __launch_bounds__(256) restore_perturb_kernel(const __grid_constant__ Segments segs, int dist,
+                                                              double cr_, uint64_t sr_, double cn_, uint64_t sn) {
   using C = typename Compute<T>::type;
-  KZ_BLOCKS {
+  const C cr = (C)cr_, cn = (C)cn_;
+  KZ_SEGMENT_BLOCKS {
     Span s = span(data, b, n, offset);
+    C x[4];
+    load4(data, s, x);
     float zr[4], zn[4];
     values((uint64_t)b, key, sr_, dist, zr);
-    if (sn == sr_) {
+    if constexpr (SAME) {
 #pragma unroll
       for (int k = 0; k < 4; ++k) zn[k] = zr[k];
     } else {
       values((uint64_t)b, key, sn, dist, zn);
     }
-    C x[4];
-    load4(data, s, x);
     T y[4];
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-      T t = round_out<T>(x[k] + (C)cr * (C)zr[k], false, 0);
-      y[k] = round_out<T>(load(t) + (C)cn * (C)zn[k], false, 0);
+      T t = round_out<T>(x[k] + cr * (C)zr[k], false, 0);
+      y[k] = round_out<T>(load(t) + cn * (C)zn[k], false, 0);
     }
     store4(data, s, y);
   }
 }
 
 template <typename T>
-__global__ void fill_kernel(T* data, int64_t n, int64_t offset, uint64_t key, uint64_t seed, int dist) {
+__global__ void __launch_bounds__(256) fill_kernel(const __grid_constant__ Segments segs, uint64_t seed, int dist) {
   using C = typename Compute<T>::type;
-  KZ_BLOCKS {
+  KZ_SEGMENT_BLOCKS {
     Span s = span(data, b, n, offset);
     float z[4];
     values((uint64_t)b, key, seed, dist, z);
@@ -173,11 +195,7 @@ __global__ void fill_kernel(T* data, int64_t n, int64_t offset, uint64_t key, ui
   }
 }
 
-unsigned grid_for(int64_t n, int sms) {
-  int64_t blocks = (n / 4 + 2 + 255) / 256;
-  int64_t cap = (int64_t)(sms > 0 ? sms : 80) * 32;
-  return (unsigned)(blocks < 1 ? 1 : (blocks < cap ? blocks : cap));
-}
+constexpr int THREADS = 256;
 
 template <typename F>
 cudaError_t by_dtype(int dtype, F f) {
@@ -193,27 +211,56 @@ cudaError_t by_dtype(int dtype, F f) {
 
 }  // namespace
 
-cudaError_t launch_fill(void* data, int dtype, int64_t n, int64_t offset, uint64_t key, uint64_t seed, int dist,
-                        int sms, cudaStream_t stream) {
-  return by_dtype(dtype, [&](auto* tag) {
+unsigned plan_blocks(Segments& segs, int sms) {
+  // Enough CUDA blocks for two waves at full occupancy, shared out in proportion to the work;
+  // every tensor gets at least one and none more than it has work for.
+  const int64_t budget = (int64_t)(sms > 0 ? sms : 80) * 16;
+  int64_t work[MAX_SEGMENTS], total = 0;
+  for (int i = 0; i < segs.count; ++i) {
+    const Segment& g = segs.s[i];
+    work[i] = (g.offset + g.n - 1) / 4 - g.offset / 4 + 1;
+    total += work[i];
+  }
+  int64_t start = 0;
+  for (int i = 0; i < segs.count; ++i) {
+    int64_t need = (work[i] + THREADS - 1) / THREADS;
+    int64_t share = (int64_t)((double)budget * (double)work[i] / (double)(total > 0 ? total : 1) + 0.5);
+    int64_t blocks = need < share ? need : share;
+    segs.s[i].start = start;
+    start += blocks < 1 ? 1 : blocks;
+  }
+  return (unsigned)start;
+}
+
+cudaError_t launch_fill(const Segments& segs, uint64_t seed, int dist, unsigned grid, cudaStream_t stream) {
+  return by_dtype(segs.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    fill_kernel<T><<<grid_for(n, sms), 256, 0, stream>>>((T*)data, n, offset, key, seed, dist);
+    fill_kernel<T><<<grid, THREADS, 0, stream>>>(segs, seed, dist);
   });
 }
 
-cudaError_t launch_add_multi(void* data, int dtype, int64_t n, int64_t offset, uint64_t key, int dist,
-                             const Directions& d, bool sr, uint64_t rseed, int sms, cudaStream_t stream) {
-  return by_dtype(dtype, [&](auto* tag) {
+cudaError_t launch_add_multi(const Segments& segs, int dist, const Directions& d, bool sr, uint64_t rseed,
+                             unsigned grid, cudaStream_t stream) {
+  return by_dtype(segs.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    add_multi_kernel<T><<<grid_for(n, sms), 256, 0, stream>>>((T*)data, n, offset, key, dist, d, sr, rseed);
+    constexpr bool low = std::is_same<T, __half>::value || std::is_same<T, __nv_bfloat16>::value;
+    if (low && sr) {
+      add_multi_kernel<T, low><<<grid, THREADS, 0, stream>>>(segs, d, dist, rseed);
+    } else {
+      add_multi_kernel<T, false><<<grid, THREADS, 0, stream>>>(segs, d, dist, rseed);
+    }
   });
 }
 
-cudaError_t launch_restore_perturb(void* data, int dtype, int64_t n, int64_t offset, uint64_t key, int dist,
-                                   double cr, uint64_t sr, double cn, uint64_t sn, int sms, cudaStream_t stream) {
-  return by_dtype(dtype, [&](auto* tag) {
+cudaError_t launch_restore_perturb(const Segments& segs, int dist, double cr, uint64_t sr, double cn, uint64_t sn,
+                                   unsigned grid, cudaStream_t stream) {
+  return by_dtype(segs.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    restore_perturb_kernel<T><<<grid_for(n, sms), 256, 0, stream>>>((T*)data, n, offset, key, dist, cr, sr, cn, sn);
+    if (sr == sn) {
+      restore_perturb_kernel<T, true><<<grid, THREADS, 0, stream>>>(segs, dist, cr, sr, cn, sn);
+    } else {
+      restore_perturb_kernel<T, false><<<grid, THREADS, 0, stream>>>(segs, dist, cr, sr, cn, sn);
+    }
   });
 }
 

@@ -1,4 +1,6 @@
 // The launchers of kernels.cu, called by ops_cuda.cpp (torch glue) on torch's current stream.
+// Every launch covers a list of segments (tensors of one dtype): one tensor is a list of one,
+// and a pass over a whole model is a few launches instead of one per tensor.
 #pragma once
 #include <cuda_runtime.h>
 #include <cstdint>
@@ -7,13 +9,21 @@ namespace kerzoo {
 
 enum { KZ_F32 = 0, KZ_F64 = 1, KZ_F16 = 2, KZ_BF16 = 3 };
 constexpr int MAX_DIRECTIONS = 16;  // per launch; more are applied in several launches
+constexpr int MAX_SEGMENTS = 48;    // tensors per launch; more take several launches
 struct Directions { double coef[MAX_DIRECTIONS]; uint64_t seed[MAX_DIRECTIONS]; int q; };
 
-cudaError_t launch_fill(void* data, int dtype, int64_t n, int64_t offset, uint64_t key, uint64_t seed, int dist,
-                        int sms, cudaStream_t stream);
-cudaError_t launch_add_multi(void* data, int dtype, int64_t n, int64_t offset, uint64_t key, int dist,
-                             const Directions& d, bool sr, uint64_t rseed, int sms, cudaStream_t stream);
-cudaError_t launch_restore_perturb(void* data, int dtype, int64_t n, int64_t offset, uint64_t key, int dist,
-                                   double cr, uint64_t sr, double cn, uint64_t sn, int sms, cudaStream_t stream);
+// A tensor: its data, element count, global offset of element 0, key; `start` is the first
+// CUDA block of the launch that works on it (blocks [start, next segment's start)).
+struct Segment { void* data; int64_t n; int64_t offset; uint64_t key; int64_t start; };
+struct Segments { Segment s[MAX_SEGMENTS]; int count; int dtype; };
+
+// Fills in each segment's `start` from the work it holds; returns the grid size.
+unsigned plan_blocks(Segments& segs, int sms);
+
+cudaError_t launch_fill(const Segments& segs, uint64_t seed, int dist, unsigned grid, cudaStream_t stream);
+cudaError_t launch_add_multi(const Segments& segs, int dist, const Directions& d, bool sr, uint64_t rseed,
+                             unsigned grid, cudaStream_t stream);
+cudaError_t launch_restore_perturb(const Segments& segs, int dist, double cr, uint64_t sr, double cn, uint64_t sn,
+                                   unsigned grid, cudaStream_t stream);
 
 }  // namespace kerzoo

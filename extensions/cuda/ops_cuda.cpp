@@ -1,11 +1,13 @@
 // Torch glue of the CUDA kernels: registers them for the CUDA dispatch key of the ops that
-// kerzoo/engine/ops.py defines, and launches them on torch's current stream.
+// kerzoo/engine/ops.py defines, and launches them on torch's current stream. The foreach ops
+// group their tensors by dtype and launch once per MAX_SEGMENTS tensors.
 #include <torch/library.h>
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <algorithm>
+#include <vector>
 #include "kernels.h"
 
 namespace kerzoo {
@@ -21,11 +23,11 @@ int dtype_code(const at::Tensor& t) {
   }
 }
 
-int sms() {
-  int dev = 0, n = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&dev));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
-  return n;
+int sms(int dev) {
+  static int cached[64] = {0};
+  if (dev < 0 || dev >= 64) dev = 0;
+  if (!cached[dev]) C10_CUDA_CHECK(cudaDeviceGetAttribute(&cached[dev], cudaDevAttrMultiProcessorCount, dev));
+  return cached[dev];
 }
 
 void check(const at::Tensor& t) {
@@ -33,47 +35,93 @@ void check(const at::Tensor& t) {
   TORCH_CHECK(t.is_cuda(), "kerzoo: CUDA kernel called with a non-CUDA tensor");
 }
 
+// Calls launch(segments, grid) for the tensors, grouped by dtype, MAX_SEGMENTS at a time.
+template <typename F>
+void for_segments(at::TensorList ts, at::IntArrayRef keys, at::IntArrayRef offsets, F launch) {
+  TORCH_CHECK(keys.size() == ts.size() && offsets.size() == ts.size(), "kerzoo: ", ts.size(), " tensors but ",
+              keys.size(), " keys and ", offsets.size(), " offsets");
+  if (ts.empty()) return;
+  const auto device = ts[0].device();
+  for (const auto& t : ts) {
+    check(t);
+    TORCH_CHECK(t.device() == device, "kerzoo: all tensors of one call must be on one device, got ", device, " and ",
+                t.device());
+  }
+  c10::cuda::CUDAGuard guard(device);
+  const int n_sms = sms(device.index());
+  for (int code : {KZ_F32, KZ_F64, KZ_F16, KZ_BF16}) {
+    Segments segs{};
+    segs.dtype = code;
+    auto flush = [&] {
+      if (segs.count == 0) return;
+      unsigned grid = plan_blocks(segs, n_sms);
+      C10_CUDA_CHECK(launch(segs, grid));
+      segs.count = 0;
+    };
+    for (size_t i = 0; i < ts.size(); ++i) {
+      if (ts[i].numel() == 0 || dtype_code(ts[i]) != code) continue;
+      segs.s[segs.count++] = Segment{ts[i].data_ptr(), ts[i].numel(), offsets[i], (uint64_t)keys[i], 0};
+      if (segs.count == MAX_SEGMENTS) flush();
+    }
+    flush();
+  }
+}
+
+cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+
+void fill_z_foreach_cuda(at::TensorList outs, int64_t seed, at::IntArrayRef keys, at::IntArrayRef offsets,
+                         int64_t dist) {
+  for_segments(outs, keys, offsets, [&](const Segments& segs, unsigned grid) {
+    return launch_fill(segs, (uint64_t)seed, (int)dist, grid, stream());
+  });
+}
+
+void add_z_multi_foreach_cuda(at::TensorList thetas, at::ArrayRef<double> coefs, at::ArrayRef<int64_t> seeds,
+                              at::IntArrayRef keys, at::IntArrayRef offsets, int64_t dist, bool stochastic_rounding,
+                              int64_t rounding_seed) {
+  TORCH_CHECK(coefs.size() == seeds.size(), "kerzoo: coefs and seeds differ in length");
+  if (coefs.empty()) return;
+  for_segments(thetas, keys, offsets, [&](const Segments& segs, unsigned grid) {
+    size_t total = coefs.size(), start = 0;
+    cudaError_t err = cudaSuccess;
+    do {
+      Directions d{};
+      d.q = (int)std::min<size_t>(MAX_DIRECTIONS, total - start);
+      for (int i = 0; i < d.q; ++i) {
+        // float32 coefficients unless the tensor is float64, as the CPU kernel and the reference
+        d.coef[i] = segs.dtype == KZ_F64 ? coefs[start + i] : (double)(float)coefs[start + i];
+        d.seed[i] = (uint64_t)seeds[start + i];
+      }
+      bool last = start + d.q >= total;
+      err = launch_add_multi(segs, (int)dist, d, stochastic_rounding && last, (uint64_t)rounding_seed, grid,
+                             stream());
+      start += d.q;
+    } while (err == cudaSuccess && start < total);
+    return err;
+  });
+}
+
+void restore_perturb_foreach_cuda(at::TensorList thetas, double cr, int64_t sr, double cn, int64_t sn,
+                                  at::IntArrayRef keys, at::IntArrayRef offsets, int64_t dist) {
+  for_segments(thetas, keys, offsets, [&](const Segments& segs, unsigned grid) {
+    bool f64 = segs.dtype == KZ_F64;
+    return launch_restore_perturb(segs, (int)dist, f64 ? cr : (double)(float)cr, (uint64_t)sr,
+                                  f64 ? cn : (double)(float)cn, (uint64_t)sn, grid, stream());
+  });
+}
+
 void fill_z_cuda(at::Tensor out, int64_t seed, int64_t key, int64_t offset, int64_t dist) {
-  check(out);
-  if (out.numel() == 0) return;
-  c10::cuda::CUDAGuard guard(out.device());
-  C10_CUDA_CHECK(launch_fill(out.data_ptr(), dtype_code(out), out.numel(), offset, (uint64_t)key, (uint64_t)seed,
-                             (int)dist, sms(), c10::cuda::getCurrentCUDAStream().stream()));
+  fill_z_foreach_cuda({out}, seed, {key}, {offset}, dist);
 }
 
 void add_z_multi_cuda(at::Tensor theta, at::ArrayRef<double> coefs, at::ArrayRef<int64_t> seeds, int64_t key,
                       int64_t offset, int64_t dist, bool stochastic_rounding, int64_t rounding_seed) {
-  check(theta);
-  TORCH_CHECK(coefs.size() == seeds.size(), "kerzoo: coefs and seeds differ in length");
-  if (theta.numel() == 0) return;
-  c10::cuda::CUDAGuard guard(theta.device());
-  size_t total = coefs.size(), start = 0;
-  do {
-    Directions d{};
-    d.q = (int)std::min<size_t>(MAX_DIRECTIONS, total - start);
-    for (int i = 0; i < d.q; ++i) {
-      // float32 coefficients unless the tensor is float64, as the CPU kernel and the reference
-      d.coef[i] = theta.scalar_type() == at::kDouble ? coefs[start + i] : (double)(float)coefs[start + i];
-      d.seed[i] = (uint64_t)seeds[start + i];
-    }
-    bool last = start + d.q >= total;
-    C10_CUDA_CHECK(launch_add_multi(theta.data_ptr(), dtype_code(theta), theta.numel(), offset, (uint64_t)key,
-                                    (int)dist, d, stochastic_rounding && last, (uint64_t)rounding_seed, sms(),
-                                    c10::cuda::getCurrentCUDAStream().stream()));
-    start += d.q;
-  } while (start < total);
+  add_z_multi_foreach_cuda({theta}, coefs, seeds, {key}, {offset}, dist, stochastic_rounding, rounding_seed);
 }
 
 void restore_perturb_cuda(at::Tensor theta, double cr, int64_t sr, double cn, int64_t sn, int64_t key,
                           int64_t offset, int64_t dist) {
-  check(theta);
-  if (theta.numel() == 0) return;
-  c10::cuda::CUDAGuard guard(theta.device());
-  bool f64 = theta.scalar_type() == at::kDouble;
-  C10_CUDA_CHECK(launch_restore_perturb(theta.data_ptr(), dtype_code(theta), theta.numel(), offset, (uint64_t)key,
-                                        (int)dist, f64 ? cr : (double)(float)cr, (uint64_t)sr,
-                                        f64 ? cn : (double)(float)cn, (uint64_t)sn, sms(),
-                                        c10::cuda::getCurrentCUDAStream().stream()));
+  restore_perturb_foreach_cuda({theta}, cr, sr, cn, sn, {key}, {offset}, dist);
 }
 
 }  // namespace
@@ -82,6 +130,9 @@ TORCH_LIBRARY_IMPL(kerzoo, CUDA, m) {
   m.impl("fill_z", &fill_z_cuda);
   m.impl("add_z_multi", &add_z_multi_cuda);
   m.impl("restore_perturb", &restore_perturb_cuda);
+  m.impl("fill_z_foreach", &fill_z_foreach_cuda);
+  m.impl("add_z_multi_foreach", &add_z_multi_foreach_cuda);
+  m.impl("restore_perturb_foreach", &restore_perturb_foreach_cuda);
 }
 
 }  // namespace kerzoo

@@ -18,6 +18,7 @@ from .reference import DIST_CODES
 
 __all__ = [
     "param_key", "fill_z", "add_z", "add_z_multi", "restore_perturb", "add_lowrank",
+    "fill_z_foreach", "add_z_foreach", "add_z_multi_foreach", "restore_perturb_foreach",
     "build", "info", "info_lines",
 ]
 
@@ -61,6 +62,21 @@ def fill_z(out: torch.Tensor, seed: int, key: int, offset: int = 0, dist: str = 
     return out
 
 
+def _directions(coefs: Sequence[float], seeds: Sequence[int], rounding: str, rounding_seed: int):
+    """Checked directions, one term per seed: restore + update of one direction is one z."""
+    if len(coefs) != len(seeds):
+        raise ValueError(f"coefs and seeds must have the same length, got {len(coefs)} and {len(seeds)}")
+    if rounding not in ("nearest", "stochastic"):
+        raise ValueError(f"unknown rounding {rounding!r}: use 'nearest' or 'stochastic'")
+    for s in seeds:
+        _ints(s, 0, 0)
+    _ints(rounding_seed, 0, 0)
+    merged: dict[int, float] = {}
+    for c, s in zip(coefs, seeds):
+        merged[int(s)] = merged.get(int(s), 0.0) + float(c)
+    return list(merged.values()), list(merged)
+
+
 def add_z_multi(theta: torch.Tensor, coefs: Sequence[float], seeds: Sequence[int], key: int, offset: int = 0,
                 dist: str = "gaussian", rounding: str = "nearest", rounding_seed: int = 0) -> None:
     """theta += sum_i coefs[i] * z(seeds[i], key) in one pass, one rounding per element.
@@ -69,17 +85,8 @@ def add_z_multi(theta: torch.Tensor, coefs: Sequence[float], seeds: Sequence[int
     distance (unbiased), from Philox bits of ``rounding_seed``: deterministic.
     """
     _check(theta)
-    if len(coefs) != len(seeds):
-        raise ValueError(f"coefs and seeds must have the same length, got {len(coefs)} and {len(seeds)}")
-    if rounding not in ("nearest", "stochastic"):
-        raise ValueError(f"unknown rounding {rounding!r}: use 'nearest' or 'stochastic'")
-    for s in seeds:
-        _ints(s, key, offset)
-    _ints(rounding_seed, key, offset)
-    merged: dict[int, float] = {}
-    for c, s in zip(coefs, seeds):  # one z per seed: restore + update of one direction is one term
-        merged[int(s)] = merged.get(int(s), 0.0) + float(c)
-    seeds, coefs = list(merged), list(merged.values())
+    _ints(0, key, offset)
+    coefs, seeds = _directions(coefs, seeds, rounding, rounding_seed)
     load_extension()
     with torch.no_grad():
         torch.ops.kerzoo.add_z_multi(theta, coefs, seeds, key, offset, _dist(dist), rounding == "stochastic",
@@ -116,3 +123,59 @@ def add_lowrank(theta: torch.Tensor, c: float, U: torch.Tensor, S: torch.Tensor,
     load_extension()
     with torch.no_grad():
         torch.ops.kerzoo.add_lowrank(theta, float(c), U, S, V)
+
+
+def _tensors(thetas, keys: Sequence[int], offsets: Sequence[int] | None, what: str = "thetas"):
+    thetas = list(thetas)
+    keys = [int(k) for k in keys]
+    offsets = [0] * len(thetas) if offsets is None else [int(o) for o in offsets]
+    if not len(thetas) == len(keys) == len(offsets):
+        raise ValueError(f"{len(thetas)} {what} but {len(keys)} keys and {len(offsets)} offsets: give one each")
+    devices = {t.device for t in thetas if isinstance(t, torch.Tensor)}
+    if len(devices) > 1:
+        raise ValueError(f"{what} are on several devices {sorted(map(str, devices))}: call once per device")
+    for t, k, o in zip(thetas, keys, offsets):
+        _check(t, what[:-1])
+        _ints(0, k, o)
+    return thetas, keys, offsets
+
+
+def fill_z_foreach(outs, seed: int, keys: Sequence[int], offsets: Sequence[int] | None = None,
+                   dist: str = "gaussian") -> None:
+    """fill_z on each tensor of a list (one key and offset each), in as few launches as possible."""
+    outs, keys, offsets = _tensors(outs, keys, offsets, "outs")
+    _ints(seed, 0, 0)
+    load_extension()
+    with torch.no_grad():
+        torch.ops.kerzoo.fill_z_foreach(outs, seed, keys, offsets, _dist(dist))
+
+
+def add_z_multi_foreach(thetas, coefs: Sequence[float], seeds: Sequence[int], keys: Sequence[int],
+                        offsets: Sequence[int] | None = None, dist: str = "gaussian", rounding: str = "nearest",
+                        rounding_seed: int = 0) -> None:
+    """add_z_multi on each tensor of a list: one pass of a ZO step over a whole model in one call
+    (on CUDA, one kernel launch per dtype and 48 tensors instead of one per tensor)."""
+    thetas, keys, offsets = _tensors(thetas, keys, offsets)
+    coefs, seeds = _directions(coefs, seeds, rounding, rounding_seed)
+    load_extension()
+    with torch.no_grad():
+        torch.ops.kerzoo.add_z_multi_foreach(thetas, coefs, seeds, keys, offsets, _dist(dist),
+                                             rounding == "stochastic", rounding_seed)
+
+
+def add_z_foreach(thetas, c: float, seed: int, keys: Sequence[int], offsets: Sequence[int] | None = None,
+                  dist: str = "gaussian") -> None:
+    """theta += c * z(seed, key) for each tensor of a list."""
+    add_z_multi_foreach(thetas, [c], [seed], keys, offsets, dist)
+
+
+def restore_perturb_foreach(thetas, c_restore: float, seed_restore: int, c_new: float, seed_new: int,
+                            keys: Sequence[int], offsets: Sequence[int] | None = None, dist: str = "gaussian") -> None:
+    """restore_perturb on each tensor of a list."""
+    thetas, keys, offsets = _tensors(thetas, keys, offsets)
+    _ints(seed_restore, 0, 0)
+    _ints(seed_new, 0, 0)
+    load_extension()
+    with torch.no_grad():
+        torch.ops.kerzoo.restore_perturb_foreach(thetas, float(c_restore), seed_restore, float(c_new), seed_new,
+                                                 keys, offsets, _dist(dist))

@@ -126,7 +126,8 @@ def info() -> list[dict]:
 
 def info_lines() -> list[str]:
     rows = info()
-    lines = [f"{r['op']:<16} cpu: {r['cpu']:<10} cuda: {r['cuda']}" for r in rows]
+    width = max((len(r["op"]) for r in rows), default=0) + 1
+    lines = [f"{r['op']:<{width}} cpu: {r['cpu']:<10} cuda: {r['cuda']}" for r in rows]
     why = rows[0]["why"] if rows else ""
     if why:
         lines.append(f"skipped: {why}")

@@ -1,8 +1,9 @@
 """The pure-torch kernels of the engine's ops: the reference, and the default implementation.
 
 Every op works chunk by chunk (``CHUNK`` elements), so even this path never allocates a
-temporary proportional to a parameter tensor. Arithmetic is in float64 for float32/float64 tensors and float32 for bf16/fp16, with one
-rounding to the tensor's dtype per written value.
+temporary proportional to a parameter tensor. Arithmetic is in float64 for float32/float64
+tensors and float32 for bf16/fp16, with one rounding to the tensor's dtype per written value.
+The ``*_foreach`` ops are the single-tensor ops applied to each tensor of a list.
 """
 
 from __future__ import annotations
@@ -105,3 +106,20 @@ def add_lowrank(theta: torch.Tensor, c: float, u: torch.Tensor, s: torch.Tensor,
     for a in range(0, theta.shape[0], rows):
         block = theta[a : a + rows]
         block.copy_(torch.addmm(block.to(ct), us[a : a + rows], vt).to(theta.dtype))
+
+
+def fill_z_foreach(outs, seed: int, keys: Sequence[int], offsets: Sequence[int], dist: int) -> None:
+    for t, k, o in zip(outs, keys, offsets, strict=True):
+        fill_z(t, seed, k, o, dist)
+
+
+def add_z_multi_foreach(thetas, coefs: Sequence[float], seeds: Sequence[int], keys: Sequence[int],
+                        offsets: Sequence[int], dist: int, stochastic: bool = False, rounding_seed: int = 0) -> None:
+    for t, k, o in zip(thetas, keys, offsets, strict=True):
+        add_z_multi(t, coefs, seeds, k, o, dist, stochastic, rounding_seed)
+
+
+def restore_perturb_foreach(thetas, c_restore: float, seed_restore: int, c_new: float, seed_new: int,
+                            keys: Sequence[int], offsets: Sequence[int], dist: int) -> None:
+    for t, k, o in zip(thetas, keys, offsets, strict=True):
+        restore_perturb(t, c_restore, seed_restore, c_new, seed_new, k, o, dist)

@@ -87,3 +87,25 @@ def test_cuda_more_directions_than_one_launch_holds():
     engine.add_z_multi(theta, coefs, seeds, 5)
     R.add_z_multi(ref, coefs, seeds, 5, 0, 0)
     torch.testing.assert_close(theta.cpu(), ref, rtol=0, atol=1e-5)
+
+
+@gpu
+def test_cuda_foreach_over_more_tensors_than_one_launch_equals_the_reference():
+    cuda_backend()
+    g = torch.Generator().manual_seed(0)
+    sizes = [int(x) for x in torch.randint(0, 5000, (120,), generator=g)] + [1 << 20, 3]
+    thetas = [(torch.randn(n, generator=g) * 0.05).to(DTYPES[i % 4]) for i, n in enumerate(sizes)]
+    keys = [1000 + i for i in range(len(thetas))]
+    offsets = [(i * 7) % 13 for i in range(len(thetas))]
+    gpu_ts = [t.cuda() for t in thetas]
+    engine.add_z_multi_foreach(gpu_ts, [1e-3, -2e-3], [5, 6], keys, offsets)
+    engine.restore_perturb_foreach(gpu_ts, -1e-3, 5, 1e-3, 7, keys, offsets)
+    for t, gt, k, o in zip(thetas, gpu_ts, keys, offsets):
+        R.add_z_multi(t, [1e-3, -2e-3], [5, 6], k, o, 0)
+        R.restore_perturb(t, -1e-3, 5, 1e-3, 7, k, o, 0)
+        eps = float(torch.finfo(t.dtype).eps)
+        torch.testing.assert_close(gt.cpu().double(), t.double(), rtol=4 * eps, atol=1e-6)
+    outs = [torch.empty(n, device="cuda") for n in sizes]
+    engine.fill_z_foreach(outs, 3, keys, offsets, "rademacher")
+    for out, k, o in zip(outs, keys, offsets):
+        assert torch.equal(out.cpu(), engine.fill_z(torch.empty(out.numel()), 3, k, o, "rademacher"))

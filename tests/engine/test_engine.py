@@ -173,7 +173,8 @@ def test_bad_input_is_named():
 
 def test_info_reports_a_backend_and_reason_per_op():
     rows = engine.info()
-    assert {r["op"] for r in rows} == {"fill_z", "add_z_multi", "restore_perturb", "add_lowrank"}
+    assert {r["op"] for r in rows} == {"fill_z", "add_z_multi", "restore_perturb", "add_lowrank", "fill_z_foreach",
+                                       "add_z_multi_foreach", "restore_perturb_foreach"}
     assert all(r["cpu"] in ("c++", "reference") for r in rows)
     assert any("cuda" in line for line in engine.info_lines())
 
@@ -186,3 +187,53 @@ def test_disabled_extension_falls_back_with_a_reason(monkeypatch):
                          env={**__import__('os').environ, "KERZOO_DISABLE_EXT": "1"})
     assert out.returncode == 0, out.stderr
     assert "KERZOO_DISABLE_EXT" in out.stdout
+
+
+@settings(max_examples=15, deadline=None)
+@given(sizes=st.lists(st.integers(0, 300), min_size=1, max_size=6), seed=seeds,
+       dtypes=st.lists(st.sampled_from(DTYPES), min_size=6, max_size=6), q=st.integers(1, 3))
+def test_foreach_ops_equal_the_single_tensor_ops_tensor_by_tensor(sizes, seed, dtypes, q):
+    g = torch.Generator().manual_seed(seed % 2**32)
+    thetas = [(torch.randn(n, generator=g) * 0.05).to(dt) for n, dt in zip(sizes, dtypes)]
+    keys = [engine.param_key(f"t{i}") for i in range(len(thetas))]
+    offsets = [i * 5 for i in range(len(thetas))]
+    seed %= 2**62
+    coefs, ss = [1e-3 * (i + 1) for i in range(q)], [seed + i for i in range(q)]
+    a, b = [t.clone() for t in thetas], [t.clone() for t in thetas]
+    engine.add_z_multi_foreach(a, coefs, ss, keys, offsets)
+    engine.restore_perturb_foreach(a, -1e-3, seed, 2e-3, seed + 1, keys, offsets)
+    for t, k, o in zip(b, keys, offsets):
+        engine.add_z_multi(t, coefs, ss, k, o)
+        engine.restore_perturb(t, -1e-3, seed, 2e-3, seed + 1, k, o)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    outs = [torch.empty_like(t) for t in thetas]
+    engine.fill_z_foreach(outs, seed, keys, offsets)
+    assert all(torch.equal(x, engine.fill_z(torch.empty_like(x), seed, k, o)) for x, k, o in zip(outs, keys, offsets))
+
+
+def test_foreach_refuses_mismatched_lists():
+    with pytest.raises(ValueError, match="2 thetas but 1 keys"):
+        engine.add_z_foreach([torch.zeros(3), torch.zeros(3)], 1.0, 1, [5])
+
+
+def _run_with_broken_compiler(tmp_path, code, **env):
+    import os, subprocess, sys
+    env = {**os.environ, "KERZOO_EXT_DIR": str(tmp_path), "CXX": "false", "CC": "false", **env}
+    env.pop("KERZOO_DISABLE_EXT", None)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+
+
+def test_a_failed_build_falls_back_to_the_reference_with_one_warning(tmp_path):
+    code = ("import warnings, torch, kerzoo.engine as e\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always'); e.fill_z(torch.zeros(8), 1, 2); e.add_z(torch.zeros(8), 1., 1, 2)\n"
+            "print(len([x for x in w if 'reference' in str(x.message)]), e.info()[0]['cpu'])")
+    out = _run_with_broken_compiler(tmp_path, code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "reference"]
+
+
+def test_a_failed_build_is_an_error_when_the_extension_is_required(tmp_path):
+    out = _run_with_broken_compiler(tmp_path, "import torch, kerzoo.engine as e; e.fill_z(torch.zeros(8), 1, 2)",
+                                    KERZOO_REQUIRE_EXT="1")
+    assert out.returncode != 0 and "KERZOO_REQUIRE_EXT" in out.stderr
