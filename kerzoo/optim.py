@@ -25,6 +25,7 @@ from . import engine
 from .estimators.base import Estimator, Plan
 from .perturb import OnTheFly, point_coefficients
 from .projections.base import ParamInfo, Projection
+from .projections.outputs import OutputPerturbation
 from .seeds import derive, direction_seeds
 from .updates.base import Update, UpdateContext
 
@@ -52,8 +53,8 @@ class ZOOptimizer(torch.optim.Optimizer):
                  spec: dict | None = None):
         if not eps > 0:
             raise ValueError(f"eps must be > 0, got {eps!r}")
-        if perturb not in ("auto", "inplace", "onthefly"):
-            raise ValueError(f"perturb must be 'auto', 'inplace' or 'onthefly', got {perturb!r}")
+        if perturb not in ("auto", "inplace", "onthefly", "outputs"):
+            raise ValueError(f"perturb must be 'auto', 'inplace', 'onthefly' or 'outputs', got {perturb!r}")
         module = params if isinstance(params, torch.nn.Module) else None
         names: dict[int, str] = {}
         if module is not None:
@@ -78,11 +79,12 @@ class ZOOptimizer(torch.optim.Optimizer):
                 self.infos.append(ParamInfo(name, engine.param_key(name), p, gi))
         self.projection.setup(self.infos, self.seed)
         low = any(i.tensor.dtype in LOW_PRECISION for i in self.infos)
-        if perturb == "onthefly" and module is None:
-            raise ValueError("perturb='onthefly' needs the module itself: kerzoo.optimizer(name, model)")
+        if perturb in ("onthefly", "outputs") and module is None:
+            raise ValueError(f"perturb={perturb!r} needs the module itself: kerzoo.optimizer(name, model)")
         self.mode = perturb if perturb != "auto" else ("onthefly" if module is not None and low else "inplace")
         self.stochastic_rounding = low if stochastic_rounding is None else bool(stochastic_rounding)
-        self._hooks = OnTheFly(module, self.infos, projection) if self.mode == "onthefly" else None
+        hooks = OutputPerturbation if self.mode == "outputs" else OnTheFly  # outputs: low-rank nn.Linear
+        self._hooks = hooks(module, self.infos, projection) if self.mode != "inplace" else None
         self._step = 0
         self.skipped_steps = 0
         self.last_record: dict[str, Any] | None = None

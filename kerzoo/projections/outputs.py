@@ -1,0 +1,72 @@
+"""Perturb a linear layer's output instead of its weight (``perturb="outputs"``).
+
+ALGORITHMS.md (SubZero): for y = x W^T + b and a low-rank direction W' = W + c U S V^T,
+
+    y' = x W'^T + b = y + c ((x V) S^T) U^T,
+
+so a forward at a perturbed point needs no pass over W at all: the layer runs unchanged and a
+forward hook adds the rank-r term, costing O(tokens (m + n) r) flops and one write of the
+output, against a clone of W and a pass over it (2 m n writes) for the on-the-fly transient.
+W is never written while perturbed, so the restore is exact in every dtype.
+
+Applies to every ``torch.nn.Linear`` whose weight's direction is low-rank (the projection's
+``factors`` gives (c, U, S, V)); other tensors (biases, norms, embeddings, a dense projection)
+get the on-the-fly transient of kerzoo.perturb. The added term is computed in float32 (float64
+for float64 outputs) and rounded once into the output's dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..perturb import OnTheFly, point_coefficients
+
+
+class OutputPerturbation(OnTheFly):
+    """On-the-fly hooks that perturb nn.Linear outputs by their low-rank direction."""
+
+    def __init__(self, module, infos, projection):
+        self._stack: list[tuple[int, tuple | None]] = []  # per active forward: (tensors swapped, factors)
+        super().__init__(module, infos, projection)
+
+    def _pre(self, owned):
+        def hook(module, args):
+            if not self._point:
+                return
+            factors, swapped = None, 0
+            for p in owned:
+                info = self.infos[id(p)]
+                cs, ss = point_coefficients(self._point, self._seeds, self._factor, info)
+                if isinstance(module, torch.nn.Linear) and p is module.weight:
+                    factors = self.projection.factors(info, cs, ss)
+                    if factors is not None:
+                        self._touched.add(id(p))
+                        continue
+                transient = p.data.clone()
+                self.projection.add(info, transient, cs, ss)
+                self._saved.append((p, p.data))
+                p.data = transient
+                self._touched.add(id(p))
+                swapped += 1
+            self._stack.append((swapped, factors))
+        return hook
+
+    def _post(self, count):
+        def hook(module, args, output):
+            if not self._point or not self._stack:
+                return None
+            swapped, factors = self._stack.pop()
+            self._restore(len(self._saved) - swapped)
+            if factors is None:
+                return None
+            c, u, s, v = factors
+            ct = torch.float64 if output.dtype == torch.float64 else torch.float32
+            x = args[0].to(ct)
+            delta = ((x @ v.to(ct)) @ s.to(ct).T) @ u.to(ct).T
+            return output.to(ct).add_(delta, alpha=c).to(output.dtype)
+        return hook
+
+    def _restore(self, down_to: int = 0) -> None:
+        super()._restore(down_to)
+        if down_to <= 0:
+            self._stack.clear()
