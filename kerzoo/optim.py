@@ -50,31 +50,33 @@ class ZOOptimizer(torch.optim.Optimizer):
     def __init__(self, params: Any, *, estimator: Estimator, projection: Projection, update: Update,
                  lr: float = 1e-6, eps: float = 1e-3, weight_decay: float = 0.0, seed: int = 0,
                  perturb: str = "auto", stochastic_rounding: bool | None = None, clip: float = 0.0,
-                 spec: dict | None = None):
+                 module: torch.nn.Module | None = None, spec: dict | None = None):
         if not eps > 0:
             raise ValueError(f"eps must be > 0, got {eps!r}")
         if perturb not in ("auto", "inplace", "onthefly", "outputs"):
             raise ValueError(f"perturb must be 'auto', 'inplace', 'onthefly' or 'outputs', got {perturb!r}")
-        module = params if isinstance(params, torch.nn.Module) else None
-        names: dict[int, str] = {}
-        if module is not None:
-            named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-            if not named:
+        if isinstance(params, torch.nn.Module):
+            if module is not None and module is not params:
+                raise ValueError("pass the module once: as params, or as module= beside param groups")
+            module = params
+            params = [p for p in module.parameters() if p.requires_grad]
+            if not params:
                 raise ValueError("the module has no parameter with requires_grad=True: nothing to train")
-            names = {id(p): n for n, p in named}
-            params = [p for _, p in named]
-        super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
+        names = {id(p): n for n, p in module.named_parameters()} if module is not None else {}
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "eps": eps})
         self.estimator, self.projection, self.update_rule = estimator, projection, update
         self.eps, self.seed = float(eps), int(seed)
         if clip < 0:
             raise ValueError(f"clip must be >= 0 (0 turns per-tensor clipping off), got {clip!r}")
         self.clip = float(clip)
-        self.spec = spec or {}
+        self.spec = {k: v for k, v in (spec or {}).items() if k != "module"}
         self.infos: list[ParamInfo] = []
         for gi, group in enumerate(self.param_groups):
             for pi, p in enumerate(group["params"]):
                 if not p.is_contiguous():
                     raise ValueError(f"parameter {names.get(id(p), (gi, pi))} is not contiguous")
+                if module is not None and id(p) not in names:
+                    raise ValueError(f"parameter {pi} of group {gi} is not a parameter of the module given")
                 name = names.get(id(p), f"group{gi}.param{pi}")
                 self.infos.append(ParamInfo(name, engine.param_key(name), p, gi))
         self.projection.setup(self.infos, self.seed)
@@ -133,15 +135,16 @@ class ZOOptimizer(torch.optim.Optimizer):
         if record.get("step") != self._step:
             raise ValueError(f"record is for step {record.get('step')} but the optimizer is at step {self._step}: "
                              "replay the records in order from the start")
-        for group, lr in zip(self.param_groups, record["lr"]):
-            group["lr"] = lr
+        for gi, group in enumerate(self.param_groups):
+            group["lr"] = record["lr"][gi]
+            group["eps"] = record.get("eps", [self.eps] * len(self.param_groups))[gi]
         self._run_step(None, record=record)
 
     @torch.no_grad()
     def _run_step(self, closures: Sequence[Closure] | None, record: dict[str, Any] | None) -> float:
         step = self._step
         seeds = direction_seeds(self.seed, step, self.estimator.directions)
-        plan: Plan = self.estimator.plan(step, seeds, self.eps)
+        plan: Plan = self._group_eps(self.estimator.plan(step, seeds, self.eps))
         self.projection.begin_step(step)
         losses: list[float] = []
         current: dict[int, float] = {}
@@ -172,6 +175,19 @@ class ZOOptimizer(torch.optim.Optimizer):
         self.projection.end_step(step, seeds, plan, losses, coefs)
         self._finish(step, seeds, coefs, losses, skipped=False, extra={**plan.extra, "update": rule_record})
         return sum(losses) / len(losses) if losses else float("nan")
+
+    def _group_eps(self, plan: Plan) -> Plan:
+        """Per-group eps: group k moves by rho_k = eps_k / eps times the plan's scales and its estimate
+        is divided by rho_k, so E[g] is still the gradient: (L+ - L-)/(2 eps) ~ sum_k rho_k <grad_k, z_k>."""
+        rho = [float(g["eps"]) / self.eps for g in self.param_groups]
+        if any(not r > 0 for r in rho):
+            raise ValueError(f"every group's eps must be > 0, got {[g['eps'] for g in self.param_groups]}")
+        if all(r == 1.0 for r in rho):
+            return plan
+        pf, uf = plan.perturb_factor, plan.update_factor
+        plan.perturb_factor = lambda i, p: (pf(i, p) if pf else 1.0) * rho[p.group]
+        plan.update_factor = lambda i, p: (uf(i, p) if uf else 1.0) / rho[p.group]
+        return plan
 
     def _clipped(self, coefs, seeds, uf):
         """The update factor with per-tensor clipping: the estimate of tensor t is scaled by
@@ -223,7 +239,8 @@ class ZOOptimizer(torch.optim.Optimizer):
     def _finish(self, step, seeds, coefs, losses, skipped, extra=None) -> None:
         self.last_record = {
             "step": step, "seeds": seeds, "coefs": coefs, "losses": losses, "skipped": skipped,
-            "lr": [float(g["lr"]) for g in self.param_groups], **(extra or {}),
+            "lr": [float(g["lr"]) for g in self.param_groups], "eps": [float(g["eps"]) for g in self.param_groups],
+            **(extra or {}),
         }
         self._step = step + 1
 
