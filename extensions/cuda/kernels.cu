@@ -143,7 +143,7 @@ __global__ void __launch_bounds__(256) add_multi_kernel(const __grid_constant__ 
       values((uint64_t)b, key, d.seed[i], dist, z);
       const C c = (C)d.coef[i];
 #pragma unroll
-      for (int k = 0; k < 4; ++k) acc[k] += c * (C)z[k];
+      for (int k = 0; k < 4; ++k) acc[k] = fma(c, (C)z[k], acc[k]);  // one rounding, as on the CPU
     }
     uint32_t w[4] = {0, 0, 0, 0};
     if constexpr (SR) { U4 r = philox((uint64_t)b, key, rseed); w[0] = r.x; w[1] = r.y; w[2] = r.z; w[3] = r.w; }
@@ -174,8 +174,8 @@ __global__ void __launch_bounds__(256) restore_perturb_kernel(const __grid_const
     T y[4];
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-      T t = round_out<T>(x[k] + cr * (C)zr[k], false, 0);
-      y[k] = round_out<T>(load(t) + cn * (C)zn[k], false, 0);
+      T t = round_out<T>(fma(cr, (C)zr[k], x[k]), false, 0);
+      y[k] = round_out<T>(fma(cn, (C)zn[k], load(t)), false, 0);
     }
     store4(data, s, y);
   }

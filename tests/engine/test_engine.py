@@ -237,3 +237,12 @@ def test_a_failed_build_is_an_error_when_the_extension_is_required(tmp_path):
     out = _run_with_broken_compiler(tmp_path, "import torch, kerzoo.engine as e; e.fill_z(torch.zeros(8), 1, 2)",
                                     KERZOO_REQUIRE_EXT="1")
     assert out.returncode != 0 and "KERZOO_REQUIRE_EXT" in out.stderr
+
+
+@pytest.mark.parametrize("dist", DISTS)
+def test_blocks_across_the_32_bit_counter_boundary_equal_the_reference(ext, dist):
+    offset = 4 * (2**32 - 37) + 1  # the block counter's low word wraps inside this tensor
+    a = engine.fill_z(torch.empty(400), 7, 8, offset, dist)
+    b = torch.empty(400)
+    R.fill_z(b, 7, 8, offset, R.DIST_CODES[dist])
+    torch.testing.assert_close(a, b, rtol=0, atol=0 if dist == "rademacher" else 4e-6 * float(b.abs().max()))
