@@ -7,37 +7,52 @@ import time
 from pathlib import Path
 
 
+def _size(path: Path) -> str:
+    n = path.stat().st_size
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.0f} KiB"
+
+
 def cmd_train(args) -> int:
     from . import config as config_mod
+    from .data import DataError
     from .loop import Run, TrainingError, plot
+    from .model import ModelError
+    from .tasks import TaskError
 
+    errors = (config_mod.ConfigError, DataError, ModelError, TaskError, TrainingError, OSError)
+    started = time.perf_counter()
+    run = None
     try:
         cfg = config_mod.load(args.config)
         if args.steps:
             cfg["train"]["steps"] = args.steps
         if args.out:
             cfg["train"]["out"] = args.out
-        started = time.perf_counter()
         run = Run(cfg, resume=not args.fresh)
+        print(f"kerzoo train: {cfg['model']['name']} ({run.kind}), training {run.trained:,} of "
+              f"{run.total_params:,} parameters; {len(run.train_set):,} training and {len(run.eval_set):,} "
+              f"held-out examples; optimizer {cfg['optimizer']}; output {run.out}/")
         if run.step:
-            print(f"resuming {run.out} from step {run.step}")
+            print(f"resuming from the checkpoint at step {run.step}" if run.step < cfg["train"]["steps"] else
+                  f"the run in {run.out} has finished its {run.step} steps (--fresh starts over)")
         result = run.train()
-    except (config_mod.ConfigError, TrainingError, ValueError, OSError) as exc:
+    except KeyboardInterrupt:
+        where = f"the checkpoint in {run.out}" if run and run.checkpoint_path.exists() else "no checkpoint yet"
+        print(f"\nkerzoo train: interrupted; kept {where}. Run the same command to resume.", file=sys.stderr)
+        return 130
+    except errors as exc:
         print(f"kerzoo train: {exc}", file=sys.stderr)
         return 2
-    final = run.evaluate()
     png = plot(run.metrics_path, run.out / "plot.png")
     minutes = (time.perf_counter() - started) / 60
-    if result["first_acc"] is not None:
-        print(f"eval accuracy: {result['first_acc']:.3f} before, {final:.3f} after {run.step} steps ({minutes:.1f} min)")
-    else:
-        print(f"eval accuracy {final:.3f} after {run.step} steps")
-    size = lambda p: f"{p.stat().st_size / 1024:.0f} KiB"
+    first, last = result["first_acc"], result["last_acc"]
+    print(f"eval accuracy: {first:.3f} before, {last:.3f} after {result['last_eval_step']} steps "
+          f"({len(run.eval_set)} held-out examples; {minutes:.1f} min)")
     print(f"output:      {run.out}/")
     print(f"metrics:     {run.metrics_path}")
     print(f"plot:        {png}")
-    print(f"checkpoint:  {run.out / 'checkpoint.pt'} ({size(run.out / 'checkpoint.pt')})")
-    print(f"trajectory:  {run.traj_path} ({size(run.traj_path)}); rebuild the weights with "
+    print(f"checkpoint:  {run.checkpoint_path} ({_size(run.checkpoint_path)}; run the same command to resume)")
+    print(f"trajectory:  {run.traj_path} ({_size(run.traj_path)}); rebuild the weights from the base model with "
           f"`kerzoo replay header {run.traj_path}`")
     return 0
 
@@ -45,20 +60,31 @@ def cmd_train(args) -> int:
 def cmd_replay(args) -> int:
     import torch
 
-    from .loop import load_checkpoint
-    from .model import trainable_state
-    from .replay import replay
+    from .loop import TrainingError, load_checkpoint
+    from .model import ModelError, trainable_state
+    from .replay import ReplayError, replay
 
-    model, n = replay(args.base, args.log)
-    state = trainable_state(model)
-    out = Path(args.out)
-    torch.save(state, out)
-    print(f"replayed {n} steps; weights of {len(state)} tensors written to {out}")
-    if args.check:
-        ck = load_checkpoint(Path(args.check))
-        same = ck["step"] == n and all(torch.equal(state[k], v) for k, v in ck["params"].items())
-        print("identical to the checkpoint" if same else "DIFFERENT from the checkpoint")
-        return 0 if same else 1
+    try:
+        started = time.perf_counter()
+        model, n = replay(args.base, args.log)
+        state = trainable_state(model)
+        out = Path(args.out)
+        torch.save(state, out)
+        print(f"replayed {n} steps in {time.perf_counter() - started:.1f} s; {len(state)} trained tensors "
+              f"written to {out} ({_size(out)}; the log is {_size(Path(args.log))})")
+        if args.check:
+            ck = load_checkpoint(Path(args.check))
+            diff = [k for k, v in ck["params"].items() if k not in state or not torch.equal(state[k], v)]
+            if ck["step"] != n:
+                print(f"the checkpoint is at step {ck['step']} but the log has {n} steps", file=sys.stderr)
+                return 1
+            if diff:
+                print(f"DIFFERENT from the checkpoint in {len(diff)} tensor(s), e.g. {diff[0]}", file=sys.stderr)
+                return 1
+            print(f"identical to {args.check}, bit for bit ({len(state)} tensors)")
+    except (ReplayError, ModelError, TrainingError, OSError) as exc:
+        print(f"kerzoo replay: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -67,11 +93,11 @@ def add_cli(sub) -> None:
     p.add_argument("config", nargs="?", help="TOML or YAML file; none runs the default offline task")
     p.add_argument("--steps", type=int, help="override train.steps")
     p.add_argument("--out", help="override train.out")
-    p.add_argument("--fresh", action="store_true", help="ignore a checkpoint in the output folder")
+    p.add_argument("--fresh", action="store_true", help="start over: remove the output folder's checkpoint and logs")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("replay", help="rebuild fine-tuned weights from the base model and a trajectory log")
-    p.add_argument("base", help="the base model (a folder or builtin:...), or 'header' for the log's own")
+    p.add_argument("base", help="the base model (a folder or builtin:...), or 'header' for the one the log names")
     p.add_argument("log", help="trajectory.jsonl written by kerzoo train")
-    p.add_argument("--out", default="replayed.pt", help="where to write the rebuilt trainable weights")
+    p.add_argument("--out", default="replayed.pt", help="where to write the rebuilt trained tensors")
     p.add_argument("--check", help="a checkpoint to compare with, bit for bit")
     p.set_defaults(func=cmd_replay)

@@ -1,4 +1,9 @@
-"""The training config: TOML or YAML, every key checked against this schema."""
+"""The training config: TOML or YAML, every key checked against this schema.
+
+The schema's defaults are model-agnostic (every parameter trained, no LoRA); the default run
+(`kerzoo train` with no config, ``DEFAULT_RUN``) sets on top of them the trained layers of
+all-MiniLM-L6-v2. ``configs/default.toml`` holds the same values.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +20,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
                                              "or builtin:all-minilm-l6-v2 (shipped by a PyPI package)"),
         "kind": ("auto", "encoder, causal or auto (from the model's config)"),
         "dtype": ("float32", "float32, float64, bfloat16 or float16"),
-        "trainable": (["encoder.layer.4.", "encoder.layer.5."],
-                      "name prefixes of the trained parameters; [] trains all"),
+        "trainable": ([], "a parameter is trained if its name contains one of these; [] trains all"),
+        "exclude": ([], "parameters whose name contains one of these stay frozen, e.g. [\"embed\"]"),
         "lora": ({}, "PEFT LoRA options (r, lora_alpha, target_modules); {} for none"),
     },
     "data": {
@@ -39,7 +44,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
     "optimizer": {},  # passed to kerzoo.optimizer, which checks its own options
     "train": {
         "steps": (2000, "optimizer steps"),
-        "batch_size": (16, "examples per step"),
+        "batch_size": (16, "examples per step (per micro-batch with grad_accum > 1)"),
+        "grad_accum": (1, "micro-batches per step, all evaluated at the same perturbation"),
         "eval_every": (200, "evaluate every this many steps (and at the start and the end)"),
         "eval_batch_size": (64, "examples per evaluation forward"),
         "checkpoint_every": (250, "write a checkpoint every this many steps"),
@@ -47,13 +53,23 @@ SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
         "out": ("runs/default", "output folder"),
         "schedule": ("constant", "constant, linear or cosine learning rate"),
         "warmup_steps": (0, "linear warm-up steps"),
+        "min_lr_factor": (0.0, "linear/cosine: the lr at the end, as a fraction of the initial lr"),
         "max_nan_streak": (20, "stop after this many steps in a row skipped for a non-finite loss"),
         "threads": (0, "torch threads (0: torch's default)"),
     },
 }
 DEFAULT_OPTIMIZER = {"preset": "mezo", "lr": 1e-4, "eps": 1e-3}
-
-
+DEFAULT_RUN = {"model": {"trainable": ["encoder.layer.4.", "encoder.layer.5."]}}
+CHOICES = {("model", "kind"): ("auto", "encoder", "causal"),
+           ("model", "dtype"): ("float32", "float64", "bfloat16", "float16"),
+           ("task", "type"): ("classification", "multiple_choice", "lm"),
+           ("train", "schedule"): ("constant", "linear", "cosine")}
+POSITIVE = ("steps", "batch_size", "grad_accum", "eval_every", "checkpoint_every", "eval_batch_size",
+            "max_nan_streak")
+# keys whose change makes a checkpoint's continuation differ from the run that wrote it
+TRAJECTORY_KEYS = ("model", "data", "task", "optimizer",
+                   "train.seed", "train.batch_size", "train.grad_accum", "train.schedule", "train.warmup_steps",
+                   "train.min_lr_factor")
 
 
 def _suggest(key: str, known) -> str:
@@ -65,6 +81,21 @@ def defaults() -> dict[str, dict[str, Any]]:
     out = {section: {k: copy.deepcopy(v[0]) for k, v in keys.items()} for section, keys in SCHEMA.items()}
     out["optimizer"] = dict(DEFAULT_OPTIMIZER)
     return out
+
+
+def _check_value(section: str, key: str, value: Any) -> Any:
+    default, doc = SCHEMA[section][key]
+    want = type(default)
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, want) or isinstance(value, bool) != (want is bool):
+        raise ConfigError(f"{section}.{key} = {value!r}: expected {want.__name__} ({doc})")
+    if want is list and not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{section}.{key} = {value!r}: expected a list of strings ({doc})")
+    choices = CHOICES.get((section, key))
+    if choices and value not in choices:
+        raise ConfigError(f"{section}.{key} = {value!r}{_suggest(value, choices)}: use one of {', '.join(choices)}")
+    return value
 
 
 def validate(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -83,24 +114,36 @@ def validate(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
             if key not in SCHEMA[section]:
                 raise ConfigError(f"unknown key {section}.{key}{_suggest(key, SCHEMA[section])}; "
                                   f"[{section}] keys: {', '.join(SCHEMA[section])}")
-            want = type(SCHEMA[section][key][0])
-            if want is float and isinstance(value, int):
-                value = float(value)
-            if not isinstance(value, want) or isinstance(value, bool) != (want is bool):
-                raise ConfigError(f"{section}.{key} = {value!r}: expected {want.__name__} "
-                                  f"({SCHEMA[section][key][1]})")
-            cfg[section][key] = value
+            cfg[section][key] = _check_value(section, key, value)
     t = cfg["train"]
-    for key in ("steps", "batch_size", "eval_every", "checkpoint_every", "eval_batch_size"):
+    for key in POSITIVE:
         if t[key] < 1:
             raise ConfigError(f"train.{key} must be >= 1, got {t[key]}")
-    if t["schedule"] not in ("constant", "linear", "cosine"):
-        raise ConfigError(f"train.schedule = {t['schedule']!r}: use constant, linear or cosine")
-    if cfg["task"]["type"] not in ("classification", "multiple_choice", "lm"):
-        raise ConfigError(f"task.type = {cfg['task']['type']!r}: use classification, multiple_choice or lm")
+    if not 0 <= t["warmup_steps"] <= t["steps"]:
+        raise ConfigError(f"train.warmup_steps = {t['warmup_steps']}: must be in [0, train.steps = {t['steps']}]")
+    if not 0.0 <= t["min_lr_factor"] <= 1.0:
+        raise ConfigError(f"train.min_lr_factor = {t['min_lr_factor']}: must be in [0, 1]")
+    if cfg["data"]["eval_size"] < 1:
+        raise ConfigError(f"data.eval_size must be >= 1, got {cfg['data']['eval_size']}")
+    if cfg["model"]["lora"] and cfg["model"]["trainable"]:
+        raise ConfigError(f"model.trainable = {cfg['model']['trainable']!r} and model.lora are exclusive: LoRA "
+                          "trains its adapters (add modules to model.lora.modules_to_save to train them too)")
     return cfg
 
 
 def load(path: str | Path | None) -> dict[str, dict[str, Any]]:
     """Read and validate a TOML or YAML config; None gives the default run."""
-    return validate({} if path is None else read_config_file(path))
+    return validate(copy.deepcopy(DEFAULT_RUN) if path is None else read_config_file(path))
+
+
+def flat(cfg: dict, key: str) -> Any:
+    section, _, name = key.partition(".")
+    return cfg.get(section, {}) if not name else cfg.get(section, {}).get(name)
+
+
+def trajectory_changes(old: dict, new: dict) -> list[str]:
+    """The keys (of TRAJECTORY_KEYS, and train.steps under a decaying schedule) that differ."""
+    keys = list(TRAJECTORY_KEYS)
+    if new["train"]["schedule"] != "constant":
+        keys.append("train.steps")
+    return [f"{k}: {flat(old, k)!r} -> {flat(new, k)!r}" for k in keys if flat(old, k) != flat(new, k)]

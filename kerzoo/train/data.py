@@ -81,13 +81,27 @@ def load_examples(source: str, text_key: str = "text", label_key: str = "label",
         if missing:
             raise DataError(f"{source}: example {i} lacks the field(s) {', '.join(repr(k) for k in missing)} "
                             f"(its fields: {sorted(row)}); set the data keys in the config")
-        ex = {"text": str(row[text_key]), "label": int(row[label_key]) if label_key in row else None}
+        label = _label(row[label_key], source, i, label_key) if label_key in row else None
+        ex = {"text": str(row[text_key]), "label": label}
         for name, key in fields.items():
             ex[name] = row[key]
         out.append(ex)
     if not out:
         raise DataError(f"data source {source!r} holds no example")
     return out
+
+
+def _label(value, source: str, i: int, key: str) -> int:
+    """An integer label from an int, an integral float or a string of digits (CSV)."""
+    try:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, (int, str)):
+            return int(value)
+    except ValueError:
+        pass
+    raise DataError(f"{source}: example {i} has {key} = {value!r}, not an integer label; labels are "
+                    "0, 1, ... in the order of task.label_words (map names such as 'positive' to numbers)")
 
 
 def split(examples: list[dict], eval_size: int, seed: int) -> tuple[list[dict], list[dict]]:

