@@ -4,9 +4,10 @@ While a point theta + sum_i c_i z_i is active, a forward pre-hook on every modul
 trainable tensor W builds W' = W + sum_i c_i z_i into a transient of W's size and lets the
 module's forward see W' (``p.data`` is swapped for the duration of that module's forward); a
 forward hook swaps W back. Only the update ever writes W, so leaving a point is exact in every
-dtype, and a skipped step leaves W bit-identical. Memory: the transients of one module at a
-time (its own parameters, not its children's). Work: one copy and one engine pass per tensor
-per forward, about what the in-place passes cost.
+dtype, and a skipped step leaves W bit-identical. Memory: a workspace the size of the largest
+module's own parameters (per dtype and device), reused by every forward (nested modules take
+the next slice; a fresh tensor when it is full). Work: one copy and one engine pass per tensor
+per forward.
 
 Limits, checked where possible: a tensor must be read inside the forward of the module that
 owns it (true of torch and transformers layers, tied embeddings included). A tensor that no
@@ -44,15 +45,38 @@ class OnTheFly:
         self._point: dict[int, float] = {}
         self._seeds: Sequence[int] = ()
         self._factor: Factor = None
-        self._saved: list[tuple[torch.Tensor, torch.Tensor]] = []  # (parameter, its real data), a stack
+        # (parameter, its real data, workspace key or None, elements taken from the workspace): a stack
+        self._saved: list[tuple[torch.Tensor, torch.Tensor, tuple | None, int]] = []
         self._touched: set[int] = set()
         self._warned = False
+        self._ws_size: dict[tuple, int] = {}   # (dtype, device) -> elements: the largest module's own tensors
+        self._ws: dict[tuple, torch.Tensor] = {}
+        self._top: dict[tuple, int] = {}
         self.handles = []
         for m in module.modules():
             owned = [p for p in m._parameters.values() if p is not None and id(p) in self.infos]
             if owned:
+                need: dict[tuple, int] = {}
+                for p in owned:
+                    need[(p.dtype, p.device)] = need.get((p.dtype, p.device), 0) + p.numel()
+                for k, n in need.items():
+                    self._ws_size[k] = max(self._ws_size.get(k, 0), n)
                 self.handles.append(m.register_forward_pre_hook(self._pre(owned)))
                 self.handles.append(m.register_forward_hook(self._post(len(owned))))
+
+    def _transient(self, p: torch.Tensor) -> tuple[torch.Tensor, tuple | None]:
+        """A copy of p's data in the reused workspace (a stack: nested modules take the next slice), or a
+        fresh tensor when the workspace is full. Reuse spares the page faults of a fresh allocation."""
+        k, n = (p.dtype, p.device), p.numel()
+        top = self._top.get(k, 0)
+        if top + n > self._ws_size.get(k, 0):
+            return p.data.clone(), None
+        if k not in self._ws:
+            self._ws[k] = torch.empty(self._ws_size[k], dtype=p.dtype, device=p.device)
+        out = self._ws[k][top:top + n].view(p.shape)
+        out.copy_(p.data)
+        self._top[k] = top + n
+        return out, k
 
     def _pre(self, owned: list[torch.Tensor]):
         def hook(module, args):
@@ -60,9 +84,9 @@ class OnTheFly:
                 return
             for p in owned:
                 info = self.infos[id(p)]
-                transient = p.data.clone()
+                transient, k = self._transient(p)
                 self.projection.add(info, transient, *point_coefficients(self._point, self._seeds, self._factor, info))
-                self._saved.append((p, p.data))
+                self._saved.append((p, p.data, k, p.numel()))
                 p.data = transient
                 self._touched.add(id(p))
         return hook
@@ -70,13 +94,31 @@ class OnTheFly:
     def _post(self, count: int):
         def hook(module, args, output):
             if self._point:
+                self._release_if_aliased(output)
                 self._restore(len(self._saved) - count)
         return hook
 
+    def _release_if_aliased(self, output: object) -> None:
+        """An output that is a view of a transient (a module returning its own weight, say) keeps that
+        buffer: the workspace is handed over to it and a new one is made for later forwards."""
+        stack, ptrs = [output], {t.untyped_storage().data_ptr(): k for k, t in self._ws.items()}
+        while stack and ptrs:
+            o = stack.pop()
+            if isinstance(o, torch.Tensor):
+                k = ptrs.pop(o.untyped_storage().data_ptr(), None)
+                if k is not None:
+                    del self._ws[k]
+            elif isinstance(o, (list, tuple)):
+                stack.extend(o)
+            elif isinstance(o, dict):
+                stack.extend(o.values())
+
     def _restore(self, down_to: int = 0) -> None:
         while len(self._saved) > max(down_to, 0):
-            p, real = self._saved.pop()
+            p, real, k, n = self._saved.pop()
             p.data = real
+            if k is not None:
+                self._top[k] -= n
 
     @contextlib.contextmanager
     def at(self, point: dict[int, float], seeds: Sequence[int], factor: Factor = None) -> Iterator[None]:
@@ -99,8 +141,13 @@ class OnTheFly:
                           "the loss, or read outside the forward of the module that owns them; in the second case "
                           "use perturb='inplace'", RuntimeWarning, stacklevel=7)
 
+    def memory_bytes(self) -> int:
+        """Bytes held between steps: the workspace, at most the largest module's own tensors per dtype."""
+        return sum(t.numel() * t.element_size() for t in self._ws.values())
+
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
         self.handles = []
+        self._ws = {}
 

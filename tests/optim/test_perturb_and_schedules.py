@@ -139,3 +139,42 @@ def test_schedule_errors_name_the_bad_value():
     with pytest.raises(ValueError, match="warmup"):
         kerzoo.schedule("linear", opt, total_steps=10, warmup=11)
     assert factor("cosine", 100, 10, 0, min_factor=0.1) == pytest.approx(0.1)
+
+
+class Returns(torch.nn.Module):
+    """A module whose output is a view of its own weight (as a learned prompt or cls token can be)."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.linspace(-1, 1, n, dtype=torch.float64))
+
+    def forward(self):
+        return self.w[:]
+
+
+def test_on_the_fly_output_that_views_the_transient_is_not_overwritten_by_the_next_module():
+    losses = []
+    for mode in ("onthefly", "inplace"):
+        torch.manual_seed(0)
+        model = torch.nn.ModuleList([Returns(6), Returns(6)])
+        opt = kerzoo.optimizer("kerzoo", model, lr=1e-2, perturb=mode, seed=3)
+
+        def closure():
+            a, b = model[0](), model[1]()  # a is held while b's forward runs
+            return (a * torch.arange(6.0, dtype=torch.float64) + b**2).sum()
+
+        for _ in range(3):
+            opt.step(closure)
+            losses.append(opt.last_record["losses"])
+    assert losses[:3] == [pytest.approx(x, rel=1e-12) for x in losses[3:]]
+
+
+def test_on_the_fly_workspace_is_reused_and_bounded_by_the_largest_module():
+    model = Two()
+    opt = kerzoo.optimizer("mezo", model, lr=1e-3, perturb="onthefly")
+    for _ in range(3):
+        opt.step(lambda: model(X).pow(2).mean())
+    largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
+    assert opt._hooks.memory_bytes() == largest * 8
+    opt.close()
+    assert opt._hooks is None
