@@ -42,6 +42,32 @@ def optimizer_names() -> list[str]:
     return kerzoo.list_optimizers()
 
 
+def parametrize_conformance(specs: Any = None):
+    """A pytest parametrisation over (spec, check) for ``specs`` (default: every registered optimizer):
+
+        from kerzoo.testing import parametrize_conformance, run_check
+
+        @parametrize_conformance([{"estimator": "my-estimator"}])
+        def test_conformance(spec, check):
+            run_check(check, spec)
+
+    Each check is its own test case, so a failure names the spec and the check.
+    """
+    import pytest
+
+    specs = optimizer_names() if specs is None else list(specs)
+    cases = [pytest.param(s, c, id=f"{s if isinstance(s, str) else 'spec' + str(i)}-{c}")
+             for i, s in enumerate(specs) for c in CHECKS]
+    return pytest.mark.parametrize("spec,check", cases)
+
+
+def run_check(check: str, spec: Any, **overrides: Any) -> None:
+    """Run one conformance check by name (one of CHECKS)."""
+    if check not in CHECKS:
+        raise ValueError(f"unknown conformance check {check!r}: use one of {', '.join(CHECKS)}")
+    globals()[f"check_{check}"](spec, **overrides)
+
+
 def _make(spec: Any, model: torch.nn.Module, overrides: dict[str, Any]):
     import kerzoo
 
@@ -143,4 +169,4 @@ def check_optimizer(spec: Any, **overrides: Any) -> None:
         globals()[f"check_{name}"](spec, **overrides)
 
 
-__all__ = ["check_optimizer", "optimizer_names", "CHECKS", *(f"check_{c}" for c in CHECKS)]
+__all__ = ["check_optimizer", "optimizer_names", "parametrize_conformance", "run_check", "CHECKS", *(f"check_{c}" for c in CHECKS)]

@@ -1,13 +1,23 @@
 import pytest
 
-from kerzoo.testing import CHECKS, check_optimizer, optimizer_names
+from kerzoo.testing import CHECKS, check_optimizer, parametrize_conformance, run_check
 import kerzoo.testing as kt
 
 
-@pytest.mark.parametrize("check", CHECKS)
-@pytest.mark.parametrize("name", optimizer_names())
-def test_every_registered_optimizer_passes_conformance(name, check):
-    getattr(kt, f"check_{check}")(name)
+@parametrize_conformance()
+def test_every_registered_optimizer_passes_conformance(spec, check):
+    run_check(check, spec)
+
+
+@parametrize_conformance([{"estimator": "one-sided", "update": "sgd", "directions": 2},
+                          {"estimator": "two-point", "update": "sgd", "directions": 3}])
+def test_compositions_with_several_directions_pass_conformance(spec, check):
+    run_check(check, spec)
+
+
+def test_run_check_names_an_unknown_check():
+    with pytest.raises(ValueError, match="'decrease'.*decreases_quadratic"):
+        run_check("decrease", "mezo")
 
 
 def test_conformance_catches_an_optimizer_that_does_not_descend():
