@@ -15,8 +15,9 @@ cfg = config.load(None)
 ex = data.load_examples(cfg['data']['source'])
 _, ev = data.split(ex, cfg['data']['eval_size'], 0)
 m, tok, kind = M.load_model(cfg['model'])
-task = tasks.Classification(cfg['task'], tok, kind, 2)
-task.accuracy(m, ev, cfg['train']['eval_batch_size'])
+task = tasks.make_task(cfg['task'], tok, kind, ex)
+size = cfg['train']['eval_batch_size']
+right = sum(task.score(m, ev[i:i + size])[0] for i in range(0, len(ev), size))
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 TRAIN = """

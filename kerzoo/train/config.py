@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, read_config_file
+from ..schedules import SCHEDULES
 
 SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
     "model": {
@@ -63,7 +64,7 @@ DEFAULT_RUN = {"model": {"trainable": ["encoder.layer.4.", "encoder.layer.5."]}}
 CHOICES = {("model", "kind"): ("auto", "encoder", "causal"),
            ("model", "dtype"): ("float32", "float64", "bfloat16", "float16"),
            ("task", "type"): ("classification", "multiple_choice", "lm"),
-           ("train", "schedule"): ("constant", "linear", "cosine")}
+           ("train", "schedule"): SCHEDULES}
 POSITIVE = ("steps", "batch_size", "grad_accum", "eval_every", "checkpoint_every", "eval_batch_size",
             "max_nan_streak")
 # keys whose change makes a checkpoint's continuation differ from the run that wrote it

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from ..schedules import factor as schedule_factor
 from ..seeds import derive
 from . import config as config_mod
 from . import data as data_mod
@@ -36,19 +37,6 @@ CHECKPOINT = "checkpoint.pt"
 
 class TrainingError(RuntimeError):
     """The run cannot go on: the message says what is kept and what to do."""
-
-
-def schedule_factor(name: str, step: int, total: int, warmup: int, min_factor: float = 0.0) -> float:
-    """The lr multiplier at ``step`` (ALGORITHMS.md, Schedules): linear warm-up to 1, then
-    constant, or linear / cosine decay from 1 to ``min_factor`` at ``total``."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    if name == "constant":
-        return 1.0
-    u = min(1.0, (step - warmup) / max(1, total - warmup))
-    if name == "linear":
-        return 1.0 - (1.0 - min_factor) * u
-    return min_factor + (1.0 - min_factor) * 0.5 * (1 + math.cos(math.pi * u))
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -129,7 +117,7 @@ class Run:
             raise config_mod.ConfigError(f"[optimizer] {cfg['optimizer']!r}: {message}") from None
         self.base_lrs = [g["lr"] for g in self.opt.param_groups]
         self.trained, self.total_params = count_parameters(self.model)
-        self.step = 0
+        self.step, self.elapsed = 0, 0.0  # elapsed: training seconds up to self.step, across resumes
         self.shard: Callable[[list[dict]], list[dict]] = lambda batch: batch
         self.reduce: Callable[[Any, Any], tuple[Any, Any]] = lambda total, weight: (total, weight)
         self.callbacks: list[Callable[[Run, dict], None]] = []  # may add keys to each step's metrics record
@@ -158,7 +146,7 @@ class Run:
                                         "was it written with another model config? Pass --fresh to start over")
                 params[name].copy_(value)
         self.opt.load_state_dict(ck["optimizer"])
-        self.step = ck["step"]
+        self.step, self.elapsed = ck["step"], float(ck.get("elapsed", 0.0))
         _truncate_jsonl(self.metrics_path, self.step + 1)  # metrics count steps done: keep 0..step
         _truncate_jsonl(self.traj_path, self.step)  # records are numbered from 0: keep 0..step-1
 
@@ -195,7 +183,8 @@ class Run:
     # -- the loop --------------------------------------------------------------------------------
     def save(self) -> None:
         atomic_save({"step": self.step, "params": trainable_state(self.model), "optimizer": self.opt.state_dict(),
-                     "config": self.cfg}, self.checkpoint_path)
+                     "config": self.cfg,
+                     "elapsed": self.elapsed}, self.checkpoint_path)
 
     def _set_lr(self) -> None:
         t = self.cfg["train"]
@@ -215,7 +204,8 @@ class Run:
             from tqdm import tqdm
 
             bar = tqdm(total=total, initial=self.step, desc="kerzoo train", unit="step", dynamic_ncols=True)
-        streak, start, smooth = 0, time.perf_counter(), None
+        streak, smooth = 0, None
+        start = time.perf_counter() - self.elapsed
         try:
             while self.step < end:
                 self._set_lr()
@@ -225,8 +215,11 @@ class Run:
                 self._write(self.traj_path, self.opt.last_record)
                 streak = streak + 1 if self.opt.skipped_steps > skipped_before else 0
                 self.step += 1
-                record = {"step": self.step, "loss": loss, "lr": self.opt.param_groups[0]["lr"],
-                          "time": time.perf_counter() - start}
+                self.elapsed = time.perf_counter() - start
+                record = {"step": self.step, "loss": loss if math.isfinite(loss) else None,
+                          "lr": self.opt.param_groups[0]["lr"], "time": round(self.elapsed, 3)}
+                if streak:
+                    record["skipped"] = True
                 if self.step % t["eval_every"] == 0 or self.step == total:
                     record["eval_acc"] = self.evaluate()
                 for callback in self.callbacks:
@@ -273,7 +266,7 @@ def plot(metrics_path: Path, png: Path) -> Path:
     import matplotlib.pyplot as plt
 
     rows = read_metrics(metrics_path)
-    pts = [(r["step"], r["loss"]) for r in rows if "loss" in r and math.isfinite(r["loss"])]
+    pts = [(r["step"], r["loss"]) for r in rows if r.get("loss") is not None and math.isfinite(r["loss"])]
     steps, losses = [s for s, _ in pts], [v for _, v in pts]
     k = max(1, len(losses) // 50)
     smooth = [sum(losses[max(0, i - k):i + 1]) / len(losses[max(0, i - k):i + 1]) for i in range(len(losses))]

@@ -96,6 +96,8 @@ def test_a_nan_streak_stops_with_the_last_good_checkpoint_kept(make_cfg):
     with pytest.warns(RuntimeWarning, match="non-finite"), \
             pytest.raises(TrainingError, match="2 steps in a row had a non-finite loss.*checkpoint.pt, is kept"):
         run.train()
+    last = read_jsonl(run.metrics_path)[-1]
+    assert last["step"] == 5 and last["loss"] is None and last["skipped"] is True
     kept = load_checkpoint(run.out / CHECKPOINT)
     assert kept["step"] == 3 and same(kept["params"], good["params"])
     for k, v in params(run).items():  # skipped steps restore them (in place: within fp32 rounding)
