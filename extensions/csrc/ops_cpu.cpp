@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
+#include <atomic>
 #include <cmath>
 #include <vector>
 #if defined(__AVX2__)
@@ -119,19 +120,27 @@ inline void batch_values(uint64_t b0, uint64_t key, uint64_t seed, int dist, flo
   }
 }
 
-// Calls f(first_local_index, count, z_of(direction) -> const float*) over runs of up to 4V elements;
-// z pointers are aligned so that z[k] belongs to local index first + k.
+// Calls f(first_block, first_local_index, count, skip) over runs of up to 4V elements; the z of
+// element first_local_index + k is z[skip + k] of the batch of blocks that starts at first_block.
+// Threads take chunks of GRAIN blocks from a shared counter rather than one fixed share each, so
+// that a core slowed by another process does not hold the others up.
 template <typename F>
 void for_batches(int64_t n, int64_t offset, F f) {
   if (n == 0) return;
-  int64_t first = offset / 4, last = (offset + n - 1) / 4;
-  int64_t nbatches = (last - first) / V + 1;
-  at::parallel_for(0, nbatches, std::max<int64_t>(1, GRAIN / V), [&](int64_t q0, int64_t q1) {
+  const int64_t first = offset / 4, last = (offset + n - 1) / 4;
+  const int64_t nbatches = (last - first) / V + 1, chunk = std::max<int64_t>(1, GRAIN / V);
+  auto run = [&](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {
       int64_t b0 = first + q * V;
       int64_t j0 = std::max<int64_t>(b0 * 4, offset), j1 = std::min<int64_t>((b0 + V) * 4, offset + n);
       f(b0, j0 - offset, j1 - j0, (int)(j0 - b0 * 4));
     }
+  };
+  const int64_t workers = std::min<int64_t>(at::get_num_threads(), (nbatches + chunk - 1) / chunk);
+  if (workers <= 1 || at::in_parallel_region()) return run(0, nbatches);
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    for (int64_t q0; (q0 = next.fetch_add(chunk)) < nbatches;) run(q0, std::min(q0 + chunk, nbatches));
   });
 }
 

@@ -160,6 +160,10 @@ class Aligned(Projection):
             return
         engine.add_lowrank(target, *self.factors(p, coefs, seeds))
 
+    def move(self, p, target, restore, new):
+        """Restore and perturb in one pass: both directions share the bases, so their sum is one low-rank term."""
+        self.add(p, target, [restore[0], new[0]], [restore[1], new[1]])
+
     # -- learning the subspace from the step's estimate -----------------------------------
     def end_step(self, step, seeds, plan, losses, coefs):
         factor = getattr(plan, "update_factor", None)

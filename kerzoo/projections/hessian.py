@@ -93,6 +93,10 @@ class Hessian(Projection):
         else:
             target.copy_(target.to(step.dtype).add_(step))
 
+    def move(self, p, target, restore, new):
+        """Restore and perturb in one pass: w is fixed within a step, so w (.) (c1 z1 + c2 z2) is one pass."""
+        self.add(p, target, [restore[0], new[0]], [restore[1], new[1]])
+
     def end_step(self, step, seeds, plan, losses, coefs):
         alpha = float(self.options["alpha"])
         if alpha == 0.0:

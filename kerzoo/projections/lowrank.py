@@ -64,6 +64,10 @@ class _LowRank(Projection):
             return
         engine.add_lowrank(target, *self.matrix_factors(p, coefs, seeds))
 
+    def move(self, p, target, restore, new):
+        """Restore and perturb in one pass: both directions share the bases, so their sum is one low-rank term."""
+        self.add(p, target, [restore[0], new[0]], [restore[1], new[1]])
+
     def factors(self, p, coefs, seeds):
         return self.matrix_factors(p, coefs, seeds) if p.tensor.dim() == 2 else None
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from ..perturb import OnTheFly, point_coefficients
+from .base import Projection
 
 
 class OutputPerturbation(OnTheFly):
@@ -29,6 +30,20 @@ class OutputPerturbation(OnTheFly):
     def __init__(self, module, infos, projection):
         self._stack: list[tuple[int, tuple | None]] = []  # per active forward: (tensors swapped, factors)
         super().__init__(module, infos, projection)
+        # the transient workspace: the largest module's tensors that still need one (a projection that
+        # gives low-rank factors gives them for 2-D tensors, so a Linear weight needs none)
+        lowrank = type(projection).factors is not Projection.factors
+        self._ws_size = {}
+        for m in module.modules():
+            need: dict[tuple, int] = {}
+            for p in m._parameters.values():
+                if p is None or id(p) not in self.infos:
+                    continue
+                if lowrank and isinstance(m, torch.nn.Linear) and p is m.weight:
+                    continue
+                need[(p.dtype, p.device)] = need.get((p.dtype, p.device), 0) + p.numel()
+            for k, n in need.items():
+                self._ws_size[k] = max(self._ws_size.get(k, 0), n)
 
     def _pre(self, owned):
         def hook(module, args):

@@ -23,6 +23,31 @@ def test_cuda_kernels_compile_with_nvcc(tmp_path):
     assert (tmp_path / "kernels.o").stat().st_size > 0
 
 
+def _cuda_include():
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return None
+    for root in (Path(nvcc).resolve().parents[1], Path("/usr/local/cuda"), *sorted(Path("/usr/local").glob("cuda-*"))):
+        if (root / "include" / "cuda_runtime.h").exists():
+            return root / "include"
+    return None
+
+
+@pytest.mark.skipif(_cuda_include() is None or shutil.which("g++") is None, reason="no CUDA headers or g++")
+def test_cuda_torch_glue_compiles_against_torch_headers(tmp_path):
+    """ops_cuda.cpp (the torch side of the CUDA backend) checked by the C++ compiler, also where
+    torch is a CPU build: its one generated CUDA header is stubbed."""
+    from torch.utils.cpp_extension import include_paths
+
+    stub = tmp_path / "c10" / "cuda" / "impl"
+    stub.mkdir(parents=True)
+    (stub / "cuda_cmake_macros.h").write_text("#pragma once\n")
+    cmd = ["g++", "-std=c++17", "-fsyntax-only", *(f"-I{p}" for p in include_paths()), f"-I{_cuda_include()}",
+           f"-I{tmp_path}", str(ROOT / "extensions/cuda/ops_cuda.cpp")]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
 def cuda_backend():
     rows = engine.info()
     if rows[0]["cuda"] != "cuda":

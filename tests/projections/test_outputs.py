@@ -65,3 +65,14 @@ def test_a_linear_weight_without_low_rank_factors_gets_the_transient():
     m1, l1 = run("mezo", "onthefly")
     m2, l2 = run("mezo", "outputs")
     assert l1 == l2  # the same transients, bit for bit
+
+
+def test_no_workspace_is_made_for_low_rank_linear_weights():
+    model = MLP()
+    opt = kerzoo.optimizer("subzero", model, lr=0.0, rank=2, perturb="outputs")
+    opt.step(model)
+    workspace = sum(t.numel() for t in opt._hooks._ws.values())
+    assert workspace == 5  # a's bias only: neither 5 x 6 nor 3 x 5 weight is ever copied
+    dense = kerzoo.optimizer("mezo", model, lr=0.0, perturb="outputs")
+    dense.step(model)
+    assert sum(t.numel() for t in dense._hooks._ws.values()) == 5 * 6 + 5  # dense z: the transient is needed
