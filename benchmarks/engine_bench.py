@@ -7,8 +7,9 @@ One ZO step's perturbation work, without forwards:
 - kerzoo: theta + eps z; fused restore-and-perturb to theta - eps z; fused restore + update
   (3 passes, z regenerated from (seed, key, index), nothing allocated per tensor), with one
   foreach call per pass (kerzoo_step) and with one call per tensor (kerzoo_per_tensor_step);
-- peers (MeZO's loop): torch.manual_seed(s), then per tensor z = torch.normal(...) and add_,
-  for +1, -2, +1 and again for the update (4 passes, a full z allocated per tensor);
+- peers (MeZO's loop, common.peers_mezo_step): torch.manual_seed(s), then per tensor
+  z = torch.normal(...) and p.data = p.data + scale * z * eps, for +1, -2, +1 and again for the
+  update (4 passes, a full z and out-of-place results allocated per tensor);
 - floor: one in-place add_ of a scalar over the same tensors (one read and write of each);
 - peak memory: torch.cuda.max_memory_allocated, or on CPU the rise of the
   resident-set high-water mark over one step in a fresh process.
@@ -20,13 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import subprocess
 import sys
 
 import torch
 
-from common import best_time, sync
+from common import best_time, peers_mezo_step, rss_high_water, sync
 
 import kerzoo.engine as engine
 
@@ -59,16 +59,9 @@ def kerzoo_step_foreach(params, keys, seed=1, eps=1e-3, lr=1e-6, g=0.5):
     engine.add_z_multi_foreach(params, [eps, -lr * g], [seed, seed], keys)
 
 
-def peers_step(params, seed=1, eps=1e-3, lr=1e-6, g=0.5):
-    for scale in (1, -2, 1):
-        torch.manual_seed(seed)
-        for p in params:
-            z = torch.normal(mean=0, std=1, size=p.shape, device=p.device, dtype=p.dtype)
-            p.data.add_(z, alpha=scale * eps)
-    torch.manual_seed(seed)
-    for p in params:
-        z = torch.normal(mean=0, std=1, size=p.shape, device=p.device, dtype=p.dtype)
-        p.data.add_(z, alpha=-lr * g)
+def peers_step(params, seed=1, eps=1e-3, lr=1e-6):
+    """The peers' step without forwards: a constant loss, so every pass still runs."""
+    return peers_mezo_step([(f"p{i}", p) for i, p in enumerate(params)], lambda: 0.0, seed, eps, lr)
 
 
 def floor_pass(params):
@@ -91,18 +84,6 @@ def peak_bytes(fn, device) -> int | None:
     fn()
     torch.cuda.synchronize()
     return torch.cuda.max_memory_allocated() - base
-
-
-def rss_high_water() -> int:
-    """Bytes: VmHWM of this process (Linux; ru_maxrss would carry the parent's mark over exec)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def cpu_peak_child(which: str, model: str, dtype: str) -> None:

@@ -28,7 +28,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import best_time  # noqa: E402
+from common import best_time, peers_mezo_step  # noqa: E402
 
 import kerzoo  # noqa: E402
 import kerzoo.engine  # noqa: E402
@@ -73,30 +73,8 @@ def build(name: str, dtype: torch.dtype):
 
 
 def peers_step(model, closure, seed, eps=1e-3, lr=1e-7, weight_decay=0.0):
-    """The peers' MeZO step: z from the global generator per parameter, +1, -2, +1, update."""
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-
-    def perturb(scale):
-        torch.manual_seed(seed)
-        for _, p in params:
-            z = torch.normal(mean=0, std=1, size=p.data.size(), device=p.data.device, dtype=p.data.dtype)
-            p.data = p.data + scale * z * eps
-
-    with torch.no_grad():
-        perturb(1)
-        l1 = closure()
-        perturb(-2)
-        l2 = closure()
-        perturb(1)
-        g = float((l1 - l2) / (2 * eps))
-        torch.manual_seed(seed)
-        for n, p in params:
-            z = torch.normal(mean=0, std=1, size=p.data.size(), device=p.data.device, dtype=p.data.dtype)
-            if "bias" not in n and "norm" not in n.lower():
-                p.data = p.data - lr * (g * z + weight_decay * p.data)
-            else:
-                p.data = p.data - lr * g * z
-    return l1
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return peers_mezo_step(named, closure, seed, eps, lr, weight_decay)
 
 
 def measure(args, dtype_name: str) -> dict:

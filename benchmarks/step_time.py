@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from common import best_time, sync
+from common import best_time, peers_mezo_step, sync
 
 import kerzoo
 import kerzoo.engine
@@ -46,25 +46,8 @@ def build(name: str, dtype, device):
 
 
 def peers_step(model, loss, seed, eps=1e-3, lr=1e-6):
-    params = [p for p in model.parameters() if p.requires_grad]
-
-    def perturb(scale):
-        torch.manual_seed(seed)
-        for p in params:
-            z = torch.normal(mean=0, std=1, size=p.data.size(), device=p.data.device, dtype=p.data.dtype)
-            p.data = p.data + scale * z * eps
-
-    with torch.no_grad():
-        perturb(1)
-        l1 = loss()
-        perturb(-2)
-        l2 = loss()
-        perturb(1)
-        g = float((l1 - l2) / (2 * eps))
-        torch.manual_seed(seed)
-        for p in params:
-            z = torch.normal(mean=0, std=1, size=p.data.size(), device=p.data.device, dtype=p.data.dtype)
-            p.data = p.data - lr * g * z
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return peers_mezo_step(named, loss, seed, eps, lr)
 
 
 def peak(fn, device):

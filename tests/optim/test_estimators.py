@@ -13,6 +13,7 @@ from kerzoo.estimators.kernel import KernelEstimator
 from kerzoo.estimators.two_point import TwoPoint
 from kerzoo.plugins import get
 from kerzoo.seeds import direction_seeds
+from quadratic import TwoTensors, mean_step_over_seeds
 
 KEY = engine.param_key("x")
 
@@ -117,41 +118,11 @@ def test_one_sided_is_exact_on_linear_functions():
         assert ci == pytest.approx(float(z @ b) / 2, rel=1e-9)
 
 
-class TwoTensors(torch.nn.Module):
-    """f = 1/2 a^T A a + b^T B b + c.(a, b): two tensors, a known gradient."""
-
-    def __init__(self):
-        super().__init__()
-        self.a = torch.nn.Parameter(torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64))
-        self.b = torch.nn.Parameter(torch.tensor([[0.1, 0.4], [-0.3, 0.2]], dtype=torch.float64))
-
-    def forward(self):
-        return 0.5 * (self.a * torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64) * self.a).sum() \
-            + (self.b**2).sum() + self.a.sum() - self.b.sum()
-
-    def grad(self):
-        return (torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64) * self.a.detach() + 1,
-                2 * self.b.detach() - 1)
-
-
 def test_kerzoo_with_one_r_per_tensor_is_unbiased_on_a_quadratic():
-    model = TwoTensors()
-    ga, gb = model.grad()
-    start = [p.detach().clone() for p in model.parameters()]
-    lr, n = 1e-3, 3000
-    est = []
-    for s in range(n):
-        with torch.no_grad():
-            for p, v in zip(model.parameters(), start):
-                p.copy_(v)
-        opt = kerzoo.optimizer("kerzoo", model, lr=lr, eps=1e-3, seed=s, directions=1, r_scope="tensor",
-                               perturb="onthefly")
-        opt.step(model)
-        opt.close()
-        est.append(torch.cat([((v - p.detach()) / lr).reshape(-1) for p, v in zip(model.parameters(), start)]))
-    est = torch.stack(est)
-    mean, stderr = est.mean(0), est.std(0) / math.sqrt(n)
-    grad = torch.cat([ga.reshape(-1), gb.reshape(-1)])
+    model, lr = TwoTensors(), 1e-3
+    mean, stderr, _ = mean_step_over_seeds(model, lambda s: kerzoo.optimizer(
+        "kerzoo", model, lr=lr, eps=1e-3, seed=s, directions=1, r_scope="tensor", perturb="onthefly"), lr, 3000)
+    grad = model.grad()
     assert torch.all((mean - grad).abs() <= 5 * stderr), (mean, grad, stderr)
 
 

@@ -1,47 +1,18 @@
 """Param groups: per-group lr, eps and weight decay, and groups over a module (on the fly)."""
 
-import math
-
 import pytest
 import torch
 
 import kerzoo
-
-
-class TwoTensors(torch.nn.Module):
-    """f = 1/2 a^T diag(1,2,3) a + ||b||^2 + sum a - sum b, gradient known."""
-
-    def __init__(self):
-        super().__init__()
-        self.a = torch.nn.Parameter(torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64))
-        self.b = torch.nn.Parameter(torch.tensor([[0.1, 0.4], [-0.3, 0.2]], dtype=torch.float64))
-
-    def forward(self):
-        d = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
-        return 0.5 * (self.a * d * self.a).sum() + (self.b**2).sum() + self.a.sum() - self.b.sum()
-
-    def grad(self):
-        d = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
-        return torch.cat([(d * self.a.detach() + 1), (2 * self.b.detach() - 1).reshape(-1)])
+from quadratic import TwoTensors, mean_step_over_seeds
 
 
 def test_per_group_eps_keeps_the_estimate_unbiased_on_a_quadratic():
     """Group b perturbed 20x wider than group a: the mean update over seeds is still -lr * grad."""
-    model = TwoTensors()
-    start = [p.detach().clone() for p in model.parameters()]
-    lr, n = 1e-3, 3000
-    est = []
-    for s in range(n):
-        with torch.no_grad():
-            for p, v in zip(model.parameters(), start):
-                p.copy_(v)
-        opt = kerzoo.optimizer("mezo", [{"params": [model.a], "eps": 1e-3}, {"params": [model.b], "eps": 2e-2}],
-                               lr=lr, seed=s, module=model)
-        opt.step(model)
-        opt.close()
-        est.append(torch.cat([((v - p.detach()) / lr).reshape(-1) for p, v in zip(model.parameters(), start)]))
-    est = torch.stack(est)
-    mean, stderr = est.mean(0), est.std(0) / math.sqrt(n)
+    model, lr = TwoTensors(), 1e-3
+    mean, stderr, opt = mean_step_over_seeds(model, lambda s: kerzoo.optimizer(
+        "mezo", [{"params": [model.a], "eps": 1e-3}, {"params": [model.b], "eps": 2e-2}], lr=lr, seed=s,
+        module=model), lr, 3000)
     assert torch.all((mean - model.grad()).abs() <= 5 * stderr), (mean, model.grad(), stderr)
     assert opt.last_record["eps"] == [1e-3, 2e-2]
 
