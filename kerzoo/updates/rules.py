@@ -66,12 +66,14 @@ class Adam(Update):
                 st["exp_avg_sq"] = torch.zeros_like(st["exp_avg"])
                 st["t"] = 0
             st["t"] += 1
-            g = ctx.estimate(p)
-            st["exp_avg"].mul_(b1).add_(g, alpha=1 - b1)
-            st["exp_avg_sq"].mul_(b2).addcmul_(g, g, value=1 - b2)
-            m_hat = st["exp_avg"] / (1 - b1 ** st["t"])
-            v_hat = st["exp_avg_sq"] / (1 - b2 ** st["t"])
-            p.tensor.add_((-ctx.lr(p) * m_hat / (v_hat.sqrt() + e)).to(p.tensor.dtype))
+            g = ctx.estimate(p)  # the one temporary: reused below for the step itself
+            m, v = st["exp_avg"], st["exp_avg_sq"]
+            m.mul_(b1).add_(g, alpha=1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            # step = -lr m_hat / (sqrt(v_hat) + e), m_hat = m / (1 - b1^t), v_hat = v / (1 - b2^t)
+            step = torch.div(v, 1 - b2 ** st["t"], out=g).sqrt_().add_(e).reciprocal_().mul_(m)
+            step.mul_(-ctx.lr(p) / (1 - b1 ** st["t"]))
+            p.tensor.add_(step if step.dtype == p.tensor.dtype else step.to(p.tensor.dtype))
 
 
 class Conservative(Update):

@@ -1,0 +1,265 @@
+"""Convergence race on the default fine-tuning task (issue 8, question 2).
+
+Every method gets the same budget of training forward passes (mezo's 2,000 steps x 2 = 4,000 by
+default) on the default run (all-MiniLM-L6-v2, VADER word polarity, top two layers trained), for
+several seeds; accuracy on the 500 held-out words is taken every ``--eval-forwards`` forwards.
+Forward passes are counted by wrapping the run's loss, so P-GAP's probe steps and HiZOO's third
+forward are counted as they happen; wall time is training time without the evaluations.
+
+Learning rates: ``--tune`` first runs each method for ``--tune-forwards`` forwards at each lr of
+its grid (seed 0) and keeps the one with the best held-out accuracy (ties: lower final loss).
+
+    python benchmarks/race.py --tune --out docs/benchmarks/race-cpu     # ~1.5 h on 2 cores
+
+writes race-cpu.json (every curve), race-cpu.md (the table) and race-cpu.png (the plot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+METHODS = ("mezo", "kerzoo", "subzero", "lozo", "pgap", "zo-adam")
+# lr grids around each preset family's scale on this task (mezo's default run uses 1e-4)
+GRIDS = {"zo-adam": (1e-5, 3e-5, 1e-4)}
+DEFAULT_GRID = (3e-5, 1e-4, 3e-4)
+
+
+def one_run(job: dict) -> dict:
+    """One training run; returns its curve: (forwards, train seconds, eval accuracy) at each eval."""
+    import torch
+
+    from kerzoo.train import config as config_mod
+    from kerzoo.train.loop import Run
+
+    torch.set_num_threads(job["threads"])
+    budget, every = job["forwards"], job["eval_forwards"]
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = config_mod.validate({
+            **config_mod.DEFAULT_RUN,
+            "optimizer": {"preset": job["method"], "lr": job["lr"], "eps": 1e-3},
+            "train": {"steps": 10**7, "eval_every": 10**7, "checkpoint_every": 10**7, "seed": job["seed"],
+                      "threads": job["threads"], "out": tmp},
+        })
+        run = Run(cfg, resume=False, progress=False)
+        counted = {"forwards": 0}
+        loss_of = run.batch_loss
+
+        def counting(batch):
+            counted["forwards"] += 1
+            return loss_of(batch)
+
+        run.batch_loss = counting
+        losses: list = []
+        run.callbacks.append(lambda _run, record: losses.append(record.get("loss")))
+        run.metrics_path.touch()  # so that train() does not evaluate step 0 again
+        curve = [{"step": 0, "forwards": 0, "seconds": 0.0, "cpu_seconds": 0.0, "acc": run.evaluate(), "loss": None}]
+        seconds, cpu, next_eval = 0.0, 0.0, every
+        while counted["forwards"] < budget:
+            t, c = time.perf_counter(), time.process_time()
+            run.train(stop_at=run.step + 1)
+            seconds += time.perf_counter() - t
+            cpu += time.process_time() - c
+            if counted["forwards"] >= next_eval or counted["forwards"] >= budget:
+                finite = [x for x in losses[-50:] if x is not None and math.isfinite(x)]
+                curve.append({"step": run.step, "forwards": counted["forwards"], "seconds": round(seconds, 2),
+                              "cpu_seconds": round(cpu, 2),
+                              "acc": run.evaluate(), "loss": statistics.fmean(finite) if finite else None})
+                while next_eval <= counted["forwards"]:
+                    next_eval += every
+    return {**job, "curve": curve}
+
+
+def run_jobs(jobs: list[dict], workers: int) -> list[dict]:
+    done = []
+    with mp.get_context("spawn").Pool(workers, maxtasksperchild=1) as pool:
+        for result in pool.imap_unordered(one_run, jobs):
+            last = result["curve"][-1]
+            print(f"  {result['method']:8s} lr={result['lr']:.0e} seed={result['seed']}: acc {last['acc']:.3f} "
+                  f"after {last['forwards']} forwards, {last['seconds']:.0f} s", flush=True)
+            done.append(result)
+    return done
+
+
+def reach(curve: list[dict], target: float) -> dict | None:
+    """The first evaluation at or above ``target``."""
+    return next((p for p in curve if p["acc"] >= target - 1e-12), None)
+
+
+def summarise(results: list[dict]) -> dict:
+    by = {}
+    for r in results:
+        by.setdefault(r["method"], []).append(r)
+    mezo_end = statistics.fmean(r["curve"][-1]["acc"] for r in by["mezo"])
+    rows = {}
+    for method, runs in by.items():
+        hits = [reach(r["curve"], mezo_end) for r in runs]
+        reached = [h for h in hits if h is not None]
+        rows[method] = {
+            "lr": runs[0]["lr"],
+            "final_acc": [r["curve"][-1]["acc"] for r in runs],
+            "final_acc_mean": statistics.fmean(r["curve"][-1]["acc"] for r in runs),
+            "seconds": statistics.fmean(r["curve"][-1]["seconds"] for r in runs),
+            "forwards_per_second": statistics.fmean(r["curve"][-1]["forwards"] / r["curve"][-1]["seconds"]
+                                                    for r in runs),
+            "reached": len(reached), "runs": len(runs),
+            "forwards_to_target": statistics.fmean(h["forwards"] for h in reached) if reached else None,
+            "minutes_to_target": statistics.fmean(h["seconds"] for h in reached) / 60 if reached else None,
+            "cpu_minutes_to_target": (statistics.fmean(h["cpu_seconds"] for h in reached) / 60
+                                      if reached and all("cpu_seconds" in h for h in reached) else None),
+            "cpu_seconds_per_forward": statistics.fmean(r["curve"][-1]["cpu_seconds"] / r["curve"][-1]["forwards"]
+                                                        for r in runs) if "cpu_seconds" in runs[0]["curve"][-1]
+            else None,
+        }
+    return {"target": mezo_end, "methods": rows}
+
+
+def write_markdown(path: Path, summary: dict, meta: dict) -> None:
+    target = summary["target"]
+    mezo = summary["methods"]["mezo"]
+    lines = [
+        "# Convergence race on the default task",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Machine: {meta['machine']}; {meta['workers']} runs at a time, {meta['threads']} thread each; "
+        f"load average at the end {meta['load']}.",
+        "",
+        f"Every method gets {meta['forwards']:,} training forward passes ({meta['forwards'] // 2:,} mezo steps) on the default run "
+        "(all-MiniLM-L6-v2, VADER word polarity, top two layers, batch 16, eps 1e-3), seeds "
+        f"{', '.join(map(str, meta['seeds']))}; held-out accuracy on 500 words every {meta['eval_forwards']} "
+        "forwards. " + (f"Learning rate per method: the best of its grid after {meta['tune_forwards']:,} forwards "
+                        "on seed 0 (grids in `benchmarks/race.py`; tuning table below). " if meta["tuning"] else
+                        "One learning rate for every method (no tuning). ") +
+        "Time is training time only (evaluations excluded): wall minutes, and CPU minutes of the run's "
+        "one thread, the steadier measure on a machine shared with other work.",
+        "",
+        f"Target: the accuracy mezo ends at, mean over its seeds = **{target:.3f}**.",
+        "",
+        "| method | lr | final accuracy (per seed) | mean | forwards to target | wall min to target | "
+        "CPU min to target | CPU ms per forward | reached |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method, row in summary["methods"].items():
+        f2t = f"{row['forwards_to_target']:,.0f}" if row["forwards_to_target"] is not None else "not reached"
+        m2t = f"{row['minutes_to_target']:.1f}" if row["minutes_to_target"] is not None else "-"
+        c2t = f"{row['cpu_minutes_to_target']:.1f}" if row.get("cpu_minutes_to_target") is not None else "-"
+        cpf = f"{1e3 * row['cpu_seconds_per_forward']:.0f}" if row.get("cpu_seconds_per_forward") else "-"
+        lines.append(f"| {method} | {row['lr']:.0e} | {' / '.join(f'{a:.3f}' for a in row['final_acc'])} | "
+                     f"{row['final_acc_mean']:.3f} | {f2t} | {m2t} | {c2t} | {cpf} | "
+                     f"{row['reached']}/{row['runs']} |")
+    lines += ["", "Against mezo (forwards and minutes to reach mezo's final accuracy; mean over the seeds that "
+              "reached it):", ""]
+    for method, row in summary["methods"].items():
+        if method == "mezo" or row["forwards_to_target"] is None or not mezo["forwards_to_target"]:
+            continue
+        df = 1 - row["forwards_to_target"] / mezo["forwards_to_target"]
+        key = "cpu_minutes_to_target" if row.get("cpu_minutes_to_target") and mezo.get("cpu_minutes_to_target") \
+            else "minutes_to_target"
+        dm = 1 - row[key] / mezo[key]
+        what = "CPU minutes" if key.startswith("cpu") else "wall minutes"
+        lines.append(f"- {method}: {100 * df:+.0f} % forwards, {100 * dm:+.0f} % {what} saved")
+    lines += ["", "![accuracy against forwards and wall time](race-cpu.png)", ""]
+    if meta.get("tuning"):
+        lines += ["## Learning-rate tuning (seed 0)", "", "| method | lr | accuracy | final loss |", "|---|---|---|---|"]
+        for t in meta["tuning"]:
+            loss = f"{t['loss']:.4f}" if t["loss"] is not None else "-"
+            lines.append(f"| {t['method']} | {t['lr']:.0e} | {t['acc']:.3f} | {loss} |")
+        lines.append("")
+    path.write_text("\n".join(lines))
+
+
+def plot(path: Path, results: list[dict], target: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    colours = dict(zip(METHODS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for method in METHODS:
+        runs = [r for r in results if r["method"] == method]
+        for i, r in enumerate(runs):
+            xs_f = [p["forwards"] for p in r["curve"]]
+            xs_t = [p.get("cpu_seconds", p["seconds"]) / 60 for p in r["curve"]]
+            ys = [p["acc"] for p in r["curve"]]
+            label = method if i == 0 else None
+            axes[0].plot(xs_f, ys, color=colours.get(method), alpha=0.8, label=label)
+            axes[1].plot(xs_t, ys, color=colours.get(method), alpha=0.8, label=label)
+    for ax, xlabel in zip(axes, ("training forward passes", "training CPU minutes, one thread (evaluations excluded)")):
+        ax.axhline(target, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("held-out accuracy")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle("Default task (MiniLM, VADER polarity): accuracy per seed; dashed: mezo's final mean")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--methods", nargs="+", default=list(METHODS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--forwards", type=int, default=4000)
+    p.add_argument("--eval-forwards", type=int, default=400)
+    p.add_argument("--tune", action="store_true", help="pick each method's lr from its grid first")
+    p.add_argument("--tune-forwards", type=int, default=1000)
+    p.add_argument("--lr", type=float, default=1e-4, help="without --tune: every method's lr")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default="docs/benchmarks/race-cpu", help="path prefix of the .json/.md/.png")
+    p.add_argument("--report", action="store_true", help="only rewrite the .md and .png from the .json at --out")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    if args.report:
+        saved = json.loads(out.with_suffix(".json").read_text())
+        summary = summarise(saved["runs"])
+        out.with_suffix(".json").write_text(json.dumps({**saved, "summary": summary}, indent=1))
+        write_markdown(out.with_suffix(".md"), summary, saved["meta"])
+        plot(out.with_suffix(".png"), saved["runs"], summary["target"])
+        return print(out.with_suffix(".md").read_text())
+    base = {"forwards": args.forwards, "eval_forwards": args.eval_forwards, "threads": args.threads}
+    lrs, tuning = {m: args.lr for m in args.methods}, []
+    if args.tune:
+        print("tuning learning rates (seed 0)", flush=True)
+        jobs = [{**base, "forwards": args.tune_forwards, "eval_forwards": args.tune_forwards,
+                 "method": m, "lr": lr, "seed": 0} for m in args.methods for lr in GRIDS.get(m, DEFAULT_GRID)]
+        for r in run_jobs(jobs, args.workers):
+            last = r["curve"][-1]
+            tuning.append({"method": r["method"], "lr": r["lr"], "acc": last["acc"], "loss": last["loss"]})
+        tuning.sort(key=lambda t: (args.methods.index(t["method"]), t["lr"]))
+        for m in args.methods:
+            mine = [t for t in tuning if t["method"] == m]
+            lrs[m] = max(mine, key=lambda t: (t["acc"], -(t["loss"] if t["loss"] is not None else math.inf)))["lr"]
+        print("chosen:", lrs, flush=True)
+    print("race", flush=True)
+    jobs = [{**base, "method": m, "lr": lrs[m], "seed": s} for s in args.seeds for m in args.methods]
+    results = run_jobs(jobs, args.workers)
+    results.sort(key=lambda r: (args.methods.index(r["method"]), r["seed"]))
+    summary = summarise(results)
+    import os
+
+    import torch
+
+    meta = {"command": "python benchmarks/race.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "machine": f"{platform.machine()} {os.cpu_count()}-core VM, torch {torch.__version__}",
+            "workers": args.workers, "threads": args.threads, "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+            "forwards": args.forwards, "eval_forwards": args.eval_forwards, "seeds": args.seeds,
+            "tune_forwards": args.tune_forwards if args.tune else 0, "tuning": tuning}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": summary, "runs": results}, indent=1))
+    write_markdown(out.with_suffix(".md"), summary, meta)
+    plot(out.with_suffix(".png"), results, summary["target"])
+    print(out.with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()
