@@ -24,16 +24,26 @@ template <typename T> inline T to_storage(typename Compute<T>::type v) { return 
 
 template <typename T> inline uint16_t bits16(T v) { return v.x; }
 
-// Stochastic rounding of float x to T (bf16/fp16), as reference.stochastic_round.
+// Stochastic rounding of float x to T (bf16/fp16), as reference.stochastic_round. Written without
+// branches: the up/down decisions are random, and mispredicted branches cost ~8x the arithmetic.
 template <typename T> inline T stochastic(float x, uint32_t word) {
-  T down = static_cast<T>(x);
-  float down_f = static_cast<float>(down);
-  bool up = x >= down_f;
-  T other; other.x = next16(bits16(down), up);
-  float gap = static_cast<float>(other) - down_f;
-  float frac = gap != 0.0f ? (x - down_f) / gap : 0.0f;
-  float u = static_cast<float>((double)word * 2.3283064365386963e-10);
-  return u < frac ? other : down;
+  const T down = static_cast<T>(x);
+  const float down_f = static_cast<float>(down);
+  const uint16_t b = bits16(down);
+  const uint16_t up = x >= down_f, neg = b >> 15, zero = (b & 0x7FFF) == 0;
+  // the neighbour one step toward x: next16(b, up) (a signed zero steps to the smallest subnormal)
+  const uint16_t away = (uint16_t)(b + ((up ^ neg) ? 1 : 0xFFFF));
+  const uint16_t from_zero = (uint16_t)(0x8001 - (up << 15));
+  const uint16_t zmask = (uint16_t)-zero;
+  T other;
+  other.x = (uint16_t)((from_zero & zmask) | (away & ~zmask));
+  const float gap = static_cast<float>(other) - down_f;
+  const float frac = gap != 0.0f ? (x - down_f) / gap : 0.0f;
+  const float u = static_cast<float>((double)word * 2.3283064365386963e-10);
+  const uint16_t pick = (uint16_t)-(uint16_t)(u < frac);
+  T out;
+  out.x = (uint16_t)((other.x & pick) | (b & ~pick));
+  return out;
 }
 
 constexpr int64_t GRAIN = 2048;  // blocks of 4 elements per task
@@ -162,10 +172,13 @@ void add_multi_impl(T* data, int64_t n, const std::vector<double>& coefs, const 
       for (int64_t k = 0; k < cnt; ++k) acc[k] = std::fma(c, static_cast<C>(zs[k]), acc[k]);  // one rounding
     }
     if constexpr (std::is_same<T, c10::BFloat16>::value || std::is_same<T, c10::Half>::value) {
-      if (sr) {
+      if (sr) {  // rounding words of the same blocks under the rounding seed, generated as a batch
+        alignas(32) uint32_t wx[V], wy[V], wz[V], ww[V];
+        philox_soa((uint64_t)b0, key, rseed, wx, wy, wz, ww);
+        const uint32_t* lanes[4] = {wx, wy, wz, ww};
         for (int64_t k = 0; k < cnt; ++k) {
-          int64_t j = offset + l0 + k;
-          d[k] = stochastic<T>((float)acc[k], block_word((uint64_t)(j / 4), key, rseed, (int)(j % 4)));
+          const int64_t e = skip + k;  // element e of the batch: block e / 4, lane e % 4
+          d[k] = stochastic<T>((float)acc[k], lanes[e % 4][e / 4]);
         }
         return;
       }

@@ -66,6 +66,22 @@ def test_extension_add_multi_equals_reference(ext, seed, offset, n, dtype, q):
     torch.testing.assert_close(a.double(), b.double(), rtol=2 * ulp, atol=1e-6)
 
 
+@settings(max_examples=30, deadline=None)
+@given(seed=seeds, rseed=seeds, offset=offsets, n=st.integers(1, 400),
+       dtype=st.sampled_from([torch.bfloat16, torch.float16]), q=st.integers(1, 3))
+def test_extension_stochastic_rounding_equals_reference_bit_for_bit(ext, seed, rseed, offset, n, dtype, q):
+    """Rademacher z keeps the float32 sums exact on both backends, so every rounding decision
+    (the rounding seed's Philox word of each element) must agree."""
+    g = torch.Generator().manual_seed(seed % 2**32)
+    theta = (torch.randn(n, generator=g) * 0.1).to(dtype)
+    coefs = (torch.randn(q, generator=g, dtype=torch.float64) * 1e-3).tolist()
+    ss = [(seed + i * 7919) % 2**63 for i in range(q)]
+    a, b = theta.clone(), theta.clone()
+    engine.add_z_multi(a, coefs, ss, 11, offset, dist="rademacher", rounding="stochastic", rounding_seed=rseed)
+    R.add_z_multi(b, coefs, ss, 11, offset, R.DIST_CODES["rademacher"], True, rseed)
+    assert torch.equal(a.view(torch.int16), b.view(torch.int16))
+
+
 @settings(max_examples=25, deadline=None)
 @given(seed=seeds, key=seeds, a=st.integers(0, 500), length=st.integers(1, 300), dist=st.sampled_from(DISTS))
 def test_a_slice_gets_the_slice_of_the_whole(seed, key, a, length, dist):
