@@ -118,8 +118,17 @@ def summarise(results: list[dict]) -> dict:
             "cpu_seconds_per_forward": statistics.fmean(r["curve"][-1]["cpu_seconds"] / r["curve"][-1]["forwards"]
                                                         for r in runs) if "cpu_seconds" in runs[0]["curve"][-1]
             else None,
+            "acc_at": {str(f): statistics.fmean(acc_at(r["curve"], f) for r in runs) for f in CHECKPOINTS},
         }
     return {"target": mezo_end, "methods": rows}
+
+
+CHECKPOINTS = (800, 2000, 4000)
+
+
+def acc_at(curve: list[dict], forwards: int) -> float:
+    """The accuracy at the last evaluation at or before ``forwards``."""
+    return [p["acc"] for p in curve if p["forwards"] <= forwards][-1]
 
 
 def write_markdown(path: Path, summary: dict, meta: dict) -> None:
@@ -156,16 +165,28 @@ def write_markdown(path: Path, summary: dict, meta: dict) -> None:
                      f"{row['final_acc_mean']:.3f} | {f2t} | {m2t} | {c2t} | {cpf} | "
                      f"{row['reached']}/{row['runs']} |")
     lines += ["", "Against mezo (forwards and minutes to reach mezo's final accuracy; mean over the seeds that "
-              "reached it):", ""]
+              "reached it; a method that did not reach it in the budget needs more than all of it):", ""]
     for method, row in summary["methods"].items():
-        if method == "mezo" or row["forwards_to_target"] is None or not mezo["forwards_to_target"]:
+        if method == "mezo" or not mezo["forwards_to_target"]:
             continue
-        df = 1 - row["forwards_to_target"] / mezo["forwards_to_target"]
+        if row["forwards_to_target"] is None:
+            lines.append(f"- {method}: did not reach {target:.3f} within {meta['forwards']:,} forwards on any seed "
+                         f"(mezo: {mezo['forwards_to_target']:,.0f})")
+            continue
+        df = row["forwards_to_target"] / mezo["forwards_to_target"] - 1
         key = "cpu_minutes_to_target" if row.get("cpu_minutes_to_target") and mezo.get("cpu_minutes_to_target") \
             else "minutes_to_target"
-        dm = 1 - row[key] / mezo[key]
+        dm = row[key] / mezo[key] - 1
         what = "CPU minutes" if key.startswith("cpu") else "wall minutes"
-        lines.append(f"- {method}: {100 * df:+.0f} % forwards, {100 * dm:+.0f} % {what} saved")
+        lines.append(f"- {method}: {100 * abs(df):.0f} % {'more' if df > 0 else 'fewer'} forwards and "
+                     f"{100 * abs(dm):.0f} % {'more' if dm > 0 else 'fewer'} {what} than mezo "
+                     f"({row['reached']}/{row['runs']} seeds reached it)")
+    cols = [str(f) for f in CHECKPOINTS]
+    lines += ["", "Mean held-out accuracy at equal forward budgets:", "",
+              "| method | " + " | ".join(f"{int(c):,} forwards" for c in cols) + " |",
+              "|---|" + "---|" * len(cols)]
+    for method, row in summary["methods"].items():
+        lines.append(f"| {method} | " + " | ".join(f"{row['acc_at'][c]:.3f}" for c in cols) + " |")
     lines += ["", "![accuracy against forwards and wall time](race-cpu.png)", ""]
     if meta.get("tuning"):
         lines += ["## Learning-rate tuning (seed 0)", "", "| method | lr | accuracy | final loss |", "|---|---|---|---|"]
