@@ -50,7 +50,7 @@ class ZOOptimizer(torch.optim.Optimizer):
     def __init__(self, params: Any, *, estimator: Estimator, projection: Projection, update: Update,
                  lr: float = 1e-6, eps: float = 1e-3, weight_decay: float = 0.0, seed: int = 0,
                  perturb: str = "auto", stochastic_rounding: bool | None = None, clip: float = 0.0,
-                 module: torch.nn.Module | None = None, spec: dict | None = None):
+                 module: torch.nn.Module | None = None, shards: Any = None, spec: dict | None = None):
         if not eps > 0:
             raise ValueError(f"eps must be > 0, got {eps!r}")
         if perturb not in ("auto", "inplace", "onthefly", "outputs"):
@@ -69,7 +69,17 @@ class ZOOptimizer(torch.optim.Optimizer):
         if clip < 0:
             raise ValueError(f"clip must be >= 0 (0 turns per-tensor clipping off), got {clip!r}")
         self.clip = float(clip)
-        self.spec = {k: v for k, v in (spec or {}).items() if k != "module"}
+        self.spec = {k: v for k, v in (spec or {}).items() if k not in ("module", "shards")}
+        # shards: {tensor: (name, offset)} for tensors that are the flat slice [offset, offset + numel) of the
+        # named parameter (a data-parallel shard): their directions are that slice of the whole tensor's
+        shard_of = {id(t): (str(n), int(o)) for t, (n, o) in (shards or {}).items()}
+        if shard_of and clip:
+            raise ValueError(f"clip = {clip} clips by each tensor's norm, which a shard does not know; use clip = 0 "
+                             "with sharded parameters, or replicated data parallel (distributed.shard = false)")
+        if shard_of and not projection.shardable:
+            raise ValueError(f"projection {projection.name!r} builds each direction from the whole matrix, so it "
+                             "cannot perturb a flat shard; use an elementwise projection (dense, hessian) with "
+                             "sharded parameters, or replicated data parallel (distributed.shard = false)")
         self.infos: list[ParamInfo] = []
         for gi, group in enumerate(self.param_groups):
             for pi, p in enumerate(group["params"]):
@@ -77,8 +87,8 @@ class ZOOptimizer(torch.optim.Optimizer):
                     raise ValueError(f"parameter {names.get(id(p), (gi, pi))} is not contiguous")
                 if module is not None and id(p) not in names:
                     raise ValueError(f"parameter {pi} of group {gi} is not a parameter of the module given")
-                name = names.get(id(p), f"group{gi}.param{pi}")
-                self.infos.append(ParamInfo(name, engine.param_key(name), p, gi))
+                name, offset = shard_of.get(id(p), (names.get(id(p), f"group{gi}.param{pi}"), 0))
+                self.infos.append(ParamInfo(name, engine.param_key(name), p, gi, offset))
         self.projection.setup(self.infos, self.seed)
         low = any(i.tensor.dtype in LOW_PRECISION for i in self.infos)
         if perturb in ("onthefly", "outputs") and module is None:

@@ -16,7 +16,8 @@ from .hookspecs import hookimpl
 
 PARTS = ("estimator", "projection", "update")
 OPTIMIZER_OPTIONS = {"lr": 1e-6, "eps": 1e-3, "weight_decay": 0.0, "seed": 0, "perturb": "auto",
-                     "stochastic_rounding": None, "clip": 0.0, "module": None}
+                     "stochastic_rounding": None, "clip": 0.0, "module": None,
+                     "shards": None}
 DEFAULT_PARTS = {"estimator": "two-point", "projection": "dense", "update": "sgd"}
 
 

@@ -29,6 +29,9 @@ class ParamInfo:
 class Projection:
     name: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
+    # True when a direction's value at an element depends only on (seed, key, global element index), so a
+    # flat shard of a tensor (ParamInfo.offset) gets exactly its slice of the whole tensor's direction
+    shardable: ClassVar[bool] = False
 
     def __init__(self, **options: Any):
         from ..registry import unknown_options

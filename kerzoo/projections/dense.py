@@ -12,6 +12,7 @@ class Dense(Projection):
 
     name = "dense"
     defaults = {"dist": "gaussian"}
+    shardable = True
 
     def add(self, p, target, coefs, seeds, rounding="nearest", rounding_seed=0):
         engine.add_z_multi(target, list(coefs), list(seeds), p.key, p.offset, self.options["dist"],

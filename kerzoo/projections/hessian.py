@@ -65,6 +65,7 @@ class Hessian(Projection):
 
     name = "hessian"
     defaults = {"alpha": 1e-8, "init": 1.0, "dist": "gaussian"}
+    shardable = True
 
     def __init__(self, **options):
         super().__init__(**options)

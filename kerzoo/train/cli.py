@@ -14,6 +14,7 @@ def _size(path: Path) -> str:
 
 def cmd_train(args) -> int:
     from . import config as config_mod
+    from . import distributed
     from .data import DataError
     from .loop import Run, TrainingError, plot
     from .model import ModelError
@@ -21,33 +22,48 @@ def cmd_train(args) -> int:
 
     errors = (config_mod.ConfigError, DataError, ModelError, TaskError, TrainingError, OSError)
     started = time.perf_counter()
-    run = None
+    run = parallel = None
+    say = print
     try:
         cfg = config_mod.load(args.config)
         if args.steps:
             cfg["train"]["steps"] = args.steps
         if args.out:
             cfg["train"]["out"] = args.out
-        run = Run(cfg, resume=not args.fresh)
-        print(f"kerzoo train: {cfg['model']['name']} ({run.kind}), training {run.trained:,} of "
-              f"{run.total_params:,} parameters; {len(run.train_set):,} training and {len(run.eval_set):,} "
-              f"held-out examples; optimizer {cfg['optimizer']}; output {run.out}/")
+        parallel = distributed.from_env(cfg)
+        if parallel is not None and parallel.rank != 0:
+            say = lambda *a, **k: None  # noqa: E731 (rank 0 speaks for the run; errors are printed by every rank)
+        run = Run(cfg, resume=not args.fresh, progress=parallel is None or parallel.rank == 0, parallel=parallel)
+        if parallel is not None:
+            say(f"data parallel: {parallel.world} ranks ({parallel.backend}), global batch "
+                f"{cfg['train']['batch_size']}, parameters {'sharded' if run.sharded else 'replicated'}")
+        say(f"kerzoo train: {cfg['model']['name']} ({run.kind}), training {run.trained:,} of "
+            f"{run.total_params:,} parameters; {len(run.train_set):,} training and {len(run.eval_set):,} "
+            f"held-out examples; optimizer {cfg['optimizer']}; output {run.out}/")
         if run.step:
-            print(f"resuming from the checkpoint at step {run.step}" if run.step < cfg["train"]["steps"] else
-                  f"the run in {run.out} has finished its {run.step} steps (--fresh starts over)")
+            say(f"resuming from the checkpoint at step {run.step}" if run.step < cfg["train"]["steps"] else
+                f"the run in {run.out} has finished its {run.step} steps (--fresh starts over)")
         result = run.train()
     except KeyboardInterrupt:
         where = f"the checkpoint in {run.out}" if run and run.checkpoint_path.exists() else "no checkpoint yet"
         print(f"\nkerzoo train: interrupted; kept {where}. Run the same command to resume.", file=sys.stderr)
         return 130
     except errors as exc:
-        print(f"kerzoo train: {exc}", file=sys.stderr)
+        rank = f" (rank {parallel.rank})" if parallel is not None else ""
+        print(f"kerzoo train{rank}: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if parallel is not None:
+            parallel.close()
+    if not run.writer:
+        return 0
     png = plot(run.metrics_path, run.out / "plot.png")
     minutes = (time.perf_counter() - started) / 60
     first, last = result["first_acc"], result["last_acc"]
     print(f"eval accuracy: {first:.3f} before, {last:.3f} after {result['last_eval_step']} steps "
           f"({len(run.eval_set)} held-out examples; {minutes:.1f} min)")
+    if parallel is not None:
+        print(distributed.traffic_line(run))
     print(f"output:      {run.out}/")
     print(f"metrics:     {run.metrics_path}")
     print(f"plot:        {png}")

@@ -58,13 +58,21 @@ SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
         "max_nan_streak": (20, "stop after this many steps in a row skipped for a non-finite loss"),
         "threads": (0, "torch threads (0: torch's default)"),
     },
+    "distributed": {  # read only under torchrun (WORLD_SIZE > 1)
+        "backend": ("auto", "gloo, nccl, or auto: nccl when CUDA is available, else gloo"),
+        "shard": (False, "ZeRO-3 style: each rank keeps and perturbs only its slice of each trained tensor "
+                         "(elementwise projections only); false: every rank holds the whole model"),
+        "check_every": (100, "compare a hash of the ranks' parameters every this many steps (and at the end)"),
+        "timeout": (600, "seconds a collective waits for the other ranks before the run stops with an error"),
+    },
 }
 DEFAULT_OPTIMIZER = {"preset": "mezo", "lr": 1e-4, "eps": 1e-3}
 DEFAULT_RUN = {"model": {"trainable": ["encoder.layer.4.", "encoder.layer.5."]}}
 CHOICES = {("model", "kind"): ("auto", "encoder", "causal"),
            ("model", "dtype"): ("float32", "float64", "bfloat16", "float16"),
            ("task", "type"): ("classification", "multiple_choice", "lm"),
-           ("train", "schedule"): SCHEDULES}
+           ("train", "schedule"): SCHEDULES,
+           ("distributed", "backend"): ("auto", "gloo", "nccl")}
 POSITIVE = ("steps", "batch_size", "grad_accum", "eval_every", "checkpoint_every", "eval_batch_size",
             "max_nan_streak")
 # keys whose change makes a checkpoint's continuation differ from the run that wrote it
@@ -124,6 +132,9 @@ def validate(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
         raise ConfigError(f"train.warmup_steps = {t['warmup_steps']}: must be in [0, train.steps = {t['steps']}]")
     if not 0.0 <= t["min_lr_factor"] <= 1.0:
         raise ConfigError(f"train.min_lr_factor = {t['min_lr_factor']}: must be in [0, 1]")
+    for key in ("check_every", "timeout"):
+        if cfg["distributed"][key] < 1:
+            raise ConfigError(f"distributed.{key} must be >= 1, got {cfg['distributed'][key]}")
     if cfg["data"]["eval_size"] < 1:
         raise ConfigError(f"data.eval_size must be >= 1, got {cfg['data']['eval_size']}")
     if cfg["model"]["lora"] and cfg["model"]["trainable"]:

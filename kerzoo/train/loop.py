@@ -86,10 +86,14 @@ def _truncate_jsonl(path: Path, step: int) -> None:
 
 
 class Run:
-    def __init__(self, cfg: dict, resume: bool = True, progress: bool = True):
+    """A training run. ``parallel`` (a distributed.DataParallel) makes it one rank of a data-parallel run:
+    it sets the shard/reduce hooks, and only rank 0 writes files."""
+
+    def __init__(self, cfg: dict, resume: bool = True, progress: bool = True, parallel: Any = None):
         import kerzoo
 
-        self.cfg, self.progress = cfg, progress
+        self.cfg, self.progress, self.parallel = cfg, progress, parallel
+        self.writer = parallel is None or parallel.rank == 0
         t = cfg["train"]
         if t["threads"]:
             torch.set_num_threads(t["threads"])
@@ -108,32 +112,44 @@ class Run:
         examples = data_mod.load_examples(d["source"], d["text_key"], d["label_key"], fields,
                                           require_label=task_type != "lm")
         self.train_set, self.eval_set = data_mod.split(examples, d["eval_size"], t["seed"])
-        self.model, self.tokenizer, self.kind = load_model(cfg["model"])
+        self.model, self.tokenizer, self.kind = load_model(cfg["model"], parallel.device if parallel else None)
         self.task = make_task(cfg["task"], self.tokenizer, self.kind, examples)
+        self.trained, self.total_params = count_parameters(self.model)
+        if ck is not None:
+            self._restore_params(ck)
+        start_state = trainable_state(self.model) if ck is None and self.writer else None
+        self.step, self.elapsed = 0, 0.0  # elapsed: training seconds up to self.step, across resumes
+        self._started = False
+        self.shard: Callable[[list[dict]], list[dict]] = lambda batch: batch
+        self.reduce: Callable[[Any, Any], tuple[Any, Any]] = lambda total, weight: (total, weight)
+        self.callbacks: list[Callable[[Run, dict], None]] = []  # may add keys to each step's metrics record
+        over: dict[str, Any] = {}
+        params: Any = self.model
+        if parallel is not None:
+            params, over = parallel.attach(self)
         try:
-            self.opt = kerzoo.optimizer(dict(cfg["optimizer"]), self.model, seed=t["seed"])
+            self.opt = kerzoo.optimizer(dict(cfg["optimizer"]), params, seed=t["seed"], **over)
         except (KeyError, TypeError, ValueError) as exc:
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
             raise config_mod.ConfigError(f"[optimizer] {cfg['optimizer']!r}: {message}") from None
         self.base_lrs = [g["lr"] for g in self.opt.param_groups]
-        self.trained, self.total_params = count_parameters(self.model)
-        self.step, self.elapsed = 0, 0.0  # elapsed: training seconds up to self.step, across resumes
-        self.shard: Callable[[list[dict]], list[dict]] = lambda batch: batch
-        self.reduce: Callable[[Any, Any], tuple[Any, Any]] = lambda total, weight: (total, weight)
-        self.callbacks: list[Callable[[Run, dict], None]] = []  # may add keys to each step's metrics record
-        self.out.mkdir(parents=True, exist_ok=True)
+        if self.writer:
+            self.out.mkdir(parents=True, exist_ok=True)
         if ck is not None:
-            self._restore(ck)
-        else:
+            self._restore_optimizer(ck)
+        elif self.writer:
             for p in (self.metrics_path, self.traj_path, self.checkpoint_path):
                 p.unlink(missing_ok=True)
-            state = trainable_state(self.model)
             self._write(self.traj_path, {"kind": "header", "model": cfg["model"], "optimizer": cfg["optimizer"],
-                                         "seed": t["seed"], "trainable": sorted(state),
-                                         "fingerprint": fingerprint(state), "kerzoo": kerzoo.__version__,
+                                         "seed": t["seed"], "trainable": sorted(start_state),
+                                         "fingerprint": fingerprint(start_state), "kerzoo": kerzoo.__version__,
                                          "torch": torch.__version__})
 
-    def _restore(self, ck: dict) -> None:
+    @property
+    def sharded(self) -> bool:
+        return self.parallel is not None and self.parallel.sharded is not None
+
+    def _restore_params(self, ck: dict) -> None:
         params = dict(self.model.named_parameters())
         missing = sorted(set(trainable_state(self.model)) - set(ck["params"]))
         if missing:
@@ -145,12 +161,28 @@ class Run:
                     raise TrainingError(f"checkpoint has parameter {name!r} that this model lacks: "
                                         "was it written with another model config? Pass --fresh to start over")
                 params[name].copy_(value)
-        self.opt.load_state_dict(ck["optimizer"])
+
+    def _restore_optimizer(self, ck: dict) -> None:
+        per_rank = ck.get("optimizer_ranks")
+        world = self.parallel.world if self.parallel else 1
+        if per_rank is not None or self.sharded:
+            if per_rank is None or not self.sharded or len(per_rank) != world:
+                was = f"{len(per_rank)} ranks with sharded parameters" if per_rank else "replicated parameters"
+                now = f"{world} ranks with sharded parameters" if self.sharded else "replicated parameters"
+                raise TrainingError(f"{self.checkpoint_path} was written by a run with {was}; this run has {now}, "
+                                    "and each rank's optimizer state belongs to its shard. Resume with the same "
+                                    "number of ranks and distributed.shard, or pass --fresh")
+            self.opt.load_state_dict(per_rank[self.parallel.rank])
+        else:
+            self.opt.load_state_dict(ck["optimizer"])
         self.step, self.elapsed = ck["step"], float(ck.get("elapsed", 0.0))
-        _truncate_jsonl(self.metrics_path, self.step + 1)  # metrics count steps done: keep 0..step
-        _truncate_jsonl(self.traj_path, self.step)  # records are numbered from 0: keep 0..step-1
+        if self.writer:
+            _truncate_jsonl(self.metrics_path, self.step + 1)  # metrics count steps done: keep 0..step
+            _truncate_jsonl(self.traj_path, self.step)  # records are numbered from 0: keep 0..step-1
 
     def _write(self, path: Path, record: dict) -> None:
+        if not self.writer:
+            return
         with path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -182,9 +214,17 @@ class Run:
 
     # -- the loop --------------------------------------------------------------------------------
     def save(self) -> None:
-        atomic_save({"step": self.step, "params": trainable_state(self.model), "optimizer": self.opt.state_dict(),
-                     "config": self.cfg,
-                     "elapsed": self.elapsed}, self.checkpoint_path)
+        """Write the checkpoint (rank 0; every rank joins in when the parameters are sharded)."""
+        if self.sharded:
+            params = self.parallel.full_state(self)
+            per_rank = self.parallel.all_gather_object(self.opt.state_dict(), "gather of the optimizer states")
+            extra = {"optimizer": per_rank[0], "optimizer_ranks": per_rank}
+        elif self.writer:
+            params, extra = trainable_state(self.model), {"optimizer": self.opt.state_dict()}
+        if self.writer:
+            atomic_save({"step": self.step, "params": params, **extra, "config": self.cfg,
+                         "world": self.parallel.world if self.parallel else 1, "elapsed": self.elapsed},
+                        self.checkpoint_path)
 
     def _set_lr(self) -> None:
         t = self.cfg["train"]
@@ -197,8 +237,9 @@ class Run:
         t = self.cfg["train"]
         total = t["steps"]
         end = total if stop_at is None else min(total, stop_at)
-        if self.step == 0 and not self.metrics_path.exists():
+        if self.step == 0 and not self._started:  # the same decision on every rank: evaluate() is collective
             self._write(self.metrics_path, {"step": 0, "eval_acc": self.evaluate(), "time": 0.0})
+        self._started = True
         bar = None
         if self.progress and self.step < end:
             from tqdm import tqdm

@@ -32,7 +32,8 @@ def resolve_path(name: str) -> str:
     return name  # a hub name: works with network or a local cache
 
 
-def load_model(cfg: dict):
+def load_model(cfg: dict, device: torch.device | None = None):
+    """The model (on ``device``, the CPU when None), its tokenizer, and its kind (encoder or causal)."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_path(cfg["name"])
@@ -59,6 +60,8 @@ def load_model(cfg: dict):
         model = add_lora(model, cfg["lora"])
     else:
         select_trainable(model, cfg["trainable"], cfg.get("exclude", []))
+    if device is not None:
+        model = model.to(device)
     return model, tokenizer, kind
 
 

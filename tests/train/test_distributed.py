@@ -1,0 +1,196 @@
+"""Data parallel on torch.distributed: 2 processes on the CPU with gloo over loopback.
+
+Each launch starts two ranks of tests/train/dist_worker.py (or `kerzoo train` under torchrun) and
+compares what rank 0 wrote with a one-process run of the same config.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from kerzoo.train import distributed
+from kerzoo.train.config import ConfigError
+from kerzoo.train.loop import CHECKPOINT, Run, load_checkpoint, read_jsonl
+
+WORKER = Path(__file__).with_name("dist_worker.py")
+BATCH16 = {"train": {"batch_size": 16, "steps": 4, "eval_every": 2, "checkpoint_every": 2}}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rank_env(rank: int, world: int, port: int) -> dict:
+    return {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+            "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+            "OMP_NUM_THREADS": "1", "KERZOO_TEST_RANK": str(rank)}
+
+
+def start(jobs: list, tmp_path: Path, world: int = 2) -> list[subprocess.Popen]:
+    spec = tmp_path / f"jobs-{time.monotonic_ns()}.json"
+    spec.write_text(json.dumps(jobs))
+    port = free_port()
+    return [subprocess.Popen([sys.executable, str(WORKER), str(spec)], env=rank_env(r, world, port),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(world)]
+
+
+def finish(procs, timeout: float = 300) -> list[str]:
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=timeout)
+        assert p.returncode == 0, f"rank exited with {p.returncode}:\n{out}\n{err}"
+        outs.append(out)
+    return outs
+
+
+def ckpt_params(cfg) -> dict:
+    return load_checkpoint(Path(cfg["train"]["out"]) / CHECKPOINT)["params"]
+
+
+def losses(cfg) -> list:
+    return [r["loss"] for r in read_jsonl(Path(cfg["train"]["out"]) / "metrics.jsonl") if "loss" in r]
+
+
+def assert_close_runs(a, b):
+    """Same trajectory up to the order of a float sum: each rank's partial loss sums add in another order,
+    and (L+ - L-) / 2 eps amplifies that rounding; so parameters agree to 1 % of how far training moved them."""
+    from kerzoo.train.model import load_model, trainable_state
+
+    start = trainable_state(load_model(a["model"])[0])
+    pa, pb = ckpt_params(a), ckpt_params(b)
+    assert pa.keys() == pb.keys() == start.keys()
+    moved = max(float((pa[k] - start[k]).abs().max()) for k in pa)
+    assert moved > 1e-4, f"training barely moved the parameters ({moved}): the comparison would show nothing"
+    for k in pa:
+        torch.testing.assert_close(pa[k], pb[k], atol=1e-2 * moved, rtol=0, msg=lambda m, k=k: f"{k}: {m}")
+    la, lb = losses(a), losses(b)
+    assert len(la) == len(lb) and la, (la, lb)
+    assert all(abs(x - y) < 1e-5 for x, y in zip(la, lb)), (la, lb)
+
+
+PRESETS = [
+    ({"preset": "mezo", "lr": 1e-3}, {}),
+    ({"preset": "mezo", "lr": 1e-3}, {"grad_accum": 2}),
+    ({"preset": "kerzoo", "lr": 1e-3}, {}),  # q = 3 directions, 6 forwards a step
+    ({"preset": "subzero", "lr": 1e-3, "refresh": 2}, {}),
+    ({"preset": "lozo", "lr": 1e-3}, {}),
+    ({"preset": "pgap", "lr": 1e-3, "probe_steps": 2}, {}),
+    ({"preset": "hizoo", "lr": 1e-3}, {}),
+    ({"preset": "zo-adam", "lr": 1e-3}, {}),
+]
+
+
+def test_two_ranks_of_batch_8_follow_one_rank_of_batch_16_for_every_kind_of_optimizer(make_cfg, tmp_path):
+    cases = []
+    for i, (opt, train) in enumerate(PRESETS):
+        over = {"optimizer": opt, "train": {**BATCH16["train"], **train}}
+        cases.append((make_cfg(f"one-{i}", **over), make_cfg(f"two-{i}", **over)))
+    outs = finish(start([{"cfg": two} for _, two in cases], tmp_path))
+    assert outs[0].count("DONE 4") == len(cases), outs
+    for one, two in cases:
+        Run(one, progress=False).train()
+        assert_close_runs(one, two)
+        metrics = read_jsonl(Path(two["train"]["out"]) / "metrics.jsonl")
+        steps = [m for m in metrics if "loss" in m]
+        forwards = 2 * (3 if two["optimizer"]["preset"] == "kerzoo" else 1) * two["train"]["grad_accum"]
+        if two["optimizer"]["preset"] == "hizoo":
+            forwards = 3 * two["train"]["grad_accum"]
+        # 16 bytes (a float64 sum and weight) per forward, nothing proportional to the model
+        assert all(m["comm_bytes"] == 16 * forwards for m in steps), (two["optimizer"], steps)
+
+
+def test_sharded_parameters_follow_the_unsharded_run_and_a_drifted_replica_is_caught(make_cfg, tmp_path):
+    over = {"optimizer": {"preset": "mezo", "lr": 1e-3}, **BATCH16}
+    shard_h = {"optimizer": {"preset": "hizoo", "lr": 1e-3}, **BATCH16}
+    one, sharded = make_cfg("one", **over), make_cfg("sharded", distributed={"shard": True}, **over)
+    one_h, sharded_h = make_cfg("one-h", **shard_h), make_cfg("sharded-h", distributed={"shard": True}, **shard_h)
+    drift = make_cfg("drift", distributed={"check_every": 2}, **over)
+    outs = finish(start([{"cfg": sharded}, {"cfg": sharded_h}, {"cfg": drift, "diverge": True}], tmp_path))
+    for out in outs:
+        assert out.count("DONE 4") == 2, out
+        assert "ERROR the replicas diverged: after step 2" in out and "parameter hashes differ" in out, out
+    for a, b in ((one, sharded), (one_h, sharded_h)):
+        Run(a, progress=False).train()
+        assert_close_runs(a, b)
+    ck = load_checkpoint(Path(sharded_h["train"]["out"]) / CHECKPOINT)
+    assert ck["world"] == 2 and len(ck["optimizer_ranks"]) == 2
+    # each rank's Hessian state holds its half of each tensor
+    w0 = ck["optimizer_ranks"][0]["kerzoo"]["projection"]["w"]
+    w1 = ck["optimizer_ranks"][1]["kerzoo"]["projection"]["w"]
+    full = ck["params"]
+    for name in full:
+        assert w0[name].numel() + w1[name].numel() == full[name].numel()
+
+
+def test_a_rank_that_dies_ends_the_run_with_a_clear_error_and_the_last_checkpoint_intact(make_cfg, tmp_path):
+    cfg = make_cfg("dies", optimizer={"preset": "mezo", "lr": 1e-3},
+                   train={"steps": 100000, "checkpoint_every": 5, "eval_every": 100000},
+                   distributed={"timeout": 60})
+    procs = start([{"cfg": cfg}], tmp_path)
+    ck = Path(cfg["train"]["out"]) / CHECKPOINT
+    deadline = time.monotonic() + 240
+    while not ck.exists() and time.monotonic() < deadline and procs[1].poll() is None:
+        time.sleep(0.2)
+    assert ck.exists(), procs[0].communicate(timeout=5)
+    procs[1].send_signal(signal.SIGKILL)
+    out, err = procs[0].communicate(timeout=120)
+    procs[1].wait(timeout=10)
+    assert "ERROR rank 0 of 2:" in out and "another rank has died" in out, (out, err)
+    assert "is intact" in out and "Run the same torchrun command again to resume" in out, out
+    kept = load_checkpoint(ck)  # loads: written atomically, never half-written
+    assert kept["step"] % 5 == 0 and kept["step"] >= 5
+
+
+def test_kerzoo_train_under_torchrun_matches_one_process_and_reports_bytes(make_cfg, tmp_path):
+    import tomli_w
+
+    over = {"optimizer": {"preset": "mezo", "lr": 1e-3}, **BATCH16}
+    one, two = make_cfg("one", **over), make_cfg("torchrun", **over)
+    path = tmp_path / "two.toml"
+    path.write_text(tomli_w.dumps(two))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(free_port()), "-m", "kerzoo", "train", str(path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "data parallel: 2 ranks (gloo), global batch 16, parameters replicated" in done.stdout, done.stdout
+    assert "communication: 32 bytes per training step per rank" in done.stdout, done.stdout
+    assert done.stdout.count("eval accuracy:") == 1, done.stdout  # rank 0 speaks for the run
+    Run(one, progress=False).train()
+    assert_close_runs(one, two)
+
+
+def test_sharding_refuses_what_a_shard_cannot_do(make_cfg):
+    from kerzoo import optimizer
+
+    t = torch.nn.Parameter(torch.zeros(6))
+    with pytest.raises(ValueError, match="'subspace' builds each direction from the whole matrix"):
+        optimizer("subzero", [t], shards={t: ("w", 0)})
+    with pytest.raises(ValueError, match="clip = 1.0 clips by each tensor's norm"):
+        optimizer("mezo", [t], clip=1.0, shards={t: ("w", 0)})
+    with pytest.raises(ConfigError, match="distributed.backend = 'mpi'"):
+        make_cfg(distributed={"backend": "mpi"})
+    assert distributed.world_from_env() == 1 and distributed.from_env(make_cfg()) is None
+
+
+@pytest.mark.parametrize("name", ["mezo", "hizoo", "kerzoo"])
+def test_a_shard_gets_exactly_its_slice_of_the_whole_tensors_direction(name):
+    from kerzoo import optimizer
+
+    whole = torch.nn.Parameter(torch.zeros(10, 7))
+    parts = [torch.nn.Parameter(torch.zeros(n)) for n in (35, 35)]
+    full = optimizer(name, [whole], seed=3, shards={whole: ("w", 0)})
+    z = full.projection.materialize(full.infos[0], [1.0, -0.5], [11, 12]).reshape(-1)
+    for part, a in zip(parts, (0, 35)):
+        opt = optimizer(name, [part], seed=3, shards={part: ("w", a)})
+        assert opt.infos[0].name == "w" and opt.infos[0].offset == a
+        assert torch.equal(opt.projection.materialize(opt.infos[0], [1.0, -0.5], [11, 12]), z[a:a + 35])
