@@ -146,10 +146,10 @@ class DataParallel:
 
     def check_replicas(self, run) -> None:
         """Stop when the ranks' trained parameters differ (replicated) or their optimizer steps do."""
-        from .model import trainable_state
         from .replay import fingerprint
 
-        mine = (run.opt.steps_done if self.sharded else fingerprint(trainable_state(run.model)))
+        trained = {n: p.detach() for n, p in run.model.named_parameters() if p.requires_grad}  # no copy
+        mine = run.opt.steps_done if self.sharded else fingerprint(trained)
         seen = self.all_gather_object(mine, "check of the replicas")
         if len(set(seen)) > 1:
             what = "optimizer steps" if self.sharded else "parameter hashes"
