@@ -204,8 +204,9 @@ def plot(path: Path, results: list[dict], target: float) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    colours = dict(zip(METHODS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
-    for method in METHODS:
+    methods = list(dict.fromkeys(r["method"] for r in results))  # any registered optimizer, in run order
+    colours = dict(zip(methods, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3))
+    for method in methods:
         runs = [r for r in results if r["method"] == method]
         for i, r in enumerate(runs):
             xs_f = [p["forwards"] for p in r["curve"]]
