@@ -170,5 +170,7 @@ def test_example_sparse_projection_keeps_density_and_unit_second_moment(example_
     assert abs(float((z * z).mean()) - 1.0) < 0.03
     assert torch.equal(z, sparse.materialize(info, [1.0], [7]))          # a pure function of the seed
     assert not torch.equal(z != 0, sparse.materialize(info, [1.0], [8]) != 0)  # a fresh mask per direction
+    shard = ParamInfo("w", param_key("w"), torch.zeros(3000), 0, offset=12345)   # shardable: a flat slice
+    assert torch.equal(sparse.materialize(shard, [1.0], [7]), z.flatten()[12345:15345])
     with pytest.raises(ValueError, match="density"):
         plugins.get("projections", "sparse")(density=0.0)

@@ -30,6 +30,8 @@ OPTION_DOCS = {
     "stochastic_rounding": "round updates of low-precision weights stochastically; unset: on when a parameter is fp16/bf16",
     "clip": "per-tensor clipping of the estimate's norm (0: off)",
     "module": "Python only: the module whose layers are perturbed on the fly (kerzoo.optimizer(spec, model) sets it)",
+    "shards": "Python only, set by the distributed trainer: {tensor: (name, offset)} for tensors that are flat "
+              "slices of a whole tensor (needs a shardable projection)",
 }
 
 PART_OPTION_DOCS = {
@@ -154,7 +156,7 @@ def markdown() -> str:
         out.append(f"| `optimizer.{part}` | string | `{show(DEFAULT_PARTS[part])}` | a registered {part}: "
                    f"{names}, or a plugin's |")
     for key, default in OPTIMIZER_OPTIONS.items():
-        kind = "torch.nn.Module" if key == "module" else type_name(default)
+        kind = {"module": "torch.nn.Module", "shards": "dict"}.get(key, type_name(default))
         out.append(f"| `optimizer.{key}` | {kind} | `{show(default)}` | {_cell(OPTION_DOCS[key])} |")
     out += ["", "### Options of the parts", "",
             "Set them in the same table, e.g. `rank = 4` for a subspace projection.", "",

@@ -72,6 +72,7 @@ class Sparse(Projection):
 
     name = "sparse"
     defaults = {"density": 0.25}
+    shardable = True  # z and the mask are elementwise functions of (seed, key, global index): shards work
 
     def __init__(self, **options):
         super().__init__(**options)
