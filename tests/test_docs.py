@@ -57,3 +57,17 @@ def test_config_reference_covers_every_key():
     keys += [f"optimizer.{k}" for k in (*PARTS, *OPTIMIZER_OPTIONS, "preset")]
     missing = [k for k in keys if f"`{k}`" not in text]
     assert not missing, f"docs/config-reference.md lacks {missing}"
+
+
+LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+
+
+def test_relative_links_resolve():
+    broken = []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        for target in LINK.findall(path.read_text(encoding="utf-8")):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            if not (path.parent / target).exists():
+                broken.append(f"{path.relative_to(ROOT)} -> {target}")
+    assert not broken, "links to missing files:\n" + "\n".join(broken)
