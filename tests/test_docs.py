@@ -37,3 +37,37 @@ def test_python_examples_run(path, tmp_path, monkeypatch):
 
 def test_fence_finder_sees_readme_example():
     assert blocks(ROOT / "README.md"), "README.md should carry a runnable python example"
+
+
+def test_config_reference_is_generated_from_the_code():
+    from kerzoo.train.reference import COMMAND, markdown
+
+    path = ROOT / "docs" / "config-reference.md"
+    assert path.exists(), f"docs/config-reference.md is missing: run `{COMMAND}`"
+    assert path.read_text(encoding="utf-8") == markdown(), (
+        f"docs/config-reference.md differs from the code (a key, default or preset changed): run `{COMMAND}`")
+
+
+def test_config_reference_covers_every_key():
+    from kerzoo.presets import OPTIMIZER_OPTIONS, PARTS
+    from kerzoo.train.config import SCHEMA
+
+    text = (ROOT / "docs" / "config-reference.md").read_text(encoding="utf-8")
+    keys = [f"{s}.{k}" for s, ks in SCHEMA.items() for k in ks]
+    keys += [f"optimizer.{k}" for k in (*PARTS, *OPTIMIZER_OPTIONS, "preset")]
+    missing = [k for k in keys if f"`{k}`" not in text]
+    assert not missing, f"docs/config-reference.md lacks {missing}"
+
+
+LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+
+
+def test_relative_links_resolve():
+    broken = []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        for target in LINK.findall(path.read_text(encoding="utf-8")):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            if not (path.parent / target).exists():
+                broken.append(f"{path.relative_to(ROOT)} -> {target}")
+    assert not broken, "links to missing files:\n" + "\n".join(broken)

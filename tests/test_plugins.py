@@ -140,3 +140,37 @@ def test_example_plugin_estimator_passes_the_conformance_suite(example_installed
     plugins.reload()
     assert plugins.entry("estimators", "richardson").plugin == "example"
     check_optimizer({"estimator": "richardson", "update": "sgd"})
+
+
+def test_example_plugin_projection_is_listed_and_passes_the_conformance_suite(example_installed, capsys):
+    from kerzoo.cli import main
+    from kerzoo.testing import check_optimizer
+
+    plugins.reload()
+    assert plugins.entry("projections", "sparse").plugin == "example"
+    assert main(["list", "projections"]) == 0
+    (line,) = [l for l in capsys.readouterr().out.splitlines() if l.startswith("sparse ")]
+    assert "example" in line
+    check_optimizer({"projection": "sparse", "update": "sgd"})
+    check_optimizer({"preset": "kerzoo", "projection": "sparse", "density": 0.5})
+
+
+def test_example_sparse_projection_keeps_density_and_unit_second_moment(example_installed):
+    import torch
+
+    from kerzoo.engine import param_key
+    from kerzoo.projections import ParamInfo
+
+    plugins.reload()
+    sparse = plugins.get("projections", "sparse")(density=0.25)
+    info = ParamInfo("w", param_key("w"), torch.zeros(400, 500), 0)
+    z = sparse.materialize(info, [1.0], [7])
+    kept = float((z != 0).float().mean())
+    assert abs(kept - 0.25) < 0.01, kept
+    assert abs(float((z * z).mean()) - 1.0) < 0.03
+    assert torch.equal(z, sparse.materialize(info, [1.0], [7]))          # a pure function of the seed
+    assert not torch.equal(z != 0, sparse.materialize(info, [1.0], [8]) != 0)  # a fresh mask per direction
+    shard = ParamInfo("w", param_key("w"), torch.zeros(3000), 0, offset=12345)   # shardable: a flat slice
+    assert torch.equal(sparse.materialize(shard, [1.0], [7]), z.flatten()[12345:15345])
+    with pytest.raises(ValueError, match="density"):
+        plugins.get("projections", "sparse")(density=0.0)
