@@ -71,3 +71,27 @@ def test_relative_links_resolve():
             if not (path.parent / target).exists():
                 broken.append(f"{path.relative_to(ROOT)} -> {target}")
     assert not broken, "links to missing files:\n" + "\n".join(broken)
+
+
+TOML = re.compile(r"```toml\n(.*?)```", re.S)
+
+
+def test_toml_configs_in_the_docs_pass_the_config_check():
+    """A ```toml block with a training section is a config a reader may copy: it must validate."""
+    import tomllib
+
+    from kerzoo.presets import resolve
+    from kerzoo.train.config import SCHEMA, validate
+
+    checked = 0
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        for i, block in enumerate(TOML.findall(path.read_text(encoding="utf-8"))):
+            raw = tomllib.loads(block)
+            if not set(raw) & (set(SCHEMA) - {"optimizer"}):
+                continue  # an optimizer-only spec or a plugin's pyproject, checked elsewhere
+            try:
+                resolve(validate(raw)["optimizer"])  # the [optimizer] table's names and options too
+            except Exception as exc:
+                raise AssertionError(f"{path.relative_to(ROOT)}, toml block {i}: {exc}\n{block}") from exc
+            checked += 1
+    assert checked, "no training config found in the docs' toml blocks"

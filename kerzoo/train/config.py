@@ -20,7 +20,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
         "name": ("builtin:all-minilm-l6-v2", "a local folder, a transformers name (needs network or cache), "
                                              "or builtin:all-minilm-l6-v2 (shipped by a PyPI package)"),
         "kind": ("auto", "encoder, causal or auto (from the model's config)"),
-        "dtype": ("float32", "float32, float64, bfloat16 or float16"),
+        "dtype": ("float32", "float32, float64, bfloat16 or float16 (low precision is perturbed on the fly: exact restores)"),
         "trainable": ([], "a parameter is trained if its name contains one of these; [] trains all"),
         "exclude": ([], "parameters whose name contains one of these stay frozen, e.g. [\"embed\"]"),
         "lora": ({}, "PEFT LoRA options (r, lora_alpha, target_modules); {} for none"),
@@ -31,13 +31,13 @@ SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
         "label_key": ("label", "the field holding the integer label (multiple choice: the right option's index)"),
         "options_key": ("options", "multiple_choice: the field holding the list of options"),
         "answer_key": ("answer", "lm: the field holding the gold answer"),
-        "eval_size": (500, "examples held out for evaluation"),
+        "eval_size": (500, "examples held out for evaluation (a seeded shuffle, then the first ones)"),
     },
     "task": {
         "type": ("classification", "classification (label words), multiple_choice (options scored by "
                                    "log-likelihood), or lm (loss on the gold answer); the last two need a causal LM"),
         "template": ("{text}", "the prompt; {text} is replaced by the example's text"),
-        "label_words": (["terrible", "great"], "one word per label, in label order"),
+        "label_words": (["terrible", "great"], "one word per label, in label order (causal LMs: one token each)"),
         "label_prompt": ("It was {word}.", "encoders: the sentence each label word is embedded in"),
         "temperature": (0.05, "encoders: logits are cosine similarities divided by this"),
         "max_length": (32, "tokens per example"),
@@ -50,7 +50,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
         "eval_every": (200, "evaluate every this many steps (and at the start and the end)"),
         "eval_batch_size": (64, "examples per evaluation forward"),
         "checkpoint_every": (250, "write a checkpoint every this many steps"),
-        "seed": (0, "seed of the data order and the optimizer"),
+        "seed": (0, "seed of the data order, the held-out split and the perturbations"),
         "out": ("runs/default", "output folder"),
         "schedule": ("constant", "constant, linear or cosine learning rate"),
         "warmup_steps": (0, "linear warm-up steps"),
