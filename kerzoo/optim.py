@@ -33,11 +33,6 @@ Closure = Callable[[], Any]
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-def _is_vector(p: torch.Tensor) -> bool:
-    """Biases and norm weights (1-D): no weight decay, as in MeZO."""
-    return p.dim() <= 1
-
-
 class ZOOptimizer(torch.optim.Optimizer):
     """A zeroth-order optimizer: ``loss = opt.step(closure)``.
 
@@ -70,9 +65,11 @@ class ZOOptimizer(torch.optim.Optimizer):
             raise ValueError(f"clip must be >= 0 (0 turns per-tensor clipping off), got {clip!r}")
         self.clip = float(clip)
         self.spec = {k: v for k, v in (spec or {}).items() if k not in ("module", "shards")}
-        # shards: {tensor: (name, offset)} for tensors that are the flat slice [offset, offset + numel) of the
-        # named parameter (a data-parallel shard): their directions are that slice of the whole tensor's
-        shard_of = {id(t): (str(n), int(o)) for t, (n, o) in (shards or {}).items()}
+        # shards: {tensor: (name, offset[, whole shape])} for tensors that are the slice [offset, offset + numel)
+        # of the named parameter's elements (a data-parallel shard; a block of rows of a matrix): their
+        # directions are that slice of the whole tensor's
+        shard_of = {id(t): (str(v[0]), int(v[1]), tuple(v[2]) if len(v) > 2 else None)
+                    for t, v in (shards or {}).items()}
         if shard_of and clip:
             raise ValueError(f"clip = {clip} clips by each tensor's norm, which a shard does not know; use clip = 0 "
                              "with sharded parameters, or replicated data parallel (distributed.shard = false)")
@@ -87,8 +84,8 @@ class ZOOptimizer(torch.optim.Optimizer):
                     raise ValueError(f"parameter {names.get(id(p), (gi, pi))} is not contiguous")
                 if module is not None and id(p) not in names:
                     raise ValueError(f"parameter {pi} of group {gi} is not a parameter of the module given")
-                name, offset = shard_of.get(id(p), (names.get(id(p), f"group{gi}.param{pi}"), 0))
-                self.infos.append(ParamInfo(name, engine.param_key(name), p, gi, offset))
+                name, offset, whole = shard_of.get(id(p), (names.get(id(p), f"group{gi}.param{pi}"), 0, None))
+                self.infos.append(ParamInfo(name, engine.param_key(name), p, gi, offset, whole))
         self.projection.setup(self.infos, self.seed)
         low = any(i.tensor.dtype in LOW_PRECISION for i in self.infos)
         if perturb in ("onthefly", "outputs") and module is None:
@@ -217,7 +214,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         linear = [self.update_rule.linear(coefs, float(g["lr"])) for g in self.param_groups]
         for info in self.infos:  # decoupled weight decay, not on biases and norms
             wd, lr = self.param_groups[info.group]["weight_decay"], self.param_groups[info.group]["lr"]
-            if wd and not _is_vector(info.tensor):
+            if wd and len(info.whole_shape) > 1:  # biases and norms (1-D) do not decay, as in MeZO
                 info.tensor.mul_(1.0 - lr * wd)
         if all(c is not None for c in linear):
             restore = {i: -c for i, c in current.items()}

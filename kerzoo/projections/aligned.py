@@ -75,6 +75,7 @@ class Aligned(Projection):
 
     name = "aligned"
     defaults = {"rank": 8, "refresh": 200, "probe_steps": 16, "delta": 1.0, "ema": 0.9}
+    shardable = True  # bases and estimates span the whole matrix; a shard of rows takes its rows of U
 
     def __init__(self, **options):
         super().__init__(**options)
@@ -87,7 +88,9 @@ class Aligned(Projection):
                              f"ema={o['ema']}")
 
     def setup(self, params, base_seed):
-        self.matrices = [p for p in params if p.tensor.dim() == 2]
+        self.matrices = [p for p in params if len(p.whole_shape) == 2]
+        for p in self.matrices:
+            p.rows()  # a shard must be a block of rows: refused here, not mid-step
         self.bases: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self.built = -1            # cycle whose subspace is in self.bases
         self.sketch_cycle = -1     # cycle the probes below belong to
@@ -108,7 +111,7 @@ class Aligned(Projection):
             self.built = cycle
 
     def _probe(self, p, seed):
-        m, n = p.tensor.shape
+        m, n = p.whole_shape
         ab = gaussian((m + n,), seed, p.key, torch.float64, p.tensor.device)
         return ab[:m], ab[m:]
 
@@ -116,11 +119,11 @@ class Aligned(Projection):
         steps = max(1, self.sketch_steps)
         self.bases = {}
         for p in self.matrices:
-            r = max(1, min(int(self.options["rank"]), *p.tensor.shape))
+            r = max(1, min(int(self.options["rank"]), *p.whole_shape))
             coefs = self.sketch_coefs.get(p.name, [])
             if not coefs:  # no probe finished (all skipped): a random subspace, no alignment yet
-                a = gaussian((p.tensor.shape[0], r), derive(self.sketch_cycle, "U"), p.key, torch.float64)
-                b = gaussian((p.tensor.shape[1], r), derive(self.sketch_cycle, "V"), p.key, torch.float64)
+                a = gaussian((p.whole_shape[0], r), derive(self.sketch_cycle, "U"), p.key, torch.float64)
+                b = gaussian((p.whole_shape[1], r), derive(self.sketch_cycle, "V"), p.key, torch.float64)
                 g = torch.zeros(r, dtype=torch.float64)
             else:
                 pairs = [self._probe(p, s) for s in self.sketch_seeds]
@@ -141,20 +144,22 @@ class Aligned(Projection):
         return [align(gaussian((r, r), sd, p.key, device=u.device), h, xi_of(sd), delta) for sd in seeds]
 
     def factors(self, p, coefs, seeds):
-        if p.tensor.dim() != 2:
+        """(c, U, S, V) of sum_i coefs[i] Z_i over the rows ``p`` holds (all of them unless p is a shard)."""
+        if len(p.whole_shape) != 2:
             return None
+        rows = p.rows()
         if self.probing:
             pairs = [self._probe(p, sd) for sd in seeds]
             a = torch.stack([c * x for c, (x, _) in zip(coefs, pairs)], 1).float()
             b = torch.stack([y for _, y in pairs], 1).float()
-            return 1.0, a, torch.eye(len(seeds), device=a.device), b
+            return 1.0, a[rows], torch.eye(len(seeds), device=a.device), b
         u, v, _ = self.bases[p.name]
         core = sum(c * ci for c, ci in zip(coefs, self.cores(p, seeds)))
-        m, n = p.tensor.shape
-        return math.sqrt(m * n) / u.shape[1], u, core, v
+        m, n = p.whole_shape
+        return math.sqrt(m * n) / u.shape[1], u[rows], core, v
 
     def add(self, p, target, coefs, seeds, rounding="nearest", rounding_seed=0):
-        if p.tensor.dim() != 2:
+        if len(p.whole_shape) != 2:
             engine.add_z_multi(target, list(coefs), list(seeds), p.key, p.offset, rounding=rounding,
                                rounding_seed=rounding_seed)
             return
@@ -173,7 +178,7 @@ class Aligned(Projection):
                 self.sketch_coefs.setdefault(p.name, []).extend(cs)
                 continue
             u, v, h = self.bases[p.name]
-            m, n = p.tensor.shape
+            m, n = p.whole_shape
             scale = math.sqrt(m * n) / u.shape[1]
             delta = float(self.options["delta"])
             est = sum(c * debias(ci, h, delta) for c, ci in zip(cs, self.cores(p, seeds))) / scale

@@ -8,6 +8,7 @@ mode) or a transient copy of it (on-the-fly mode).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -24,13 +25,29 @@ class ParamInfo:
     tensor: torch.Tensor
     group: int
     offset: int = 0  # global flat index of tensor's first element (shards)
+    shape: tuple[int, ...] | None = None  # the whole tensor's shape when ``tensor`` is a shard of it
+
+    @property
+    def whole_shape(self) -> tuple[int, ...]:
+        """The shape of the whole tensor: a shard's directions are slices of the whole one's."""
+        return tuple(self.shape) if self.shape is not None else tuple(self.tensor.shape)
+
+    def rows(self) -> slice:
+        """The rows of the whole tensor that ``tensor`` holds (a shard of a matrix is a block of rows)."""
+        whole = self.whole_shape
+        per_row = math.prod(whole[1:])
+        if tuple(self.tensor.shape[1:]) != whole[1:] or self.offset % max(per_row, 1):
+            raise ValueError(f"{self.name}: a shard of a {len(whole)}-D tensor must be a block of whole rows, got "
+                             f"shape {tuple(self.tensor.shape)} at element offset {self.offset} of {whole}")
+        start = self.offset // max(per_row, 1)
+        return slice(start, start + self.tensor.shape[0])
 
 
 class Projection:
     name: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
-    # True when a direction's value at an element depends only on (seed, key, global element index), so a
-    # flat shard of a tensor (ParamInfo.offset) gets exactly its slice of the whole tensor's direction
+    # True when the projection gives a shard (ParamInfo.offset, .shape) exactly its slice of the whole
+    # tensor's direction: elementwise projections for any flat slice, low-rank ones for blocks of rows
     shardable: ClassVar[bool] = False
 
     def __init__(self, **options: Any):

@@ -41,24 +41,28 @@ def orthonormal(rows: int, r: int, seed: int, key: int, device=None) -> torch.Te
 
 class _LowRank(Projection):
     period_option = "refresh"
+    shardable = True  # the bases span the whole matrix; a shard of rows takes its rows of U
 
     def setup(self, params, base_seed):
         self.params, self.base_seed = list(params), base_seed
+        for p in self.params:
+            if len(p.whole_shape) == 2:
+                p.rows()  # a shard must be a block of rows: refused here, not mid-step
         self.index = -1
         self.bases: dict[int, tuple[torch.Tensor, ...]] = {}
 
     def rank(self, p) -> int:
-        return max(1, min(int(self.options["rank"]), *p.tensor.shape))
+        return max(1, min(int(self.options["rank"]), *p.whole_shape))
 
     def begin_step(self, step):
         index = step // max(1, int(self.options[self.period_option]))
         if index != self.index:
             self.index = index
             self.bases = {id(p): self.make_bases(p, derive(self.base_seed, "bases", index))
-                          for p in self.params if p.tensor.dim() == 2}
+                          for p in self.params if len(p.whole_shape) == 2}
 
     def add(self, p, target, coefs, seeds, rounding="nearest", rounding_seed=0):
-        if p.tensor.dim() != 2:
+        if len(p.whole_shape) != 2:
             engine.add_z_multi(target, list(coefs), list(seeds), p.key, p.offset, rounding=rounding,
                                rounding_seed=rounding_seed)
             return
@@ -69,7 +73,7 @@ class _LowRank(Projection):
         self.add(p, target, [restore[0], new[0]], [restore[1], new[1]])
 
     def factors(self, p, coefs, seeds):
-        return self.matrix_factors(p, coefs, seeds) if p.tensor.dim() == 2 else None
+        return self.matrix_factors(p, coefs, seeds) if len(p.whole_shape) == 2 else None
 
     def state_dict(self):
         return {"index": self.index}
@@ -88,19 +92,19 @@ class Subspace(_LowRank):
     defaults = {"rank": 8, "refresh": 2000}
 
     def make_bases(self, p, seed):
-        m, n = p.tensor.shape
+        m, n = p.whole_shape
         r = self.rank(p)
         dev = p.tensor.device
         return orthonormal(m, r, derive(seed, "U"), p.key, dev), orthonormal(n, r, derive(seed, "V"), p.key, dev)
 
     def matrix_factors(self, p, coefs, seeds):
         u, v = self.bases[id(p)]
-        m, n = p.tensor.shape
+        m, n = p.whole_shape
         r = u.shape[1]
         s = torch.zeros(r, r, dtype=torch.float32, device=u.device)
         for c, sd in zip(coefs, seeds):
             s += c * gaussian((r, r), sd, p.key, device=u.device)
-        return math.sqrt(m * n) / r, u, s, v
+        return math.sqrt(m * n) / r, u[p.rows()], s, v
 
 
 class LowRankLOZO(_LowRank):
@@ -111,14 +115,14 @@ class LowRankLOZO(_LowRank):
     period_option = "nu"
 
     def make_bases(self, p, seed):
-        return (gaussian((p.tensor.shape[1], self.rank(p)), derive(seed, "V"), p.key, device=p.tensor.device),)
+        return (gaussian((p.whole_shape[1], self.rank(p)), derive(seed, "V"), p.key, device=p.tensor.device),)
 
     def matrix_factors(self, p, coefs, seeds):
         (v,) = self.bases[id(p)]
-        m, r = p.tensor.shape[0], v.shape[1]
-        a = torch.zeros(m, r, dtype=torch.float32, device=v.device)
-        for c, sd in zip(coefs, seeds):
-            a += c * gaussian((m, r), sd, p.key, device=v.device)
+        rows, r = p.rows(), v.shape[1]
+        a = torch.zeros(rows.stop - rows.start, r, dtype=torch.float32, device=v.device)
+        for c, sd in zip(coefs, seeds):  # rows of the whole m x r Gaussian: its elements from rows.start * r on
+            a += c * engine.fill_z(torch.empty_like(a), sd, p.key, rows.start * r)
         return 1.0 / math.sqrt(r), a, torch.eye(r, device=v.device), v
 
 

@@ -8,12 +8,12 @@ applies the same update, so replicas stay identical without ever sending a weigh
 ``train.batch_size`` is the global batch: 2 ranks x 8 examples follow the trajectory of
 1 rank x 16, up to the order of a floating-point sum.
 
-With ``distributed.shard = true`` (ZeRO-3 style) each rank keeps only its slice [a, b) of each
-trained tensor's flattened elements and perturbs and updates only that slice, with the
-engine's global element offset a, so its perturbation is exactly the slice of the unsharded
+With ``distributed.shard = true`` (ZeRO-3 style) each rank keeps only its block of rows of each
+trained tensor (elements [a, b) of the flattened tensor) and perturbs and updates only that
+block, with the engine's global element offset a, so its perturbation is exactly the slice of the unsharded
 one. A module's forward gathers its trained tensors from the ranks and frees them after.
-Elementwise projections (dense, the Hessian preconditioner) shard; the low-rank ones
-(subspace, lowrank, aligned) refuse with a clear error.
+Shards are blocks of whole rows, so every built-in projection shards: the elementwise ones
+(dense, hessian) see a flat slice, the low-rank ones (subspace, lowrank, aligned) their rows of U.
 
 Failures: every collective is wrapped, so a rank that died or hung (``distributed.timeout``)
 ends the run on the others with a TrainingError naming the step and the checkpoint, which is
@@ -199,8 +199,10 @@ class DataParallel:
 
 
 class ShardedParams:
-    """ZeRO-3-style shards of the trained tensors: rank r keeps the flat slice [r c, (r + 1) c) of each
-    (c = ceil(numel / world)); a module's forward pre-hook gathers its tensors, its forward hook frees them."""
+    """ZeRO-3-style shards of the trained tensors along their first dimension: rank r keeps rows
+    [r c, (r + 1) c) (c = ceil(rows / world)), a block of whole rows, so elementwise projections see a flat
+    slice and low-rank ones their rows of U. A module's forward pre-hook gathers its tensors, its forward
+    hook frees them."""
 
     def __init__(self, model: torch.nn.Module, dp: DataParallel):
         self.dp = dp
@@ -208,12 +210,13 @@ class ShardedParams:
         for name, p in model.named_parameters():
             if not p.requires_grad:
                 continue
-            n = p.numel()
-            chunk = math.ceil(n / dp.world)
-            a, b = min(dp.rank * chunk, n), min((dp.rank + 1) * chunk, n)
-            shard = p.data.reshape(-1)[a:b].clone()
-            self.entries[id(p)] = {"name": name, "param": p, "shape": p.shape, "numel": n, "chunk": chunk,
-                                   "offset": a, "shard": shard}
+            rows = p.shape[0] if p.dim() else 1
+            per_row = p.numel() // max(rows, 1)
+            c = math.ceil(rows / dp.world)
+            a, b = min(dp.rank * c, rows), min((dp.rank + 1) * c, rows)
+            shard = p.data.reshape(rows, *p.shape[1:])[a:b].clone()
+            self.entries[id(p)] = {"name": name, "param": p, "shape": tuple(p.shape), "numel": p.numel(),
+                                   "chunk": c * per_row, "offset": a * per_row, "shard": shard}
             p.data = torch.empty(0, dtype=p.dtype, device=p.device)
         self.handles = []
         for m in model.modules():
@@ -225,11 +228,11 @@ class ShardedParams:
     def shards(self) -> list[torch.Tensor]:
         return [e["shard"] for e in self.entries.values()]
 
-    def names(self) -> dict[torch.Tensor, tuple[str, int]]:
-        return {e["shard"]: (e["name"], e["offset"]) for e in self.entries.values()}
+    def names(self) -> dict[torch.Tensor, tuple[str, int, tuple[int, ...]]]:
+        return {e["shard"]: (e["name"], e["offset"], e["shape"]) for e in self.entries.values()}
 
     def _whole(self, e: dict) -> torch.Tensor:
-        chunk, shard = e["chunk"], e["shard"]
+        chunk, shard = e["chunk"], e["shard"].reshape(-1)
         padded = shard if shard.numel() == chunk else torch.cat([shard, shard.new_zeros(chunk - shard.numel())])
         full = shard.new_empty(chunk * self.dp.world)
         self.dp.all_gather(list(full.split(chunk)), padded, f"gather of {e['name']}")

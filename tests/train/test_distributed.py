@@ -5,6 +5,7 @@ compares what rank 0 wrote with a one-process run of the same config.
 """
 
 import json
+import math
 import os
 import signal
 import socket
@@ -109,22 +110,27 @@ def test_two_ranks_of_batch_8_follow_one_rank_of_batch_16_for_every_kind_of_opti
         assert all(m["comm_bytes"] == 16 * forwards for m in steps), (two["optimizer"], steps)
 
 
-def test_sharded_parameters_follow_the_unsharded_run_and_a_drifted_replica_is_caught(make_cfg, tmp_path):
-    over = {"optimizer": {"preset": "mezo", "lr": 1e-3}, **BATCH16}
+def test_sharded_parameters_follow_the_unsharded_run_for_dense_hessian_and_low_rank_and_drift_is_caught(make_cfg, tmp_path):
+    over = {"optimizer": {"preset": "mezo", "lr": 1e-3, "weight_decay": 0.1}, **BATCH16}
     shard_h = {"optimizer": {"preset": "hizoo", "lr": 1e-3}, **BATCH16}
-    one, sharded = make_cfg("one", **over), make_cfg("sharded", distributed={"shard": True}, **over)
+    pairs = [(make_cfg("one", **over), make_cfg("sharded", distributed={"shard": True}, **over))]
     one_h, sharded_h = make_cfg("one-h", **shard_h), make_cfg("sharded-h", distributed={"shard": True}, **shard_h)
+    pairs.append((one_h, sharded_h))
+    for i, opt in enumerate(({"preset": "subzero", "lr": 1e-3, "refresh": 2},
+                             {"preset": "pgap", "lr": 1e-3, "probe_steps": 1, "refresh": 3})):
+        pairs.append((make_cfg(f"one-lr{i}", optimizer=opt, train=BATCH16["train"]),
+                      make_cfg(f"sharded-lr{i}", optimizer=opt, train=BATCH16["train"], distributed={"shard": True})))
     drift = make_cfg("drift", distributed={"check_every": 2}, **over)
-    outs = finish(start([{"cfg": sharded}, {"cfg": sharded_h}, {"cfg": drift, "diverge": True}], tmp_path))
+    outs = finish(start([{"cfg": b} for _, b in pairs] + [{"cfg": drift, "diverge": True}], tmp_path))
     for out in outs:
-        assert out.count("DONE 4") == 2, out
+        assert out.count("DONE 4") == len(pairs), out
         assert "ERROR the replicas diverged: after step 2" in out and "parameter hashes differ" in out, out
-    for a, b in ((one, sharded), (one_h, sharded_h)):
+    for a, b in pairs:
         Run(a, progress=False).train()
         assert_close_runs(a, b)
     ck = load_checkpoint(Path(sharded_h["train"]["out"]) / CHECKPOINT)
     assert ck["world"] == 2 and len(ck["optimizer_ranks"]) == 2
-    # each rank's Hessian state holds its half of each tensor
+    # each rank's Hessian state holds its rows of each tensor
     w0 = ck["optimizer_ranks"][0]["kerzoo"]["projection"]["w"]
     w1 = ck["optimizer_ranks"][1]["kerzoo"]["projection"]["w"]
     full = ck["params"]
@@ -152,12 +158,10 @@ def test_a_rank_that_dies_ends_the_run_with_a_clear_error_and_the_last_checkpoin
 
 
 def test_kerzoo_train_under_torchrun_matches_one_process_and_reports_bytes(make_cfg, tmp_path):
-    import tomli_w
-
     over = {"optimizer": {"preset": "mezo", "lr": 1e-3}, **BATCH16}
     one, two = make_cfg("one", **over), make_cfg("torchrun", **over)
-    path = tmp_path / "two.toml"
-    path.write_text(tomli_w.dumps(two))
+    path = tmp_path / "two.yaml"
+    path.write_text(json.dumps(two))  # JSON is YAML
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
            str(free_port()), "-m", "kerzoo", "train", str(path)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -172,25 +176,37 @@ def test_kerzoo_train_under_torchrun_matches_one_process_and_reports_bytes(make_
 def test_sharding_refuses_what_a_shard_cannot_do(make_cfg):
     from kerzoo import optimizer
 
-    t = torch.nn.Parameter(torch.zeros(6))
-    with pytest.raises(ValueError, match="'subspace' builds each direction from the whole matrix"):
-        optimizer("subzero", [t], shards={t: ("w", 0)})
+    flat = torch.nn.Parameter(torch.zeros(6))
+    with pytest.raises(ValueError, match=r"must be a block of whole rows, got shape \(6,\)"):
+        optimizer("subzero", [flat], shards={flat: ("w", 0, (2, 3))})
+    rows = torch.nn.Parameter(torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="must be a block of whole rows"):
+        optimizer("lozo", [rows], shards={rows: ("w", 2, (2, 3))})  # offset 2 is inside row 0
     with pytest.raises(ValueError, match="clip = 1.0 clips by each tensor's norm"):
-        optimizer("mezo", [t], clip=1.0, shards={t: ("w", 0)})
+        optimizer("mezo", [flat], clip=1.0, shards={flat: ("w", 0)})
     with pytest.raises(ConfigError, match="distributed.backend = 'mpi'"):
         make_cfg(distributed={"backend": "mpi"})
     assert distributed.world_from_env() == 1 and distributed.from_env(make_cfg()) is None
 
 
-@pytest.mark.parametrize("name", ["mezo", "hizoo", "kerzoo"])
-def test_a_shard_gets_exactly_its_slice_of_the_whole_tensors_direction(name):
+@pytest.mark.parametrize("name,options", [("mezo", {"weight_decay": 0.1}), ("hizoo", {}), ("kerzoo", {}),
+                                          ("zo-adam", {}), ("subzero", {"refresh": 2}), ("lozo", {"nu": 2}),
+                                          ("pgap", {"probe_steps": 1, "refresh": 3})])
+def test_blocks_of_rows_step_exactly_as_their_rows_of_the_whole_matrix(name, options):
+    """Three optimizers fed the same losses: one over a 10 x 7 matrix, two over its rows 0-4 and 5-9 as
+    shards. Every step's directions, updates and learned state (Hessian, subspaces, P-GAP's estimate) agree."""
     from kerzoo import optimizer
 
-    whole = torch.nn.Parameter(torch.zeros(10, 7))
-    parts = [torch.nn.Parameter(torch.zeros(n)) for n in (35, 35)]
-    full = optimizer(name, [whole], seed=3, shards={whole: ("w", 0)})
-    z = full.projection.materialize(full.infos[0], [1.0, -0.5], [11, 12]).reshape(-1)
-    for part, a in zip(parts, (0, 35)):
-        opt = optimizer(name, [part], seed=3, shards={part: ("w", a)})
-        assert opt.infos[0].name == "w" and opt.infos[0].offset == a
-        assert torch.equal(opt.projection.materialize(opt.infos[0], [1.0, -0.5], [11, 12]), z[a:a + 35])
+    torch.manual_seed(0)
+    start = torch.randn(10, 7)
+    whole = torch.nn.Parameter(start.clone())
+    blocks = [torch.nn.Parameter(start[:5].clone()), torch.nn.Parameter(start[5:].clone())]
+    opts = [optimizer(name, [whole], lr=1e-2, seed=3, shards={whole: ("w", 0, (10, 7))}, **options)]
+    opts += [optimizer(name, [t], lr=1e-2, seed=3, shards={t: ("w", a, (10, 7))}, **options)
+             for t, a in zip(blocks, (0, 35))]
+    for o in opts:
+        calls = iter(range(10**6))
+        for _ in range(6):  # through P-GAP's probe step into its aligned phase, past refreshes
+            o.step(lambda: 1.0 + 0.1 * math.sin(next(calls)))
+    torch.testing.assert_close(torch.cat([b.detach() for b in blocks]), whole.detach(), rtol=0, atol=1e-6)
+    assert not torch.equal(whole.detach(), start)
