@@ -20,6 +20,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
         "name": ("builtin:all-minilm-l6-v2", "a local folder, a transformers name (needs network or cache), "
                                              "or builtin:all-minilm-l6-v2 (shipped by a PyPI package)"),
         "kind": ("auto", "encoder, causal or auto (from the model's config)"),
+        "device": ("auto", "auto (CUDA when torch has it, under torchrun cuda:LOCAL_RANK; else the CPU), cpu, "
+                           "cuda or cuda:N"),
         "dtype": ("float32", "float32, float64, bfloat16 or float16 (low precision is perturbed on the fly: exact restores)"),
         "trainable": ([], "a parameter is trained if its name contains one of these; [] trains all"),
         "exclude": ([], "parameters whose name contains one of these stay frozen, e.g. [\"embed\"]"),

@@ -41,7 +41,12 @@ def from_env(cfg: dict) -> "DataParallel | None":
     """A DataParallel for a process started by torchrun (WORLD_SIZE > 1), else None."""
     if world_from_env() <= 1:
         return None
-    return DataParallel(cfg["distributed"])
+    from .model import resolve_device
+
+    options = dict(cfg["distributed"])
+    if options["backend"] == "auto":  # NCCL where the model is on a GPU, gloo on the CPU
+        options["backend"] = "nccl" if resolve_device(cfg["model"]["device"]).type == "cuda" else "gloo"
+    return DataParallel(options)
 
 
 class DataParallel:

@@ -28,7 +28,7 @@ from ..schedules import factor as schedule_factor
 from ..seeds import derive
 from . import config as config_mod
 from . import data as data_mod
-from .model import count_parameters, load_model, trainable_state
+from .model import count_parameters, load_model, resolve_device, trainable_state
 from .replay import fingerprint
 from .tasks import make_task
 
@@ -49,9 +49,9 @@ def atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path) -> dict:
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
+        ck = torch.load(path, map_location=device, weights_only=False)
     except Exception as exc:
         raise TrainingError(f"checkpoint {str(path)!r} is corrupt or unreadable ({type(exc).__name__}: {exc}); "
                             "it is left as it is: move it away to start afresh (or pass --fresh), "
@@ -100,7 +100,9 @@ class Run:
         self.out = Path(t["out"])
         self.metrics_path, self.traj_path = self.out / "metrics.jsonl", self.out / "trajectory.jsonl"
         self.checkpoint_path = self.out / CHECKPOINT
-        ck = load_checkpoint(self.checkpoint_path) if resume and self.checkpoint_path.exists() else None
+        self.device = resolve_device(cfg["model"]["device"])
+        ck = (load_checkpoint(self.checkpoint_path, self.device) if resume and self.checkpoint_path.exists()
+              else None)
         if ck is not None:
             changed = config_mod.trajectory_changes(ck["config"], cfg)
             if changed:
@@ -112,7 +114,7 @@ class Run:
         examples = data_mod.load_examples(d["source"], d["text_key"], d["label_key"], fields,
                                           require_label=task_type != "lm")
         self.train_set, self.eval_set = data_mod.split(examples, d["eval_size"], t["seed"])
-        self.model, self.tokenizer, self.kind = load_model(cfg["model"], parallel.device if parallel else None)
+        self.model, self.tokenizer, self.kind = load_model(cfg["model"], self.device)
         self.task = make_task(cfg["task"], self.tokenizer, self.kind, examples)
         self.trained, self.total_params = count_parameters(self.model)
         if ck is not None:

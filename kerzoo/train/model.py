@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import torch
@@ -32,8 +33,28 @@ def resolve_path(name: str) -> str:
     return name  # a hub name: works with network or a local cache
 
 
+def resolve_device(name: str) -> torch.device:
+    """model.device as a torch.device: auto is CUDA when torch has it (cuda:LOCAL_RANK under torchrun)."""
+    if name == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ModelError(f"model.device = {name!r} is not a device kerzoo trains on: use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"model.device = {name!r}, but this torch ({torch.__version__}) sees no CUDA device: use "
+                         "auto or cpu, or install a CUDA build of torch on a machine with a GPU")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ModelError(f"model.device = {name!r}, but there are {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
 def load_model(cfg: dict, device: torch.device | None = None):
-    """The model (on ``device``, the CPU when None), its tokenizer, and its kind (encoder or causal)."""
+    """The model (on ``device``, or model.device when None), its tokenizer, and its kind."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_path(cfg["name"])
@@ -60,8 +81,7 @@ def load_model(cfg: dict, device: torch.device | None = None):
         model = add_lora(model, cfg["lora"])
     else:
         select_trainable(model, cfg["trainable"], cfg.get("exclude", []))
-    if device is not None:
-        model = model.to(device)
+    model = model.to(device if device is not None else resolve_device(cfg.get("device", "cpu")))
     return model, tokenizer, kind
 
 

@@ -56,3 +56,22 @@ def test_resuming_with_a_config_that_changes_the_trajectory_is_detected():
     cosine = C.validate({"train": {"schedule": "cosine"}})
     assert C.trajectory_changes(cosine, C.validate({"train": {"schedule": "cosine", "steps": 5}})) == [
         "train.steps: 2000 -> 5"]
+
+
+def test_model_device_resolves_and_a_missing_or_bad_device_is_named(monkeypatch):
+    import torch
+
+    from kerzoo.train.model import ModelError, resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(ModelError, match=r"model.device = 'cuda:1', but this torch .* sees no CUDA device"):
+        resolve_device("cuda:1")
+    with pytest.raises(ModelError, match="model.device = 'tpu' is not a device kerzoo trains on"):
+        resolve_device("tpu")
+    with pytest.raises(ModelError, match="model.device = 'gpu!' is not a device"):
+        resolve_device("gpu!")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert resolve_device("auto") == torch.device("cuda", 3)  # each torchrun rank on its own GPU
