@@ -45,7 +45,7 @@ def one_run(job: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = config_mod.validate({
             **config_mod.DEFAULT_RUN,
-            "optimizer": {"preset": job["method"], "lr": job["lr"], "eps": 1e-3},
+            "optimizer": {"preset": job["method"], "lr": job["lr"], "eps": job.get("eps", 1e-3)},
             "train": {"steps": 10**7, "eval_every": 10**7, "checkpoint_every": 10**7, "seed": job["seed"],
                       "threads": job["threads"], "out": tmp},
         })
@@ -60,7 +60,7 @@ def one_run(job: dict) -> dict:
         run.batch_loss = counting
         losses: list = []
         run.callbacks.append(lambda _run, record: losses.append(record.get("loss")))
-        run.metrics_path.touch()  # so that train() does not evaluate step 0 again
+        run._started = True  # the harness evaluates step 0 itself, outside the timed steps
         curve = [{"step": 0, "forwards": 0, "seconds": 0.0, "cpu_seconds": 0.0, "acc": run.evaluate(), "loss": None}]
         seconds, cpu, next_eval = 0.0, 0.0, every
         while counted["forwards"] < budget:
@@ -142,7 +142,7 @@ def write_markdown(path: Path, summary: dict, meta: dict) -> None:
         f"load average at the end {meta['load']}.",
         "",
         f"Every method gets {meta['forwards']:,} training forward passes ({meta['forwards'] // 2:,} mezo steps) on the default run "
-        "(all-MiniLM-L6-v2, VADER word polarity, top two layers, batch 16, eps 1e-3), seeds "
+        f"(all-MiniLM-L6-v2, VADER word polarity, top two layers, batch 16, eps {meta.get('eps', 1e-3):g}), seeds "
         f"{', '.join(map(str, meta['seeds']))}; held-out accuracy on 500 words every {meta['eval_forwards']} "
         "forwards. " + (f"Learning rate per method: the best of its grid after {meta['tune_forwards']:,} forwards "
                         "on seed 0 (grids in `benchmarks/race.py`; tuning table below). " if meta["tuning"] else
@@ -187,7 +187,7 @@ def write_markdown(path: Path, summary: dict, meta: dict) -> None:
               "|---|" + "---|" * len(cols)]
     for method, row in summary["methods"].items():
         lines.append(f"| {method} | " + " | ".join(f"{row['acc_at'][c]:.3f}" for c in cols) + " |")
-    lines += ["", "![accuracy against forwards and wall time](race-cpu.png)", ""]
+    lines += ["", f"![accuracy against forwards and wall time]({path.with_suffix('.png').name})", ""]
     if meta.get("tuning"):
         lines += ["## Learning-rate tuning (seed 0)", "", "| method | lr | accuracy | final loss |", "|---|---|---|---|"]
         for t in meta["tuning"]:
@@ -237,6 +237,7 @@ def main(argv=None) -> None:
     p.add_argument("--lr", type=float, default=1e-4, help="without --tune: every method's lr")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--eps", type=float, default=1e-3, help="every method's perturbation scale")
     p.add_argument("--out", default="docs/benchmarks/race-cpu", help="path prefix of the .json/.md/.png")
     p.add_argument("--report", action="store_true", help="only rewrite the .md and .png from the .json at --out")
     args = p.parse_args(argv)
@@ -248,7 +249,7 @@ def main(argv=None) -> None:
         write_markdown(out.with_suffix(".md"), summary, saved["meta"])
         plot(out.with_suffix(".png"), saved["runs"], summary["target"])
         return print(out.with_suffix(".md").read_text())
-    base = {"forwards": args.forwards, "eval_forwards": args.eval_forwards, "threads": args.threads}
+    base = {"forwards": args.forwards, "eval_forwards": args.eval_forwards, "threads": args.threads, "eps": args.eps}
     lrs, tuning = {m: args.lr for m in args.methods}, []
     if args.tune:
         print("tuning learning rates (seed 0)", flush=True)
@@ -274,7 +275,7 @@ def main(argv=None) -> None:
     meta = {"command": "python benchmarks/race.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "machine": f"{platform.machine()} {os.cpu_count()}-core VM, torch {torch.__version__}",
             "workers": args.workers, "threads": args.threads, "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
-            "forwards": args.forwards, "eval_forwards": args.eval_forwards, "seeds": args.seeds,
+            "forwards": args.forwards, "eval_forwards": args.eval_forwards, "seeds": args.seeds, "eps": args.eps,
             "tune_forwards": args.tune_forwards if args.tune else 0, "tuning": tuning}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": summary, "runs": results}, indent=1))
