@@ -66,3 +66,10 @@ def rss_high_water() -> int:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def held_bytes(opt) -> int:
+    """Bytes an optimizer holds between steps: its state tensors and its projection's buffers."""
+    state = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values()
+                if isinstance(t, torch.Tensor))
+    return state + opt.projection.memory_bytes()

@@ -13,14 +13,10 @@ import time
 
 import torch
 
+from common import held_bytes
+
 import kerzoo
 from kerzoo.train import config, data, model as M, tasks
-
-
-def held_bytes(opt) -> int:
-    state = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values()
-                if isinstance(t, torch.Tensor))
-    return state + opt.projection.memory_bytes()
 
 
 def main():

@@ -176,3 +176,30 @@ def test_clipping_passes_conformance(check):
     import kerzoo.testing as kt
 
     getattr(kt, f"check_{check}")("kerzoo", clip=0.05)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("name", kerzoo.list_optimizers())
+@pytest.mark.parametrize("mode", ["inplace", "onthefly"])
+def test_every_optimizer_steps_on_the_gpu_as_on_the_cpu(name, mode):
+    """In float64 the CUDA kernels and the CPU path draw the same z, so a few steps of any named
+    optimizer agree to rounding: the losses it saw and the parameters it left."""
+    x, y = data(torch.float64)
+    runs = []
+    for device in ("cpu", "cuda"):
+        model = TinyNet(torch.float64).to(device)
+        xd, yd = x.to(device), y.to(device)
+        opt = kerzoo.optimizer(name, model, lr=1e-3, perturb=mode, seed=5)
+        losses = []
+        for _ in range(4):
+            opt.step(lambda: torch.nn.functional.mse_loss(model(xd), yd))
+            losses.extend(opt.last_record["losses"])
+        opt.close()
+        runs.append((losses, [p.detach().cpu() for p in model.parameters()]))
+    (l_cpu, p_cpu), (l_gpu, p_gpu) = runs
+    assert l_gpu == pytest.approx(l_cpu, rel=1e-9, abs=1e-12)
+    start = [p.detach() for p in TinyNet(torch.float64).parameters()]
+    assert any(not torch.equal(a, b) for a, b in zip(p_gpu, start)), "the steps moved nothing"
+    for a, b in zip(p_gpu, p_cpu):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)

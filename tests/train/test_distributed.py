@@ -210,3 +210,21 @@ def test_blocks_of_rows_step_exactly_as_their_rows_of_the_whole_matrix(name, opt
             o.step(lambda: 1.0 + 0.1 * math.sin(next(calls)))
     torch.testing.assert_close(torch.cat([b.detach() for b in blocks]), whole.detach(), rtol=0, atol=1e-6)
     assert not torch.equal(whole.detach(), start)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("shard", [False, True])
+def test_one_nccl_rank_on_the_gpu_follows_a_plain_gpu_run(make_cfg, tmp_path, shard):
+    """NCCL allows one rank per GPU, so on a one-GPU machine this is the check of the NCCL path: the
+    all-reduces of the losses (float64), the replica hash and, sharded, the all-gathers of rows."""
+    over = {"optimizer": {"preset": "mezo", "lr": 1e-3}, "model": {"device": "cuda"}, **BATCH16}
+    one = make_cfg("one", **over)
+    nccl = make_cfg("nccl", **over, distributed={"backend": "nccl", "shard": shard, "check_every": 2})
+    out = finish(start([{"cfg": nccl}], tmp_path, world=1))[0]
+    assert "DONE 4" in out, out
+    Run(one, progress=False).train()
+    assert_close_runs(one, nccl)
+    steps = [m for m in read_jsonl(Path(nccl["train"]["out"]) / "metrics.jsonl") if "loss" in m]
+    # 16 bytes per forward; a gather receives what other ranks hold, and one rank has no others
+    assert steps and all(m["comm_bytes"] == 32 for m in steps), steps
