@@ -123,8 +123,9 @@ class DataParallel:
         return batch[self.rank * n // self.world:(self.rank + 1) * n // self.world]
 
     def reduce(self, total, weight):
-        t = torch.stack([torch.as_tensor(total, dtype=torch.float64).reshape(()),
-                         torch.as_tensor(weight, dtype=torch.float64).reshape(())]).to(self.device)
+        # the loss sum may live on the model's device and the weight be a Python number: both go to the
+        # collective's device (NCCL: this rank's GPU) before they are stacked
+        t = torch.stack([torch.as_tensor(x, dtype=torch.float64, device=self.device).reshape(()) for x in (total, weight)])
         t = self.all_reduce(t)
         return t[0], t[1]
 

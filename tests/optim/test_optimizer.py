@@ -183,8 +183,10 @@ def test_clipping_passes_conformance(check):
 @pytest.mark.parametrize("name", kerzoo.list_optimizers())
 @pytest.mark.parametrize("mode", ["inplace", "onthefly"])
 def test_every_optimizer_steps_on_the_gpu_as_on_the_cpu(name, mode):
-    """In float64 the CUDA kernels and the CPU path draw the same z, so a few steps of any named
-    optimizer agree to rounding: the losses it saw and the parameters it left."""
+    """The CUDA kernels and the CPU path draw the same z to within float32 rounding (the generator's
+    arithmetic is float32 in every dtype), so a few steps of any named optimizer agree to that: the
+    losses it saw, and how far it moved each parameter to 1e-5 of the largest move. A z drawn at the
+    wrong offset or seed would differ by the whole move."""
     x, y = data(torch.float64)
     runs = []
     for device in ("cpu", "cuda"):
@@ -198,8 +200,9 @@ def test_every_optimizer_steps_on_the_gpu_as_on_the_cpu(name, mode):
         opt.close()
         runs.append((losses, [p.detach().cpu() for p in model.parameters()]))
     (l_cpu, p_cpu), (l_gpu, p_gpu) = runs
-    assert l_gpu == pytest.approx(l_cpu, rel=1e-9, abs=1e-12)
+    assert l_gpu == pytest.approx(l_cpu, rel=1e-6)
     start = [p.detach() for p in TinyNet(torch.float64).parameters()]
-    assert any(not torch.equal(a, b) for a, b in zip(p_gpu, start)), "the steps moved nothing"
+    moved = max(float((b - a).abs().max()) for a, b in zip(start, p_cpu))
+    assert moved > 1e-5, f"the steps barely moved the parameters ({moved})"
     for a, b in zip(p_gpu, p_cpu):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5 * moved)
