@@ -195,6 +195,25 @@ __global__ void __launch_bounds__(256) fill_kernel(const __grid_constant__ Segme
   }
 }
 
+// theta[i, j] += sum_k us[i, k] vt[k, j], accumulated in the compute type and rounded once: the
+// reference's addmm on a row block, without the block's temporary. Rows grid-stride over
+// blockIdx.y, columns over x (coalesced reads of theta and vt; us[i, :] is one cached row).
+template <typename T>
+__global__ void __launch_bounds__(256) lowrank_kernel(T* theta, int64_t m, int64_t n,
+                                                      const typename Compute<T>::type* us,
+                                                      const typename Compute<T>::type* vt, int r) {
+  using C = typename Compute<T>::type;
+  for (int64_t i = blockIdx.y; i < m; i += gridDim.y) {
+    T* row = theta + i * n;
+    const C* u = us + i * r;
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (int64_t)gridDim.x * blockDim.x) {
+      C acc = load(row[j]);
+      for (int k = 0; k < r; ++k) acc = fma(u[k], vt[k * n + j], acc);
+      row[j] = round_out<T>(acc, false, 0);
+    }
+  }
+}
+
 constexpr int THREADS = 256;
 
 template <typename F>
@@ -210,6 +229,22 @@ cudaError_t by_dtype(int dtype, F f) {
 }
 
 }  // namespace
+
+cudaError_t launch_lowrank(int dtype, void* theta, int64_t m, int64_t n, const void* us, const void* vt, int r,
+                           int sms, cudaStream_t stream) {
+  if (m == 0 || n == 0) return cudaSuccess;
+  const int64_t x = (n + THREADS - 1) / THREADS, want = (int64_t)(sms > 0 ? sms : 80) * 16;
+  const unsigned gx = (unsigned)(x < want ? x : want);
+  int64_t y = want / gx;
+  y = y < 1 ? 1 : (y > m ? m : (y > 65535 ? 65535 : y));
+  const dim3 grid(gx, (unsigned)y);
+  return by_dtype(dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    using C = typename Compute<T>::type;
+    lowrank_kernel<T><<<grid, THREADS, 0, stream>>>(static_cast<T*>(theta), m, n, static_cast<const C*>(us),
+                                                    static_cast<const C*>(vt), r);
+  });
+}
 
 unsigned plan_blocks(Segments& segs, int sms) {
   // Enough CUDA blocks for two waves at full occupancy, shared out in proportion to the work;

@@ -26,4 +26,9 @@ cudaError_t launch_add_multi(const Segments& segs, int dist, const Directions& d
 cudaError_t launch_restore_perturb(const Segments& segs, int dist, double cr, uint64_t sr, double cn, uint64_t sn,
                                    unsigned grid, cudaStream_t stream);
 
+// theta (m x n, row-major, of dtype `dtype`) += us (m x r) @ vt (r x n), both in the compute type
+// (double for a float64 theta, else float), with one rounding per element; no temporary.
+cudaError_t launch_lowrank(int dtype, void* theta, int64_t m, int64_t n, const void* us, const void* vt, int r,
+                           int sms, cudaStream_t stream);
+
 }  // namespace kerzoo

@@ -124,6 +124,18 @@ void restore_perturb_cuda(at::Tensor theta, double cr, int64_t sr, double cn, in
   restore_perturb_foreach_cuda({theta}, cr, sr, cn, sn, {key}, {offset}, dist);
 }
 
+void add_lowrank_cuda(at::Tensor theta, double c, at::Tensor u, at::Tensor s, at::Tensor v) {
+  check(theta);
+  TORCH_CHECK(theta.dim() == 2, "kerzoo: add_lowrank needs a 2-D theta");
+  c10::cuda::CUDAGuard guard(theta.device());
+  // as the reference: us = (U S) c and V^T in the compute type, small (m x r and r x n)
+  const auto ct = theta.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor us = (u.to(theta.device(), ct).matmul(s.to(theta.device(), ct)) * c).contiguous();
+  at::Tensor vt = v.to(theta.device(), ct).t().contiguous();
+  C10_CUDA_CHECK(launch_lowrank(dtype_code(theta), theta.data_ptr(), theta.size(0), theta.size(1), us.data_ptr(),
+                                vt.data_ptr(), (int)us.size(1), sms(theta.device().index()), stream()));
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(kerzoo, CUDA, m) {
@@ -133,6 +145,7 @@ TORCH_LIBRARY_IMPL(kerzoo, CUDA, m) {
   m.impl("fill_z_foreach", &fill_z_foreach_cuda);
   m.impl("add_z_multi_foreach", &add_z_multi_foreach_cuda);
   m.impl("restore_perturb_foreach", &restore_perturb_foreach_cuda);
+  m.impl("add_lowrank", &add_lowrank_cuda);
 }
 
 }  // namespace kerzoo

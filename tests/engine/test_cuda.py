@@ -134,3 +134,25 @@ def test_cuda_foreach_over_more_tensors_than_one_launch_equals_the_reference():
     engine.fill_z_foreach(outs, 3, keys, offsets, "rademacher")
     for out, k, o in zip(outs, keys, offsets):
         assert torch.equal(out.cpu(), engine.fill_z(torch.empty(out.numel()), 3, k, o, "rademacher"))
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,n,r", [(1, 1, 1), (37, 1001, 3), (2048, 513, 8), (5, 70000, 16)])
+def test_cuda_add_lowrank_equals_the_reference(dtype, m, n, r):
+    """One kernel, no m x n temporary, accumulated in float32 (float64 for a float64 theta) and
+    rounded once: equal to the reference's row-block addmm to the rounding of that sum."""
+    cuda_backend()
+    assert engine.info()[[row["op"] for row in engine.info()].index("add_lowrank")]["cuda"] == "cuda"
+    g = torch.Generator().manual_seed(m * n + r)
+    theta = (torch.randn(m, n, generator=g) * 0.05).to(dtype)
+    u, s, v = torch.randn(m, r, generator=g), torch.randn(r, r, generator=g), torch.randn(n, r, generator=g)
+    ref = theta.clone()
+    R.add_lowrank(ref, 1e-3, u, s, v)
+    got = theta.cuda()
+    engine.add_lowrank(got, 1e-3, u.cuda(), s.cuda(), v.cuda())
+    ct_eps = float(torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps)
+    bound = float(theta.double().abs().max()) + 1e-3 * r * float((u @ s).abs().max() * v.abs().max())
+    atol = 4 * ct_eps * bound if dtype in (torch.float32, torch.float64) else float(torch.finfo(dtype).eps) * bound
+    torch.testing.assert_close(got.cpu().double(), ref.double(), rtol=0, atol=atol)
+    assert not torch.equal(ref, theta), "the update changed nothing"

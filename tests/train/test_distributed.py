@@ -67,8 +67,8 @@ def assert_close_runs(a, b):
     and (L+ - L-) / 2 eps amplifies that rounding; so parameters agree to 1 % of how far training moved them."""
     from kerzoo.train.model import load_model, trainable_state
 
-    start = trainable_state(load_model(a["model"])[0])
-    pa, pb = ckpt_params(a), ckpt_params(b)
+    start = {k: v.cpu() for k, v in trainable_state(load_model(a["model"])[0]).items()}  # the model's device
+    pa, pb = ({k: v.cpu() for k, v in ckpt_params(c).items()} for c in (a, b))
     assert pa.keys() == pb.keys() == start.keys()
     moved = max(float((pa[k] - start[k]).abs().max()) for k in pa)
     assert moved > 1e-4, f"training barely moved the parameters ({moved}): the comparison would show nothing"
