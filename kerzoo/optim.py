@@ -106,16 +106,19 @@ class ZOOptimizer(torch.optim.Optimizer):
         if current == target:
             return
         restore = {i: -c for i, c in current.items()}
+        passes: dict[tuple, list] = {}  # tensors whose coefficients agree move in one call
         for info in self.infos:
             rc, rs = self._seeds_of(restore, seeds, factor, info)
             nc, ns = self._seeds_of(target, seeds, factor, info)
+            passes.setdefault((tuple(rc), tuple(rs), tuple(nc), tuple(ns)), []).append((info, info.tensor))
+        for (rc, rs, nc, ns), items in passes.items():
             if len(rc) == 1 and len(nc) == 1:
-                self.projection.move(info, info.tensor, (rc[0], rs[0]), (nc[0], ns[0]))
+                self.projection.move_many(items, (rc[0], rs[0]), (nc[0], ns[0]))
             else:
                 if rc:
-                    self.projection.add(info, info.tensor, rc, rs)
+                    self.projection.add_many(items, list(rc), list(rs))
                 if nc:
-                    self.projection.add(info, info.tensor, nc, ns)
+                    self.projection.add_many(items, list(nc), list(ns))
 
     def _evaluate(self, closures: Sequence[Closure] | None, point: dict[int, float], seeds: list[int],
                   current: dict[int, float], factor=None) -> tuple[float | None, dict[int, float]]:
@@ -212,17 +215,23 @@ class ZOOptimizer(torch.optim.Optimizer):
             uf = self._clipped(coefs, seeds, uf)
         rounding = "stochastic" if self.stochastic_rounding else "nearest"
         linear = [self.update_rule.linear(coefs, float(g["lr"])) for g in self.param_groups]
-        for info in self.infos:  # decoupled weight decay, not on biases and norms
+        decay: dict[float, list[torch.Tensor]] = {}  # decoupled weight decay, not on biases and norms
+        for info in self.infos:
             wd, lr = self.param_groups[info.group]["weight_decay"], self.param_groups[info.group]["lr"]
             if wd and len(info.whole_shape) > 1:  # biases and norms (1-D) do not decay, as in MeZO
-                info.tensor.mul_(1.0 - lr * wd)
+                decay.setdefault(1.0 - lr * wd, []).append(info.tensor)
+        for scale, tensors in decay.items():
+            torch._foreach_mul_(tensors, scale)
         if all(c is not None for c in linear):
             restore = {i: -c for i, c in current.items()}
+            passes: dict[tuple, list] = {}
             for info in self.infos:
                 restore_c, restore_s = self._seeds_of(restore, seeds, pf, info)
                 update_c, _ = self._seeds_of(dict(enumerate(linear[info.group])), seeds, uf, info)
-                self.projection.add(info, info.tensor, restore_c + update_c, restore_s + seeds,
-                                    rounding=rounding, rounding_seed=derive(self.seed, step, "rounding"))
+                passes.setdefault((tuple(restore_c + update_c), tuple(restore_s + seeds)), []).append((info, info.tensor))
+            rounding_seed = derive(self.seed, step, "rounding")
+            for (cs, ss), items in passes.items():
+                self.projection.add_many(items, list(cs), list(ss), rounding=rounding, rounding_seed=rounding_seed)
             return {}
         if self.mode == "inplace":
             self._goto(current, {}, seeds, pf)

@@ -82,13 +82,17 @@ class OnTheFly:
         def hook(module, args):
             if not self._point:
                 return
+            passes: dict[tuple, list] = {}
             for p in owned:
                 info = self.infos[id(p)]
                 transient, k = self._transient(p)
-                self.projection.add(info, transient, *point_coefficients(self._point, self._seeds, self._factor, info))
+                cs, ss = point_coefficients(self._point, self._seeds, self._factor, info)
+                passes.setdefault((tuple(cs), tuple(ss)), []).append((info, transient))
                 self._saved.append((p, p.data, k, p.numel()))
                 p.data = transient
                 self._touched.add(id(p))
+            for (cs, ss), items in passes.items():
+                self.projection.add_many(items, list(cs), list(ss))
         return hook
 
     def _post(self, count: int):

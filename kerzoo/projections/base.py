@@ -71,6 +71,20 @@ class Projection:
         self.add(p, target, [restore[0]], [restore[1]])
         self.add(p, target, [new[0]], [new[1]])
 
+    def add_many(self, items: Sequence[tuple[ParamInfo, torch.Tensor]], coefs: Sequence[float],
+                 seeds: Sequence[int], rounding: str = "nearest", rounding_seed: int = 0) -> None:
+        """add() on each (tensor, target) pair with the same coefficients. The optimizer calls this
+        once per pass over the model; an elementwise projection overrides it with one engine call
+        for all the targets (on a GPU, a launch per 48 tensors instead of one per tensor)."""
+        for p, target in items:
+            self.add(p, target, coefs, seeds, rounding=rounding, rounding_seed=rounding_seed)
+
+    def move_many(self, items: Sequence[tuple[ParamInfo, torch.Tensor]], restore: tuple[float, int],
+                  new: tuple[float, int]) -> None:
+        """move() on each (tensor, target) pair."""
+        for p, target in items:
+            self.move(p, target, restore, new)
+
     def materialize(self, p: ParamInfo, coefs: Sequence[float], seeds: Sequence[int]) -> torch.Tensor:
         """sum_i coefs[i] Z_i as a new float32 (float64 for float64) tensor shaped like p."""
         dtype = torch.float64 if p.tensor.dtype == torch.float64 else torch.float32

@@ -21,6 +21,28 @@ class Dense(Projection):
     def move(self, p, target, restore, new):
         engine.restore_perturb(target, restore[0], restore[1], new[0], new[1], p.key, p.offset, self.options["dist"])
 
+    # the same passes over many tensors: one engine call per device, bit for bit the per-tensor result
+    def add_many(self, items, coefs, seeds, rounding="nearest", rounding_seed=0):
+        for targets, keys, offsets in _by_device(items):
+            engine.add_z_multi_foreach(targets, list(coefs), list(seeds), keys, offsets, self.options["dist"],
+                                       rounding=rounding, rounding_seed=rounding_seed)
+
+    def move_many(self, items, restore, new):
+        for targets, keys, offsets in _by_device(items):
+            engine.restore_perturb_foreach(targets, restore[0], restore[1], new[0], new[1], keys, offsets,
+                                           self.options["dist"])
+
+
+def _by_device(items):
+    """(targets, keys, offsets) per device, in the order the items come."""
+    groups: dict = {}
+    for p, target in items:
+        g = groups.setdefault(target.device, ([], [], []))
+        g[0].append(target)
+        g[1].append(p.key)
+        g[2].append(p.offset)
+    return list(groups.values())
+
 
 @hookimpl
 def kerzoo_register_projections(register):

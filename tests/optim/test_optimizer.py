@@ -206,3 +206,32 @@ def test_every_optimizer_steps_on_the_gpu_as_on_the_cpu(name, mode):
     assert moved > 1e-5, f"the steps barely moved the parameters ({moved})"
     for a, b in zip(p_gpu, p_cpu):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5 * moved)
+
+
+@pytest.mark.parametrize("name", ["mezo", "kerzoo", "hizoo", "subzero"])
+@pytest.mark.parametrize("mode,dtype", [("inplace", torch.float32), ("inplace", torch.bfloat16),
+                                        ("onthefly", torch.bfloat16)])
+def test_passes_over_many_tensors_equal_one_call_per_tensor_bit_for_bit(name, mode, dtype):
+    """The optimizer moves all tensors whose coefficients agree in one projection call (add_many,
+    move_many: one engine call for the dense projection). Against the per-tensor loop of the base
+    class, with two parameter groups (two sets of coefficients), weight decay, several directions
+    and, in bf16, stochastic rounding: the same bits."""
+    from kerzoo.projections.base import Projection
+
+    x, y = data(dtype)
+    results = []
+    for batched in (True, False):
+        model = TinyNet(dtype)
+        groups = [{"params": [model.fc1.weight, model.fc1.bias, model.norm.weight]},
+                  {"params": [model.norm.bias, model.fc2.weight, model.fc2.bias], "lr": 3e-3}]
+        opt = kerzoo.optimizer(name, groups, lr=1e-2, eps=3e-2, weight_decay=0.1, perturb=mode, module=model, seed=3)
+        if not batched:
+            opt.projection.add_many = Projection.add_many.__get__(opt.projection)
+            opt.projection.move_many = Projection.move_many.__get__(opt.projection)
+        for _ in range(3):
+            opt.step(lambda: torch.nn.functional.mse_loss(model(x), y))
+        results.append([p.detach().clone() for p in model.parameters()])
+    start = list(TinyNet(dtype).parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(results[0], start)), "the steps moved nothing"
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
