@@ -6,7 +6,7 @@ module's forward see W' (``p.data`` is swapped for the duration of that module's
 forward hook swaps W back. Only the update ever writes W, so leaving a point is exact in every
 dtype, and a skipped step leaves W bit-identical. Memory: a workspace the size of the largest
 module's own parameters (per dtype and device), reused by every forward (nested modules take
-the next slice; a fresh tensor when it is full). Work: one copy and one engine pass per tensor
+the next slice; a fresh tensor when it is full). Work: one copy per tensor and one engine call per module
 per forward.
 
 Limits, checked where possible: a tensor must be read inside the forward of the module that
@@ -52,6 +52,7 @@ class OnTheFly:
         self._ws_size: dict[tuple, int] = {}   # (dtype, device) -> elements: the largest module's own tensors
         self._ws: dict[tuple, torch.Tensor] = {}
         self._top: dict[tuple, int] = {}
+        self._views: dict[tuple, torch.Tensor] = {}  # (dtype, device, start, shape) -> that view of the workspace
         self.handles = []
         for m in module.modules():
             owned = [p for p in m._parameters.values() if p is not None and id(p) in self.infos]
@@ -71,9 +72,11 @@ class OnTheFly:
         top = self._top.get(k, 0)
         if top + n > self._ws_size.get(k, 0):
             return p.data.clone(), None
-        if k not in self._ws:
-            self._ws[k] = torch.empty(self._ws_size[k], dtype=p.dtype, device=p.device)
-        out = self._ws[k][top:top + n].view(p.shape)
+        out = self._views.get((k, top, p.shape))
+        if out is None:  # slicing and viewing cost more than the copy for small tensors: once per place and shape
+            if k not in self._ws:
+                self._ws[k] = torch.empty(self._ws_size[k], dtype=p.dtype, device=p.device)
+            out = self._views[(k, top, p.shape)] = self._ws[k][top:top + n].view(p.shape)
         out.copy_(p.data)
         self._top[k] = top + n
         return out, k
@@ -112,6 +115,7 @@ class OnTheFly:
                 k = ptrs.pop(o.untyped_storage().data_ptr(), None)
                 if k is not None:
                     del self._ws[k]
+                    self._views = {key: v for key, v in self._views.items() if key[0] != k}
             elif isinstance(o, (list, tuple)):
                 stack.extend(o)
             elif isinstance(o, dict):
