@@ -33,11 +33,9 @@ from collections.abc import Sequence
 
 import torch
 
-from .. import engine
 from ..hookspecs import hookimpl
 from ..seeds import derive
-from .base import Projection
-from .lowrank import gaussian
+from .lowrank import LowRankDirections, gaussian
 
 
 def align(c_init: torch.Tensor, h: torch.Tensor, xi: float, delta: float) -> torch.Tensor:
@@ -70,7 +68,7 @@ def xi_of(seed: int) -> float:
     return 1.0 if derive(seed, "xi") & 1 else -1.0
 
 
-class Aligned(Projection):
+class Aligned(LowRankDirections):
     """P-GAP: gradient-aligned directions in a rank-r subspace estimated from rank-1 probe steps."""
 
     name = "aligned"
@@ -157,17 +155,6 @@ class Aligned(Projection):
         core = sum(c * ci for c, ci in zip(coefs, self.cores(p, seeds)))
         m, n = p.whole_shape
         return math.sqrt(m * n) / u.shape[1], u[rows], core, v
-
-    def add(self, p, target, coefs, seeds, rounding="nearest", rounding_seed=0):
-        if len(p.whole_shape) != 2:
-            engine.add_z_multi(target, list(coefs), list(seeds), p.key, p.offset, rounding=rounding,
-                               rounding_seed=rounding_seed)
-            return
-        engine.add_lowrank(target, *self.factors(p, coefs, seeds))
-
-    def move(self, p, target, restore, new):
-        """Restore and perturb in one pass: both directions share the bases, so their sum is one low-rank term."""
-        self.add(p, target, [restore[0], new[0]], [restore[1], new[1]])
 
     # -- learning the subspace from the step's estimate -----------------------------------
     def end_step(self, step, seeds, plan, losses, coefs):

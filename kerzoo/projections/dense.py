@@ -23,14 +23,20 @@ class Dense(Projection):
 
     # the same passes over many tensors: one engine call per device, bit for bit the per-tensor result
     def add_many(self, items, coefs, seeds, rounding="nearest", rounding_seed=0):
-        for targets, keys, offsets in _by_device(items):
-            engine.add_z_multi_foreach(targets, list(coefs), list(seeds), keys, offsets, self.options["dist"],
-                                       rounding=rounding, rounding_seed=rounding_seed)
+        add_dense_many(items, coefs, seeds, self.options["dist"], rounding, rounding_seed)
 
     def move_many(self, items, restore, new):
         for targets, keys, offsets in _by_device(items):
             engine.restore_perturb_foreach(targets, restore[0], restore[1], new[0], new[1], keys, offsets,
                                            self.options["dist"])
+
+
+def add_dense_many(items, coefs, seeds, dist="gaussian", rounding="nearest", rounding_seed=0) -> None:
+    """target += sum_i coefs[i] z(seeds[i], p.key) for each (p, target), one engine call per device;
+    also the 1-D tensors of the low-rank projections."""
+    for targets, keys, offsets in _by_device(items):
+        engine.add_z_multi_foreach(targets, list(coefs), list(seeds), keys, offsets, dist, rounding=rounding,
+                                   rounding_seed=rounding_seed)
 
 
 def _by_device(items):

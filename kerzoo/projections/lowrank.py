@@ -26,6 +26,7 @@ from .. import engine
 from ..hookspecs import hookimpl
 from ..seeds import derive
 from .base import Projection
+from .dense import add_dense_many
 
 
 def gaussian(shape, seed: int, key: int, dtype=torch.float32, device=None) -> torch.Tensor:
@@ -39,7 +40,33 @@ def orthonormal(rows: int, r: int, seed: int, key: int, device=None) -> torch.Te
     return (q * torch.sign(torch.diagonal(rr))).to(torch.float32)  # a unique Q
 
 
-class _LowRank(Projection):
+class LowRankDirections(Projection):
+    """Directions that are low-rank on matrices (``factors`` gives c, U, S, V) and dense z on every
+    other tensor: how SubZero, LOZO and P-GAP apply them, one engine call for all the 1-D tensors
+    of a pass and one add_lowrank per matrix."""
+
+    def add(self, p, target, coefs, seeds, rounding="nearest", rounding_seed=0):
+        if len(p.whole_shape) == 2:
+            engine.add_lowrank(target, *self.factors(p, coefs, seeds))
+        else:
+            add_dense_many([(p, target)], coefs, seeds, rounding=rounding, rounding_seed=rounding_seed)
+
+    def move(self, p, target, restore, new):
+        """Restore and perturb in one pass: both directions share the bases, so their sum is one low-rank term."""
+        self.add(p, target, [restore[0], new[0]], [restore[1], new[1]])
+
+    def add_many(self, items, coefs, seeds, rounding="nearest", rounding_seed=0):
+        flat = [(p, t) for p, t in items if len(p.whole_shape) != 2]
+        add_dense_many(flat, coefs, seeds, rounding=rounding, rounding_seed=rounding_seed)
+        for p, target in items:
+            if len(p.whole_shape) == 2:
+                self.add(p, target, coefs, seeds)
+
+    def move_many(self, items, restore, new):
+        self.add_many(items, [restore[0], new[0]], [restore[1], new[1]])
+
+
+class _LowRank(LowRankDirections):
     period_option = "refresh"
     shardable = True  # the bases span the whole matrix; a shard of rows takes its rows of U
 
@@ -60,17 +87,6 @@ class _LowRank(Projection):
             self.index = index
             self.bases = {id(p): self.make_bases(p, derive(self.base_seed, "bases", index))
                           for p in self.params if len(p.whole_shape) == 2}
-
-    def add(self, p, target, coefs, seeds, rounding="nearest", rounding_seed=0):
-        if len(p.whole_shape) != 2:
-            engine.add_z_multi(target, list(coefs), list(seeds), p.key, p.offset, rounding=rounding,
-                               rounding_seed=rounding_seed)
-            return
-        engine.add_lowrank(target, *self.matrix_factors(p, coefs, seeds))
-
-    def move(self, p, target, restore, new):
-        """Restore and perturb in one pass: both directions share the bases, so their sum is one low-rank term."""
-        self.add(p, target, [restore[0], new[0]], [restore[1], new[1]])
 
     def factors(self, p, coefs, seeds):
         return self.matrix_factors(p, coefs, seeds) if len(p.whole_shape) == 2 else None

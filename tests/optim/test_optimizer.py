@@ -208,7 +208,7 @@ def test_every_optimizer_steps_on_the_gpu_as_on_the_cpu(name, mode):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5 * moved)
 
 
-@pytest.mark.parametrize("name", ["mezo", "kerzoo", "hizoo", "subzero"])
+@pytest.mark.parametrize("name", ["mezo", "kerzoo", "hizoo", "subzero", "lozo", "pgap"])
 @pytest.mark.parametrize("mode,dtype", [("inplace", torch.float32), ("inplace", torch.bfloat16),
                                         ("onthefly", torch.bfloat16)])
 def test_passes_over_many_tensors_equal_one_call_per_tensor_bit_for_bit(name, mode, dtype):
