@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check and benchmark in one command, about six minutes on one H100 or H200:
+# Every GPU check and benchmark in one command, about three minutes on an H200 (build included):
 #
 #     bash benchmarks/gpu.sh OUTDIR [TAG]
 #
