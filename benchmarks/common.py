@@ -1,5 +1,7 @@
-"""Timing shared by the benchmark scripts: best of several runs, synchronising a GPU."""
+"""Shared by the benchmark scripts: timing (best of several runs, synchronising a GPU), the peers'
+MeZO step, memory readings, and writing results."""
 
+import json
 import time
 
 import torch
@@ -73,3 +75,10 @@ def held_bytes(opt) -> int:
     state = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values()
                 if isinstance(t, torch.Tensor))
     return state + opt.projection.memory_bytes()
+
+
+def write_json(result, path: str | None) -> None:
+    """The raw result as indented JSON, where the command was given a path (--json)."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(result, f, indent=2)

@@ -26,7 +26,7 @@ import sys
 
 import torch
 
-from common import best_time, peers_mezo_step, rss_high_water, sync
+from common import best_time, peers_mezo_step, rss_high_water, sync, write_json
 
 import kerzoo.engine as engine
 
@@ -191,9 +191,7 @@ def main() -> None:
                                  for name in args.exact_dtypes.split(",") if name}
         res["exact_fraction"]["cycles"] = args.cycles
     print(json.dumps(res, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
+    write_json(res, args.json)
 
 
 if __name__ == "__main__":

@@ -4,11 +4,10 @@
 """
 
 import argparse
-import json
 
 import torch
 
-from common import best_time, sync
+from common import best_time, sync, write_json
 
 import kerzoo.engine as engine
 
@@ -44,9 +43,7 @@ def main():
             rows[f"{name} {op}"] = {"s": t, "GBps": moved / t / 1e9, "Gelem_per_s": args.numel / t / 1e9}
             print(f"{name:9} {op:28} {t * 1e3:8.2f} ms {moved / t / 1e9:8.1f} GB/s {args.numel / t / 1e9:7.1f} Gelem/s",
                   flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+    write_json(rows, args.json)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,12 @@ median of the rounds reported.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
 import torch
+
+from common import write_json
 
 import kerzoo
 
@@ -80,9 +81,7 @@ def main() -> None:
         rows["steps"][run] = statistics.median(seen[run])
         print(f"{run:20s} {rows['steps'][run] * 1e3:7.1f} ms a step  (rounds: "
               + ", ".join(f"{s * 1e3:.1f}" for s in seen[run]) + ")", flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+    write_json(rows, args.json)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,11 @@ update buffers), measured from its tensors.
 """
 
 import argparse
-import json
 import time
 
 import torch
 
-from common import held_bytes
+from common import held_bytes, write_json
 
 import kerzoo
 from kerzoo.train import config, data, model as M, tasks
@@ -49,9 +48,7 @@ def main():
                       "held_MB": held_bytes(opt) / 1e6}
         opt.close()
         print(name, rows[name], flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+    write_json(rows, args.json)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from common import best_time, held_bytes, peers_mezo_step, sync
+from common import best_time, held_bytes, peers_mezo_step, sync, write_json
 
 import kerzoo
 import kerzoo.engine
@@ -135,9 +135,7 @@ def main():
         res["presets"] = {name: time_preset(name, model, loss, device, args.steps)
                           for name in (args.presets or kerzoo.list_optimizers())}
     print(json.dumps(res, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
+    write_json(res, args.json)
 
 
 if __name__ == "__main__":
