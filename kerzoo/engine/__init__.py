@@ -46,7 +46,13 @@ def _check(theta: torch.Tensor, what: str = "theta") -> None:
                          "or perturb the underlying parameter")
 
 
+_LIMIT = 2**63
+
+
 def _ints(seed: int, key: int, offset: int) -> None:
+    if type(seed) is int and type(key) is int and type(offset) is int and (  # the common case, cheaply
+            0 <= seed < _LIMIT and 0 <= key < _LIMIT and 0 <= offset < _LIMIT):
+        return
     for name, v in (("seed", seed), ("key", key), ("offset", offset)):
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**63:
             raise ValueError(f"{name} must be an int in [0, 2**63), got {v!r}")
