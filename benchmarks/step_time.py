@@ -80,7 +80,8 @@ def time_preset(name: str, model, loss, device, steps: int) -> dict:
             sync(device)
             times.append(time.perf_counter() - t)
         row = {"first_step_s": first, "step_s": sorted(times)[len(times) // 2],
-               "forwards": len(opt.last_record["losses"]), "held_bytes": held_bytes(opt), "peak_bytes": peak(lambda: opt.step(loss), device)}
+               "forwards": len(opt.last_record["losses"]), "held_bytes": held_bytes(opt),
+               "peak_bytes": peak(lambda: opt.step(loss), device)}
         opt.close()
     except Exception as exc:  # a preset that fails on this device is reported, the others still run
         row = {"error": f"{type(exc).__name__}: {exc}"}

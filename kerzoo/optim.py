@@ -228,7 +228,8 @@ class ZOOptimizer(torch.optim.Optimizer):
             for info in self.infos:
                 restore_c, restore_s = self._seeds_of(restore, seeds, pf, info)
                 update_c, _ = self._seeds_of(dict(enumerate(linear[info.group])), seeds, uf, info)
-                passes.setdefault((tuple(restore_c + update_c), tuple(restore_s + seeds)), []).append((info, info.tensor))
+                key = (tuple(restore_c + update_c), tuple(restore_s + seeds))
+                passes.setdefault(key, []).append((info, info.tensor))
             rounding_seed = derive(self.seed, step, "rounding")
             for (cs, ss), items in passes.items():
                 self.projection.add_many(items, list(cs), list(ss), rounding=rounding, rounding_seed=rounding_seed)

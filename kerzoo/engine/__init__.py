@@ -54,7 +54,7 @@ def _ints(seed: int, key: int, offset: int) -> None:
             0 <= seed < _LIMIT and 0 <= key < _LIMIT and 0 <= offset < _LIMIT):
         return
     for name, v in (("seed", seed), ("key", key), ("offset", offset)):
-        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**63:
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < _LIMIT:
             raise ValueError(f"{name} must be an int in [0, 2**63), got {v!r}")
 
 

@@ -125,7 +125,8 @@ class DataParallel:
     def reduce(self, total, weight):
         # the loss sum may live on the model's device and the weight be a Python number: both go to the
         # collective's device (NCCL: this rank's GPU) before they are stacked
-        t = torch.stack([torch.as_tensor(x, dtype=torch.float64, device=self.device).reshape(()) for x in (total, weight)])
+        t = torch.stack([torch.as_tensor(x, dtype=torch.float64, device=self.device).reshape(())
+                         for x in (total, weight)])
         t = self.all_reduce(t)
         return t[0], t[1]
 
