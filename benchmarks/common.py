@@ -25,8 +25,9 @@ def best_time(fn, device: torch.device, repeat: int) -> float:
     return best
 
 
-def peers_mezo_step(named_params, closure, seed: int, eps: float = 1e-3, lr: float = 1e-6,
-                    weight_decay: float = 0.0) -> float:
+def peers_mezo_step(
+    named_params, closure, seed: int, eps: float = 1e-3, lr: float = 1e-6, weight_decay: float = 0.0
+) -> float:
     """The peers' MeZO step, written here from its description (MeZO's trainer): the global
     generator seeded, torch.normal per parameter added out of place (+1, -2, +1), then the update
     regenerating z, with weight decay except on biases and norms. ``closure`` returns the loss.
@@ -36,7 +37,9 @@ def peers_mezo_step(named_params, closure, seed: int, eps: float = 1e-3, lr: flo
     def perturb(scale):
         torch.manual_seed(seed)
         for _, p in params:
-            z = torch.normal(mean=0, std=1, size=p.data.size(), device=p.data.device, dtype=p.data.dtype)
+            z = torch.normal(
+                mean=0, std=1, size=p.data.size(), device=p.data.device, dtype=p.data.dtype
+            )
             p.data = p.data + scale * z * eps
 
     with torch.no_grad():
@@ -48,7 +51,9 @@ def peers_mezo_step(named_params, closure, seed: int, eps: float = 1e-3, lr: flo
         g = (l1 - l2) / (2 * eps)
         torch.manual_seed(seed)
         for n, p in params:
-            z = torch.normal(mean=0, std=1, size=p.data.size(), device=p.data.device, dtype=p.data.dtype)
+            z = torch.normal(
+                mean=0, std=1, size=p.data.size(), device=p.data.device, dtype=p.data.dtype
+            )
             if weight_decay and "bias" not in n and "norm" not in n.lower():
                 p.data = p.data - lr * (g * z + weight_decay * p.data)
             else:
@@ -72,8 +77,12 @@ def rss_high_water() -> int:
 
 def held_bytes(opt) -> int:
     """Bytes an optimizer holds between steps: its state tensors and its projection's buffers."""
-    state = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values()
-                if isinstance(t, torch.Tensor))
+    state = sum(
+        t.numel() * t.element_size()
+        for s in opt.state.values()
+        for t in s.values()
+        if isinstance(t, torch.Tensor)
+    )
     return state + opt.projection.memory_bytes()
 
 

@@ -68,8 +68,20 @@ def run(tmp: Path, name: str, procs: int, steps: int, batch: int, shard: bool = 
     if procs == 1:
         cmd = [sys.executable, "-m", "kerzoo", "train", str(cfg), "--fresh"]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--master_port",
-               str(free_port()), "-m", "kerzoo", "train", str(cfg), "--fresh"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(procs),
+            "--master_port",
+            str(free_port()),
+            "-m",
+            "kerzoo",
+            "train",
+            str(cfg),
+            "--fresh",
+        ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode:
         raise SystemExit(f"{name} failed:\n{done.stdout}\n{done.stderr}")
@@ -77,9 +89,16 @@ def run(tmp: Path, name: str, procs: int, steps: int, batch: int, shard: bool = 
     times = [r["time"] for r in rows if "loss" in r]
     per_step = [b - a for a, b in zip(times[5:], times[6:])]
     comm = [r.get("comm_bytes", 0) for r in rows if "loss" in r]
-    return {"name": name, "processes": procs, "global_batch": batch, "sharded": shard,
-            "step_ms": 1e3 * statistics.median(per_step), "examples_per_s": batch / statistics.median(per_step),
-            "comm_bytes_per_step": statistics.mean(comm), "final_loss": rows[-1].get("loss")}
+    return {
+        "name": name,
+        "processes": procs,
+        "global_batch": batch,
+        "sharded": shard,
+        "step_ms": 1e3 * statistics.median(per_step),
+        "examples_per_s": batch / statistics.median(per_step),
+        "comm_bytes_per_step": statistics.mean(comm),
+        "final_loss": rows[-1].get("loss"),
+    }
 
 
 def trained_params() -> int:
@@ -97,47 +116,63 @@ def main() -> None:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="kerzoo-dist-"))
     try:
-        rows = [run(tmp, "1 process, batch 16", 1, args.steps, 16),
-                run(tmp, "2 processes, batch 16", 2, args.steps, 16),
-                run(tmp, "2 processes, batch 16, sharded", 2, args.steps, 16, shard=True),
-                run(tmp, "1 process, batch 32", 1, args.steps, 32),
-                run(tmp, "2 processes, batch 32", 2, args.steps, 32)]
+        rows = [
+            run(tmp, "1 process, batch 16", 1, args.steps, 16),
+            run(tmp, "2 processes, batch 16", 2, args.steps, 16),
+            run(tmp, "2 processes, batch 16, sharded", 2, args.steps, 16, shard=True),
+            run(tmp, "1 process, batch 32", 1, args.steps, 32),
+            run(tmp, "2 processes, batch 32", 2, args.steps, 32),
+        ]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     n = trained_params()
-    meta = {"command": "python benchmarks/distributed.py" + (f" --steps {args.steps}" if args.steps != 60 else ""),
-            "machine": f"{platform.machine()} {os.cpu_count()}-core, torch {torch.__version__}, 1 thread per process",
-            "load": " ".join(f"{x:.1f}" for x in os.getloadavg()), "trained_params": n,
-            "first_order_bytes_per_step": 4 * n, "steps": args.steps}
+    meta = {
+        "command": "python benchmarks/distributed.py"
+        + (f" --steps {args.steps}" if args.steps != 60 else ""),
+        "machine": f"{platform.machine()} {os.cpu_count()}-core, torch {torch.__version__}, 1 thread per process",
+        "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+        "trained_params": n,
+        "first_order_bytes_per_step": 4 * n,
+        "steps": args.steps,
+    }
     out = Path(args.out)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     by = {r["name"]: r for r in rows}
     lines = [
-        "# Data parallel on the CPU: bytes per step and 1 -> 2 processes", "",
-        f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}; load average at the end {meta['load']}.", "",
+        "# Data parallel on the CPU: bytes per step and 1 -> 2 processes",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Machine: {meta['machine']}; load average at the end {meta['load']}.",
+        "",
         f"The default task (all-MiniLM-L6-v2, the top two layers: {n:,} trained parameters), mezo, "
         f"{args.steps} steps per run; `kerzoo train` alone or under torchrun (gloo over loopback). Step time: "
         "median after the first five steps. Bytes: the payload of one rank's collectives per training step, "
-        "from metrics.jsonl.", "",
+        "from metrics.jsonl.",
+        "",
         "| run | processes | global batch | step | examples / s | bytes per step per rank |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['name']} | {r['processes']} | {r['global_batch']} | {r['step_ms']:.0f} ms | "
-                     f"{r['examples_per_s']:.1f} | {r['comm_bytes_per_step']:,.0f} |")
+        lines.append(
+            f"| {r['name']} | {r['processes']} | {r['global_batch']} | {r['step_ms']:.0f} ms | "
+            f"{r['examples_per_s']:.1f} | {r['comm_bytes_per_step']:,.0f} |"
+        )
     s16 = by["1 process, batch 16"]["step_ms"] / by["2 processes, batch 16"]["step_ms"]
     s32 = by["1 process, batch 32"]["step_ms"] / by["2 processes, batch 32"]["step_ms"]
     zo = by["2 processes, batch 16"]["comm_bytes_per_step"]
-    lines += ["",
-              f"- Speed-up from 1 to 2 processes: {s16:.2f}x at global batch 16, {s32:.2f}x at global batch 32 "
-              "(each process one thread, on a 2-core machine).",
-              f"- Bytes per step: {zo:,.0f} (two all-reduces of a float64 (sum, weight) pair), against "
-              f"{4 * n:,} for a first-order data-parallel step's fp32 gradient all-reduce: "
-              f"{4 * n / zo:,.0f}x less. At OPT-1.3B (1.3e9 parameters) the first-order figure is 5.2 GB a step; "
-              "the ZO figure stays 32 bytes.",
-              "- Sharded parameters trade those bytes for an all-gather of each trained tensor in every forward "
-              f"({by['2 processes, batch 16, sharded']['comm_bytes_per_step']:,.0f} bytes per step here): it saves "
-              "memory (each rank holds half of the trained weights), not time.", ""]
+    lines += [
+        "",
+        f"- Speed-up from 1 to 2 processes: {s16:.2f}x at global batch 16, {s32:.2f}x at global batch 32 "
+        "(each process one thread, on a 2-core machine).",
+        f"- Bytes per step: {zo:,.0f} (two all-reduces of a float64 (sum, weight) pair), against "
+        f"{4 * n:,} for a first-order data-parallel step's fp32 gradient all-reduce: "
+        f"{4 * n / zo:,.0f}x less. At OPT-1.3B (1.3e9 parameters) the first-order figure is 5.2 GB a step; "
+        "the ZO figure stays 32 bytes.",
+        "- Sharded parameters trade those bytes for an all-gather of each trained tensor in every forward "
+        f"({by['2 processes, batch 16, sharded']['comm_bytes_per_step']:,.0f} bytes per step here): it saves "
+        "memory (each rank holds half of the trained weights), not time.",
+        "",
+    ]
     out.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
 

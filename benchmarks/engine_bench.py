@@ -32,14 +32,15 @@ import kerzoo.engine as engine
 
 
 def opt_shapes(name: str) -> list[tuple[int, ...]]:
-    d, layers, ffn = {"opt-125m": (768, 12, 3072), "opt-350m": (1024, 24, 4096), "opt-1.3b": (2048, 24, 8192)}[name]
+    d, layers, ffn = {
+        "opt-125m": (768, 12, 3072),
+        "opt-350m": (1024, 24, 4096),
+        "opt-1.3b": (2048, 24, 8192),
+    }[name]
     shapes = [(50272, d), (2050, d)]
     for _ in range(layers):
         shapes += [(d, d), (d,)] * 4 + [(ffn, d), (ffn,), (d, ffn), (d,), (d,), (d,), (d,), (d,)]
     return shapes + [(d,), (d,)]
-
-
-
 
 
 def kerzoo_step(params, keys, seed=1, eps=1e-3, lr=1e-6, g=0.5):
@@ -92,14 +93,21 @@ def cpu_peak_child(which: str, model: str, dtype: str) -> None:
     keys = [engine.param_key(f"p{i}") for i in range(len(params))]
     engine.fill_z(torch.empty(8), 0, 0)  # load the extension before the baseline
     before = rss_high_water()
-    {"kerzoo": lambda: kerzoo_step(params, keys), "kerzoo_foreach": lambda: kerzoo_step_foreach(params, keys),
-     "peers": lambda: peers_step(params)}[which]()
+    {
+        "kerzoo": lambda: kerzoo_step(params, keys),
+        "kerzoo_foreach": lambda: kerzoo_step_foreach(params, keys),
+        "peers": lambda: peers_step(params),
+    }[which]()
     print(rss_high_water() - before)
 
 
 def cpu_peak_bytes(which: str, model: str, dtype: str) -> int:
-    out = subprocess.run([sys.executable, __file__, "--peak-child", which, "--model", model, "--dtype", dtype],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--peak-child", which, "--model", model, "--dtype", dtype],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return int(out.stdout.split()[-1])
 
 
@@ -120,7 +128,9 @@ def exactness(dtype, device, cycles: int, n: int = 1 << 20, eps: float = 1e-3) -
         engine.add_z(ours, eps, c, key)
         for scale in (1, -2, 1):
             torch.manual_seed(c)
-            theirs.add_(torch.normal(0, 1, size=theirs.shape, device=device, dtype=dtype), alpha=scale * eps)
+            theirs.add_(
+                torch.normal(0, 1, size=theirs.shape, device=device, dtype=dtype), alpha=scale * eps
+            )
         for scale in (1, -1):
             engine.fill_z(buf, c, key)
             buf.mul_(scale * eps).add_(w)  # the perturbed weight of one forward
@@ -129,13 +139,19 @@ def exactness(dtype, device, cycles: int, n: int = 1 << 20, eps: float = 1e-3) -
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--model", default="opt-125m", help="opt-125m, opt-350m or opt-1.3b")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--cycles", type=int, default=1000, help="perturb/restore cycles for exactness (0: skip)")
-    ap.add_argument("--exact-dtypes", default="float32,float16,bfloat16", help="dtypes of the exactness check")
+    ap.add_argument(
+        "--cycles", type=int, default=1000, help="perturb/restore cycles for exactness (0: skip)"
+    )
+    ap.add_argument(
+        "--exact-dtypes", default="float32,float16,bfloat16", help="dtypes of the exactness check"
+    )
     ap.add_argument("--json", help="write the results here too")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (CPU; default: torch's)")
     ap.add_argument("--peak-child", help=argparse.SUPPRESS)
@@ -165,30 +181,50 @@ def main() -> None:
     pass_bytes = 2 * bytes_
     res = {
         "machine": platform.node() if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "device": str(device), "model": args.model, "dtype": args.dtype,
-        "params": numel, "tensors": len(params), "backend": backend["add_z_multi"],
-        "floor_pass_s": t_floor, "floor_GBps": pass_bytes / t_floor / 1e9, "copy_GBps": pass_bytes / t_copy / 1e9,
-        "kerzoo_step_s": t_ours, "kerzoo_per_tensor_step_s": t_each, "peers_step_s": t_peers,
-        "speedup_vs_peers": t_peers / t_ours, "speedup_vs_peers_per_tensor": t_peers / t_each,
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": str(device),
+        "model": args.model,
+        "dtype": args.dtype,
+        "params": numel,
+        "tensors": len(params),
+        "backend": backend["add_z_multi"],
+        "floor_pass_s": t_floor,
+        "floor_GBps": pass_bytes / t_floor / 1e9,
+        "copy_GBps": pass_bytes / t_copy / 1e9,
+        "kerzoo_step_s": t_ours,
+        "kerzoo_per_tensor_step_s": t_each,
+        "peers_step_s": t_peers,
+        "speedup_vs_peers": t_peers / t_ours,
+        "speedup_vs_peers_per_tensor": t_peers / t_each,
         "kerzoo_GBps_per_pass": 3 * pass_bytes / t_ours / 1e9,
         "kerzoo_pass_fraction_of_copy": (3 * pass_bytes / t_ours) / (pass_bytes / t_copy),
         "kerzoo_pass_over_floor": t_ours / 3 / t_floor,
         "largest_tensor_bytes": max(p.numel() for p in params) * params[0].element_size(),
     }
     if device.type == "cuda":
-        res["peak_extra_bytes"] = {"kerzoo": peak_bytes(lambda: kerzoo_step_foreach(params, keys), device),
-                                   "kerzoo_per_tensor": peak_bytes(lambda: kerzoo_step(params, keys), device),
-                                   "peers": peak_bytes(lambda: peers_step(params), device)}
+        res["peak_extra_bytes"] = {
+            "kerzoo": peak_bytes(lambda: kerzoo_step_foreach(params, keys), device),
+            "kerzoo_per_tensor": peak_bytes(lambda: kerzoo_step(params, keys), device),
+            "peers": peak_bytes(lambda: peers_step(params), device),
+        }
     else:
         del params
-        res["peak_extra_bytes"] = {"kerzoo": cpu_peak_bytes("kerzoo_foreach", args.model, args.dtype),
-                                   "kerzoo_per_tensor": cpu_peak_bytes("kerzoo", args.model, args.dtype),
-                                   "peers": cpu_peak_bytes("peers", args.model, args.dtype)}
-        res["peak_extra_bytes"]["how"] = "rise of the resident-set high-water mark (VmHWM) over one step, in a fresh process"
+        res["peak_extra_bytes"] = {
+            "kerzoo": cpu_peak_bytes("kerzoo_foreach", args.model, args.dtype),
+            "kerzoo_per_tensor": cpu_peak_bytes("kerzoo", args.model, args.dtype),
+            "peers": cpu_peak_bytes("peers", args.model, args.dtype),
+        }
+        res["peak_extra_bytes"]["how"] = (
+            "rise of the resident-set high-water mark (VmHWM) over one step, in a fresh process"
+        )
     if args.cycles:
-        res["exact_fraction"] = {name: exactness(getattr(torch, name), device, args.cycles)
-                                 for name in args.exact_dtypes.split(",") if name}
+        res["exact_fraction"] = {
+            name: exactness(getattr(torch, name), device, args.cycles)
+            for name in args.exact_dtypes.split(",")
+            if name
+        }
         res["exact_fraction"]["cycles"] = args.cycles
     print(json.dumps(res, indent=2))
     write_json(res, args.json)

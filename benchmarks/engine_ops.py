@@ -1,6 +1,6 @@
 """Throughput of each engine op on one large tensor, per dtype (isolates kernels from launches).
 
-    python benchmarks/engine_ops.py --device cuda --numel 500000000
+python benchmarks/engine_ops.py --device cuda --numel 500000000
 """
 
 import argparse
@@ -10,8 +10,6 @@ import torch
 from common import best_time, sync, write_json
 
 import kerzoo.engine as engine
-
-
 
 
 def main():
@@ -40,9 +38,15 @@ def main():
         for op, fn in ops.items():
             t = best_time(fn, device, 5)
             moved = b if op.startswith("fill_z") else 2 * b
-            rows[f"{name} {op}"] = {"s": t, "GBps": moved / t / 1e9, "Gelem_per_s": args.numel / t / 1e9}
-            print(f"{name:9} {op:28} {t * 1e3:8.2f} ms {moved / t / 1e9:8.1f} GB/s {args.numel / t / 1e9:7.1f} Gelem/s",
-                  flush=True)
+            rows[f"{name} {op}"] = {
+                "s": t,
+                "GBps": moved / t / 1e9,
+                "Gelem_per_s": args.numel / t / 1e9,
+            }
+            print(
+                f"{name:9} {op:28} {t * 1e3:8.2f} ms {moved / t / 1e9:8.1f} GB/s {args.numel / t / 1e9:7.1f} Gelem/s",
+                flush=True,
+            )
     write_json(rows, args.json)
 
 

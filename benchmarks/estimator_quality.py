@@ -78,8 +78,14 @@ def bias(name: str, f, x, grad, eps: float, zs: list[torch.Tensor]) -> float:
         a = est.radius(0)
         nodes, weights = np.polynomial.legendre.leggauss(32)
         for z in zs:  # E_r over U[-a, a]: (1/2) sum_k w_k h(a s_k)
-            e_r = sum(0.5 * w * (f(x + eps * a * s * z) - f(x - eps * a * s * z)) / (2 * eps) * est.weight(a * s, a)
-                      for s, w in zip(nodes, weights))
+            e_r = sum(
+                0.5
+                * w
+                * (f(x + eps * a * s * z) - f(x - eps * a * s * z))
+                / (2 * eps)
+                * est.weight(a * s, a)
+                for s, w in zip(nodes, weights)
+            )
             total += (e_r - est.C * float(z @ grad)) * z
     else:
         est = ESTIMATORS[name]()
@@ -106,7 +112,9 @@ def slope(xs, ys) -> float:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dim", type=int, default=20)
-    p.add_argument("--directions", type=int, default=256, help="common random directions for the bias")
+    p.add_argument(
+        "--directions", type=int, default=256, help="common random directions for the bias"
+    )
     p.add_argument("--repeats", type=int, default=2000, help="estimates per variance figure")
     p.add_argument("--out", default="docs/benchmarks/estimator-quality")
     args = p.parse_args(argv)
@@ -115,14 +123,28 @@ def main(argv=None) -> None:
     epsilons = [0.4, 0.2, 0.1, 0.05, 0.025]
     qs = [1, 2, 4, 8, 16, 32]
     zs = [z_of(derive(7, "bias", i), d) for i in range(args.directions)]
-    result = {"dim": d, "epsilons": epsilons, "qs": qs, "grad_norm": float(grad.norm()), "estimators": {}}
+    result = {
+        "dim": d,
+        "epsilons": epsilons,
+        "qs": qs,
+        "grad_norm": float(grad.norm()),
+        "estimators": {},
+    }
     for name in ESTIMATORS:
         b = [bias(name, f, x, grad, e, zs) for e in epsilons]
         v_eps = [variance(name, f, x, grad, e, 1, args.repeats // 4, d) for e in epsilons]
         v_q = [variance(name, f, x, grad, 1e-2, q, max(200, args.repeats // q), d) for q in qs]
-        result["estimators"][name] = {"bias": b, "bias_slope": slope(epsilons, b), "variance_eps": v_eps,
-                                      "variance_q": v_q, "variance_q_slope": slope(qs, v_q)}
-        print(f"{name:18s} bias slope {slope(epsilons, b):5.2f}  variance ~ q^{slope(qs, v_q):.2f}", flush=True)
+        result["estimators"][name] = {
+            "bias": b,
+            "bias_slope": slope(epsilons, b),
+            "variance_eps": v_eps,
+            "variance_q": v_q,
+            "variance_q_slope": slope(qs, v_q),
+        }
+        print(
+            f"{name:18s} bias slope {slope(epsilons, b):5.2f}  variance ~ q^{slope(qs, v_q):.2f}",
+            flush=True,
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1))
@@ -152,11 +174,18 @@ def write_markdown(path: Path, r: dict, args) -> None:
         "variance at q = 1 (ε = 0.01) | variance ∝ q^k, k = |",
         "|---|---|---|---|---|---|",
     ]
-    fwd = {"two-point (mezo)": "2", "one-sided": "1 (+1 per step)", "kerzoo legendre3": "2", "kerzoo legendre5": "2"}
+    fwd = {
+        "two-point (mezo)": "2",
+        "one-sided": "1 (+1 per step)",
+        "kerzoo legendre3": "2",
+        "kerzoo legendre5": "2",
+    }
     for name, e in r["estimators"].items():
         b = e["bias"]
-        lines.append(f"| {name} | {fwd[name]} | **{e['bias_slope']:.2f}** | {b[0]:.2e} / {b[2]:.2e} / {b[4]:.2e} | "
-                     f"{e['variance_q'][0]:.1f} | {e['variance_q_slope']:.2f} |")
+        lines.append(
+            f"| {name} | {fwd[name]} | **{e['bias_slope']:.2f}** | {b[0]:.2e} / {b[2]:.2e} / {b[4]:.2e} | "
+            f"{e['variance_q'][0]:.1f} | {e['variance_q_slope']:.2f} |"
+        )
     lines += [
         "",
         "Reading: the two-point estimator's bias falls as ε², KerZOO's (legendre3) as ε⁴ and legendre5's as "
@@ -182,12 +211,16 @@ def plot(path: Path, r: dict) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.3))
     for name, e in r["estimators"].items():
-        axes[0].loglog(r["epsilons"], e["bias"], "o-", label=f"{name} (slope {e['bias_slope']:.2f})")
+        axes[0].loglog(
+            r["epsilons"], e["bias"], "o-", label=f"{name} (slope {e['bias_slope']:.2f})"
+        )
         axes[1].loglog(r["epsilons"], e["variance_eps"], "o-", label=name)
         axes[2].loglog(r["qs"], e["variance_q"], "o-", label=name)
     axes[0].set(xlabel="eps", ylabel="|| E g - grad ||", title="bias")
     axes[1].set(xlabel="eps", ylabel="E||g - Eg||² / ||grad||²", title="variance, q = 1")
-    axes[2].set(xlabel="directions q", ylabel="E||g - Eg||² / ||grad||²", title="variance, eps = 0.01")
+    axes[2].set(
+        xlabel="directions q", ylabel="E||g - Eg||² / ||grad||²", title="variance, eps = 0.01"
+    )
     for ax in axes:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)

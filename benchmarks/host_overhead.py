@@ -53,9 +53,13 @@ def measure(name: str, mode: str, layers: int, dtype, steps: int = 20) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--tensors", type=int, default=388)
-    ap.add_argument("--presets", nargs="+", default=["mezo", "kerzoo", "subzero", "lozo", "pgap", "hizoo"])
+    ap.add_argument(
+        "--presets", nargs="+", default=["mezo", "kerzoo", "subzero", "lozo", "pgap", "hizoo"]
+    )
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -68,8 +72,14 @@ def main() -> None:
         for _ in range(20):
             model(x)
         forward = (time.perf_counter() - t) / 20
-    rows = {"tensors": 2 * layers, "dtype": "bfloat16", "forward_s": forward, "torch": torch.__version__,
-            "rounds": args.rounds, "steps": {}}
+    rows = {
+        "tensors": 2 * layers,
+        "dtype": "bfloat16",
+        "forward_s": forward,
+        "torch": torch.__version__,
+        "rounds": args.rounds,
+        "steps": {},
+    }
     print(f"{2 * layers} tensors, bf16, one forward {forward * 1e3:.2f} ms")
     runs = [f"{name} {mode}" for name in args.presets for mode in ("inplace", "onthefly")]
     seen: dict[str, list[float]] = {run: [] for run in runs}
@@ -79,8 +89,12 @@ def main() -> None:
             seen[run].append(measure(name, mode, layers, torch.bfloat16))
     for run in runs:
         rows["steps"][run] = statistics.median(seen[run])
-        print(f"{run:20s} {rows['steps'][run] * 1e3:7.1f} ms a step  (rounds: "
-              + ", ".join(f"{s * 1e3:.1f}" for s in seen[run]) + ")", flush=True)
+        print(
+            f"{run:20s} {rows['steps'][run] * 1e3:7.1f} ms a step  (rounds: "
+            + ", ".join(f"{s * 1e3:.1f}" for s in seen[run])
+            + ")",
+            flush=True,
+        )
     write_json(rows, args.json)
 
 

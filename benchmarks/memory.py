@@ -34,7 +34,9 @@ def child(mode: str, model_name: str, batch: int, seq: int, device: str, dtype: 
 
     dev = torch.device(device)
     model = build(model_name, getattr(torch, dtype), dev)
-    ids = torch.randint(0, model.config.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0)).to(dev)
+    ids = torch.randint(
+        0, model.config.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0)
+    ).to(dev)
 
     def loss():
         return model(input_ids=ids, labels=ids).loss
@@ -43,13 +45,18 @@ def child(mode: str, model_name: str, batch: int, seq: int, device: str, dtype: 
     if dev.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    if mode == "inference":  # as many forwards as three mezo steps: the allocator's high-water mark grows
+    if (
+        mode == "inference"
+    ):  # as many forwards as three mezo steps: the allocator's high-water mark grows
         with torch.no_grad():
             for _ in range(6):
                 loss()
     elif mode.startswith("fo-"):
-        opt = (torch.optim.SGD(model.parameters(), lr=1e-6) if mode == "fo-sgd"
-               else torch.optim.Adam(model.parameters(), lr=1e-6))
+        opt = (
+            torch.optim.SGD(model.parameters(), lr=1e-6)
+            if mode == "fo-sgd"
+            else torch.optim.Adam(model.parameters(), lr=1e-6)
+        )
         for _ in range(3):
             opt.zero_grad(set_to_none=True)
             loss().backward()
@@ -67,8 +74,24 @@ def child(mode: str, model_name: str, batch: int, seq: int, device: str, dtype: 
 
 
 def measure(mode: str, args) -> dict:
-    cmd = [sys.executable, "-W", "ignore", __file__, "--child", mode, "--model", args.model, "--batch",
-           str(args.batch), "--seq", str(args.seq), "--device", args.device, "--dtype", args.dtype]
+    cmd = [
+        sys.executable,
+        "-W",
+        "ignore",
+        __file__,
+        "--child",
+        mode,
+        "--model",
+        args.model,
+        "--batch",
+        str(args.batch),
+        "--seq",
+        str(args.seq),
+        "--device",
+        args.device,
+        "--dtype",
+        args.dtype,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parent)
     if out.returncode:
         raise SystemExit(f"{mode} failed:\n{out.stderr[-3000:]}")
@@ -95,8 +118,12 @@ def main() -> None:
         print(f"{mode:12s} peak {results[mode]['peak_bytes'] / 2**20:8.0f} MiB", flush=True)
     base = results.get("inference", {}).get("peak_bytes")
     weights = next(iter(results.values()))["weights_bytes"]
-    where = ("peak resident set (VmHWM) of the whole process: the Python interpreter, torch and the "
-             "model included" if args.device == "cpu" else "torch.cuda.max_memory_allocated")
+    where = (
+        "peak resident set (VmHWM) of the whole process: the Python interpreter, torch and the "
+        "model included"
+        if args.device == "cpu"
+        else "torch.cuda.max_memory_allocated"
+    )
     lines = [
         "# Peak memory: ZO step, inference and first-order fine-tuning",
         "",
@@ -126,8 +153,12 @@ def main() -> None:
     ]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"args": {k: v for k, v in vars(args).items() if k != "child"},
-                                                    "results": results}, indent=1))
+    out.with_suffix(".json").write_text(
+        json.dumps(
+            {"args": {k: v for k, v in vars(args).items() if k != "child"}, "results": results},
+            indent=1,
+        )
+    )
     out.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
 

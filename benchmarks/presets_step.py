@@ -44,8 +44,11 @@ def main():
         for _ in range(args.steps):
             opt.step(closure)
         step = (time.perf_counter() - t) / args.steps
-        rows[name] = {"step_s": step, "forwards": len(opt.last_record["losses"]) + (3 if name == "zo-sgd-cons" else 0),
-                      "held_MB": held_bytes(opt) / 1e6}
+        rows[name] = {
+            "step_s": step,
+            "forwards": len(opt.last_record["losses"]) + (3 if name == "zo-sgd-cons" else 0),
+            "held_MB": held_bytes(opt) / 1e6,
+        }
         opt.close()
         print(name, rows[name], flush=True)
     write_json(rows, args.json)

@@ -33,7 +33,9 @@ def parse(spec: str) -> tuple[str, dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("optimizers", nargs="+", help="name[:key=value,...]")
     ap.add_argument("--model", default="opt-125m", choices=sorted(CONFIGS))
     ap.add_argument("--device", default="cpu")
@@ -61,8 +63,14 @@ def main() -> None:
         table = prof.key_averages()
         print(f"\n##### {spec} ({opt.mode}), {args.steps} steps")
         if device.type == "cuda":
-            print(table.table(sort_by="self_cuda_time_total", row_limit=args.top, max_name_column_width=60))
-        print(table.table(sort_by="self_cpu_time_total", row_limit=args.top, max_name_column_width=60))
+            print(
+                table.table(
+                    sort_by="self_cuda_time_total", row_limit=args.top, max_name_column_width=60
+                )
+            )
+        print(
+            table.table(sort_by="self_cpu_time_total", row_limit=args.top, max_name_column_width=60)
+        )
 
 
 if __name__ == "__main__":

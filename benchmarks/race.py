@@ -43,12 +43,24 @@ def one_run(job: dict) -> dict:
     torch.set_num_threads(job["threads"])
     budget, every = job["forwards"], job["eval_forwards"]
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = config_mod.validate({
-            **config_mod.DEFAULT_RUN,
-            "optimizer": {"preset": job["method"], "lr": job["lr"], "eps": job.get("eps", 1e-3)},
-            "train": {"steps": 10**7, "eval_every": 10**7, "checkpoint_every": 10**7, "seed": job["seed"],
-                      "threads": job["threads"], "out": tmp},
-        })
+        cfg = config_mod.validate(
+            {
+                **config_mod.DEFAULT_RUN,
+                "optimizer": {
+                    "preset": job["method"],
+                    "lr": job["lr"],
+                    "eps": job.get("eps", 1e-3),
+                },
+                "train": {
+                    "steps": 10**7,
+                    "eval_every": 10**7,
+                    "checkpoint_every": 10**7,
+                    "seed": job["seed"],
+                    "threads": job["threads"],
+                    "out": tmp,
+                },
+            }
+        )
         run = Run(cfg, resume=False, progress=False)
         counted = {"forwards": 0}
         loss_of = run.batch_loss
@@ -61,7 +73,16 @@ def one_run(job: dict) -> dict:
         losses: list = []
         run.callbacks.append(lambda _run, record: losses.append(record.get("loss")))
         run._started = True  # the harness evaluates step 0 itself, outside the timed steps
-        curve = [{"step": 0, "forwards": 0, "seconds": 0.0, "cpu_seconds": 0.0, "acc": run.evaluate(), "loss": None}]
+        curve = [
+            {
+                "step": 0,
+                "forwards": 0,
+                "seconds": 0.0,
+                "cpu_seconds": 0.0,
+                "acc": run.evaluate(),
+                "loss": None,
+            }
+        ]
         seconds, cpu, next_eval = 0.0, 0.0, every
         while counted["forwards"] < budget:
             t, c = time.perf_counter(), time.process_time()
@@ -70,9 +91,16 @@ def one_run(job: dict) -> dict:
             cpu += time.process_time() - c
             if counted["forwards"] >= next_eval or counted["forwards"] >= budget:
                 finite = [x for x in losses[-50:] if x is not None and math.isfinite(x)]
-                curve.append({"step": run.step, "forwards": counted["forwards"], "seconds": round(seconds, 2),
-                              "cpu_seconds": round(cpu, 2),
-                              "acc": run.evaluate(), "loss": statistics.fmean(finite) if finite else None})
+                curve.append(
+                    {
+                        "step": run.step,
+                        "forwards": counted["forwards"],
+                        "seconds": round(seconds, 2),
+                        "cpu_seconds": round(cpu, 2),
+                        "acc": run.evaluate(),
+                        "loss": statistics.fmean(finite) if finite else None,
+                    }
+                )
                 while next_eval <= counted["forwards"]:
                     next_eval += every
     return {**job, "curve": curve}
@@ -83,8 +111,11 @@ def run_jobs(jobs: list[dict], workers: int) -> list[dict]:
     with mp.get_context("spawn").Pool(workers, maxtasksperchild=1) as pool:
         for result in pool.imap_unordered(one_run, jobs):
             last = result["curve"][-1]
-            print(f"  {result['method']:8s} lr={result['lr']:.0e} seed={result['seed']}: acc {last['acc']:.3f} "
-                  f"after {last['forwards']} forwards, {last['seconds']:.0f} s", flush=True)
+            print(
+                f"  {result['method']:8s} lr={result['lr']:.0e} seed={result['seed']}: acc {last['acc']:.3f} "
+                f"after {last['forwards']} forwards, {last['seconds']:.0f} s",
+                flush=True,
+            )
             done.append(result)
     return done
 
@@ -108,17 +139,30 @@ def summarise(results: list[dict]) -> dict:
             "final_acc": [r["curve"][-1]["acc"] for r in runs],
             "final_acc_mean": statistics.fmean(r["curve"][-1]["acc"] for r in runs),
             "seconds": statistics.fmean(r["curve"][-1]["seconds"] for r in runs),
-            "forwards_per_second": statistics.fmean(r["curve"][-1]["forwards"] / r["curve"][-1]["seconds"]
-                                                    for r in runs),
-            "reached": len(reached), "runs": len(runs),
-            "forwards_to_target": statistics.fmean(h["forwards"] for h in reached) if reached else None,
-            "minutes_to_target": statistics.fmean(h["seconds"] for h in reached) / 60 if reached else None,
-            "cpu_minutes_to_target": (statistics.fmean(h["cpu_seconds"] for h in reached) / 60
-                                      if reached and all("cpu_seconds" in h for h in reached) else None),
-            "cpu_seconds_per_forward": statistics.fmean(r["curve"][-1]["cpu_seconds"] / r["curve"][-1]["forwards"]
-                                                        for r in runs) if "cpu_seconds" in runs[0]["curve"][-1]
+            "forwards_per_second": statistics.fmean(
+                r["curve"][-1]["forwards"] / r["curve"][-1]["seconds"] for r in runs
+            ),
+            "reached": len(reached),
+            "runs": len(runs),
+            "forwards_to_target": statistics.fmean(h["forwards"] for h in reached)
+            if reached
             else None,
-            "acc_at": {str(f): statistics.fmean(acc_at(r["curve"], f) for r in runs) for f in CHECKPOINTS},
+            "minutes_to_target": statistics.fmean(h["seconds"] for h in reached) / 60
+            if reached
+            else None,
+            "cpu_minutes_to_target": (
+                statistics.fmean(h["cpu_seconds"] for h in reached) / 60
+                if reached and all("cpu_seconds" in h for h in reached)
+                else None
+            ),
+            "cpu_seconds_per_forward": statistics.fmean(
+                r["curve"][-1]["cpu_seconds"] / r["curve"][-1]["forwards"] for r in runs
+            )
+            if "cpu_seconds" in runs[0]["curve"][-1]
+            else None,
+            "acc_at": {
+                str(f): statistics.fmean(acc_at(r["curve"], f) for r in runs) for f in CHECKPOINTS
+            },
         }
     return {"target": mezo_end, "methods": rows}
 
@@ -144,10 +188,14 @@ def write_markdown(path: Path, summary: dict, meta: dict) -> None:
         f"Every method gets {meta['forwards']:,} training forward passes ({meta['forwards'] // 2:,} mezo steps) on the default run "
         f"(all-MiniLM-L6-v2, VADER word polarity, top two layers, batch 16, eps {meta.get('eps', 1e-3):g}), seeds "
         f"{', '.join(map(str, meta['seeds']))}; held-out accuracy on 500 words every {meta['eval_forwards']} "
-        "forwards. " + (f"Learning rate per method: the best of its grid after {meta['tune_forwards']:,} forwards "
-                        "on seed 0 (grids in `benchmarks/race.py`; tuning table below). " if meta["tuning"] else
-                        "One learning rate for every method (no tuning). ") +
-        "Time is training time only (evaluations excluded): wall minutes, and CPU minutes of the run's "
+        "forwards. "
+        + (
+            f"Learning rate per method: the best of its grid after {meta['tune_forwards']:,} forwards "
+            "on seed 0 (grids in `benchmarks/race.py`; tuning table below). "
+            if meta["tuning"]
+            else "One learning rate for every method (no tuning). "
+        )
+        + "Time is training time only (evaluations excluded): wall minutes, and CPU minutes of the run's "
         "one thread, the steadier measure on a machine shared with other work.",
         "",
         f"Target: the accuracy mezo ends at, mean over its seeds = **{target:.3f}**.",
@@ -157,39 +205,77 @@ def write_markdown(path: Path, summary: dict, meta: dict) -> None:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for method, row in summary["methods"].items():
-        f2t = f"{row['forwards_to_target']:,.0f}" if row["forwards_to_target"] is not None else "not reached"
+        f2t = (
+            f"{row['forwards_to_target']:,.0f}"
+            if row["forwards_to_target"] is not None
+            else "not reached"
+        )
         m2t = f"{row['minutes_to_target']:.1f}" if row["minutes_to_target"] is not None else "-"
-        c2t = f"{row['cpu_minutes_to_target']:.1f}" if row.get("cpu_minutes_to_target") is not None else "-"
-        cpf = f"{1e3 * row['cpu_seconds_per_forward']:.0f}" if row.get("cpu_seconds_per_forward") else "-"
-        lines.append(f"| {method} | {row['lr']:.0e} | {' / '.join(f'{a:.3f}' for a in row['final_acc'])} | "
-                     f"{row['final_acc_mean']:.3f} | {f2t} | {m2t} | {c2t} | {cpf} | "
-                     f"{row['reached']}/{row['runs']} |")
-    lines += ["", "Against mezo (forwards and minutes to reach mezo's final accuracy; mean over the seeds that "
-              "reached it; a method that did not reach it in the budget needs more than all of it):", ""]
+        c2t = (
+            f"{row['cpu_minutes_to_target']:.1f}"
+            if row.get("cpu_minutes_to_target") is not None
+            else "-"
+        )
+        cpf = (
+            f"{1e3 * row['cpu_seconds_per_forward']:.0f}"
+            if row.get("cpu_seconds_per_forward")
+            else "-"
+        )
+        lines.append(
+            f"| {method} | {row['lr']:.0e} | {' / '.join(f'{a:.3f}' for a in row['final_acc'])} | "
+            f"{row['final_acc_mean']:.3f} | {f2t} | {m2t} | {c2t} | {cpf} | "
+            f"{row['reached']}/{row['runs']} |"
+        )
+    lines += [
+        "",
+        "Against mezo (forwards and minutes to reach mezo's final accuracy; mean over the seeds that "
+        "reached it; a method that did not reach it in the budget needs more than all of it):",
+        "",
+    ]
     for method, row in summary["methods"].items():
         if method == "mezo" or not mezo["forwards_to_target"]:
             continue
         if row["forwards_to_target"] is None:
-            lines.append(f"- {method}: did not reach {target:.3f} within {meta['forwards']:,} forwards on any seed "
-                         f"(mezo: {mezo['forwards_to_target']:,.0f})")
+            lines.append(
+                f"- {method}: did not reach {target:.3f} within {meta['forwards']:,} forwards on any seed "
+                f"(mezo: {mezo['forwards_to_target']:,.0f})"
+            )
             continue
         df = row["forwards_to_target"] / mezo["forwards_to_target"] - 1
-        key = "cpu_minutes_to_target" if row.get("cpu_minutes_to_target") and mezo.get("cpu_minutes_to_target") \
+        key = (
+            "cpu_minutes_to_target"
+            if row.get("cpu_minutes_to_target") and mezo.get("cpu_minutes_to_target")
             else "minutes_to_target"
+        )
         dm = row[key] / mezo[key] - 1
         what = "CPU minutes" if key.startswith("cpu") else "wall minutes"
-        lines.append(f"- {method}: {100 * abs(df):.0f} % {'more' if df > 0 else 'fewer'} forwards and "
-                     f"{100 * abs(dm):.0f} % {'more' if dm > 0 else 'fewer'} {what} than mezo "
-                     f"({row['reached']}/{row['runs']} seeds reached it)")
+        lines.append(
+            f"- {method}: {100 * abs(df):.0f} % {'more' if df > 0 else 'fewer'} forwards and "
+            f"{100 * abs(dm):.0f} % {'more' if dm > 0 else 'fewer'} {what} than mezo "
+            f"({row['reached']}/{row['runs']} seeds reached it)"
+        )
     cols = [str(f) for f in CHECKPOINTS]
-    lines += ["", "Mean held-out accuracy at equal forward budgets:", "",
-              "| method | " + " | ".join(f"{int(c):,} forwards" for c in cols) + " |",
-              "|---|" + "---|" * len(cols)]
+    lines += [
+        "",
+        "Mean held-out accuracy at equal forward budgets:",
+        "",
+        "| method | " + " | ".join(f"{int(c):,} forwards" for c in cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
     for method, row in summary["methods"].items():
         lines.append(f"| {method} | " + " | ".join(f"{row['acc_at'][c]:.3f}" for c in cols) + " |")
-    lines += ["", f"![accuracy against forwards and wall time]({path.with_suffix('.png').name})", ""]
+    lines += [
+        "",
+        f"![accuracy against forwards and wall time]({path.with_suffix('.png').name})",
+        "",
+    ]
     if meta.get("tuning"):
-        lines += ["## Learning-rate tuning (seed 0)", "", "| method | lr | accuracy | final loss |", "|---|---|---|---|"]
+        lines += [
+            "## Learning-rate tuning (seed 0)",
+            "",
+            "| method | lr | accuracy | final loss |",
+            "|---|---|---|---|",
+        ]
         for t in meta["tuning"]:
             loss = f"{t['loss']:.4f}" if t["loss"] is not None else "-"
             lines.append(f"| {t['method']} | {t['lr']:.0e} | {t['acc']:.3f} | {loss} |")
@@ -204,7 +290,9 @@ def plot(path: Path, results: list[dict], target: float) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    methods = list(dict.fromkeys(r["method"] for r in results))  # any registered optimizer, in run order
+    methods = list(
+        dict.fromkeys(r["method"] for r in results)
+    )  # any registered optimizer, in run order
     colours = dict(zip(methods, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3))
     for method in methods:
         runs = [r for r in results if r["method"] == method]
@@ -215,13 +303,17 @@ def plot(path: Path, results: list[dict], target: float) -> None:
             label = method if i == 0 else None
             axes[0].plot(xs_f, ys, color=colours.get(method), alpha=0.8, label=label)
             axes[1].plot(xs_t, ys, color=colours.get(method), alpha=0.8, label=label)
-    for ax, xlabel in zip(axes, ("training forward passes", "training CPU minutes, one thread (evaluations excluded)")):
+    for ax, xlabel in zip(
+        axes, ("training forward passes", "training CPU minutes, one thread (evaluations excluded)")
+    ):
         ax.axhline(target, color="grey", linestyle="--", linewidth=0.8)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("held-out accuracy")
         ax.grid(alpha=0.3)
     axes[0].legend()
-    fig.suptitle("Default task (MiniLM, VADER polarity): accuracy per seed; dashed: mezo's final mean")
+    fig.suptitle(
+        "Default task (MiniLM, VADER polarity): accuracy per seed; dashed: mezo's final mean"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -238,8 +330,14 @@ def main(argv=None) -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--eps", type=float, default=1e-3, help="every method's perturbation scale")
-    p.add_argument("--out", default="docs/benchmarks/race-cpu", help="path prefix of the .json/.md/.png")
-    p.add_argument("--report", action="store_true", help="only rewrite the .md and .png from the .json at --out")
+    p.add_argument(
+        "--out", default="docs/benchmarks/race-cpu", help="path prefix of the .json/.md/.png"
+    )
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="only rewrite the .md and .png from the .json at --out",
+    )
     args = p.parse_args(argv)
     out = Path(args.out)
     if args.report:
@@ -249,22 +347,43 @@ def main(argv=None) -> None:
         write_markdown(out.with_suffix(".md"), summary, saved["meta"])
         plot(out.with_suffix(".png"), saved["runs"], summary["target"])
         return print(out.with_suffix(".md").read_text())
-    base = {"forwards": args.forwards, "eval_forwards": args.eval_forwards, "threads": args.threads, "eps": args.eps}
+    base = {
+        "forwards": args.forwards,
+        "eval_forwards": args.eval_forwards,
+        "threads": args.threads,
+        "eps": args.eps,
+    }
     lrs, tuning = {m: args.lr for m in args.methods}, []
     if args.tune:
         print("tuning learning rates (seed 0)", flush=True)
-        jobs = [{**base, "forwards": args.tune_forwards, "eval_forwards": args.tune_forwards,
-                 "method": m, "lr": lr, "seed": 0} for m in args.methods for lr in GRIDS.get(m, DEFAULT_GRID)]
+        jobs = [
+            {
+                **base,
+                "forwards": args.tune_forwards,
+                "eval_forwards": args.tune_forwards,
+                "method": m,
+                "lr": lr,
+                "seed": 0,
+            }
+            for m in args.methods
+            for lr in GRIDS.get(m, DEFAULT_GRID)
+        ]
         for r in run_jobs(jobs, args.workers):
             last = r["curve"][-1]
-            tuning.append({"method": r["method"], "lr": r["lr"], "acc": last["acc"], "loss": last["loss"]})
+            tuning.append(
+                {"method": r["method"], "lr": r["lr"], "acc": last["acc"], "loss": last["loss"]}
+            )
         tuning.sort(key=lambda t: (args.methods.index(t["method"]), t["lr"]))
         for m in args.methods:
             mine = [t for t in tuning if t["method"] == m]
-            lrs[m] = max(mine, key=lambda t: (t["acc"], -(t["loss"] if t["loss"] is not None else math.inf)))["lr"]
+            lrs[m] = max(
+                mine, key=lambda t: (t["acc"], -(t["loss"] if t["loss"] is not None else math.inf))
+            )["lr"]
         print("chosen:", lrs, flush=True)
     print("race", flush=True)
-    jobs = [{**base, "method": m, "lr": lrs[m], "seed": s} for s in args.seeds for m in args.methods]
+    jobs = [
+        {**base, "method": m, "lr": lrs[m], "seed": s} for s in args.seeds for m in args.methods
+    ]
     results = run_jobs(jobs, args.workers)
     results.sort(key=lambda r: (args.methods.index(r["method"]), r["seed"]))
     summary = summarise(results)
@@ -272,13 +391,24 @@ def main(argv=None) -> None:
 
     import torch
 
-    meta = {"command": "python benchmarks/race.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "machine": f"{platform.machine()} {os.cpu_count()}-core VM, torch {torch.__version__}",
-            "workers": args.workers, "threads": args.threads, "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
-            "forwards": args.forwards, "eval_forwards": args.eval_forwards, "seeds": args.seeds, "eps": args.eps,
-            "tune_forwards": args.tune_forwards if args.tune else 0, "tuning": tuning}
+    meta = {
+        "command": "python benchmarks/race.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": f"{platform.machine()} {os.cpu_count()}-core VM, torch {torch.__version__}",
+        "workers": args.workers,
+        "threads": args.threads,
+        "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+        "forwards": args.forwards,
+        "eval_forwards": args.eval_forwards,
+        "seeds": args.seeds,
+        "eps": args.eps,
+        "tune_forwards": args.tune_forwards if args.tune else 0,
+        "tuning": tuning,
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": summary, "runs": results}, indent=1))
+    out.with_suffix(".json").write_text(
+        json.dumps({"meta": meta, "summary": summary, "runs": results}, indent=1)
+    )
     write_markdown(out.with_suffix(".md"), summary, meta)
     plot(out.with_suffix(".png"), results, summary["target"])
     print(out.with_suffix(".md").read_text())

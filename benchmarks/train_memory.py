@@ -1,6 +1,6 @@
 """Peak memory (RSS) of the default run against the same model's inference, in separate processes.
 
-    python benchmarks/train_memory.py
+python benchmarks/train_memory.py
 """
 
 import json
@@ -29,11 +29,21 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def peak_kib(code: str) -> int:
-    out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, check=True
+    )
     return int(out.stdout.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":
     inference, train = peak_kib(INFER), peak_kib(TRAIN)
-    print(json.dumps({"inference_peak_rss_mib": inference / 1024, "train_peak_rss_mib": train / 1024,
-                      "ratio": train / inference}, indent=2))
+    print(
+        json.dumps(
+            {
+                "inference_peak_rss_mib": inference / 1024,
+                "train_peak_rss_mib": train / 1024,
+                "ratio": train / inference,
+            },
+            indent=2,
+        )
+    )

@@ -1,8 +1,8 @@
 """kerzoo: zeroth-order fine-tuning of large language models on one seeded-perturbation engine.
 
-    import kerzoo
-    opt = kerzoo.optimizer("kerzoo", model.parameters(), lr=1e-6, eps=1e-3, seed=0)
-    loss = opt.step(closure)
+import kerzoo
+opt = kerzoo.optimizer("kerzoo", model.parameters(), lr=1e-6, eps=1e-3, seed=0)
+loss = opt.step(closure)
 """
 
 from __future__ import annotations
@@ -60,6 +60,15 @@ def list_updates() -> list[str]:
 
 
 __all__ = [
-    "optimizer", "schedule", "list_optimizers", "list_estimators", "list_kernels", "list_projections",
-    "list_updates", "UnknownNameError", "NameClashError", "RegistrationError", "__version__",
+    "optimizer",
+    "schedule",
+    "list_optimizers",
+    "list_estimators",
+    "list_kernels",
+    "list_projections",
+    "list_updates",
+    "UnknownNameError",
+    "NameClashError",
+    "RegistrationError",
+    "__version__",
 ]

@@ -95,7 +95,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     try:
         import torch
 
-        cuda = f"CUDA {torch.version.cuda}, {torch.cuda.device_count()} device(s)" if torch.cuda.is_available() else "no CUDA device"
+        cuda = (
+            f"CUDA {torch.version.cuda}, {torch.cuda.device_count()} device(s)"
+            if torch.cuda.is_available()
+            else "no CUDA device"
+        )
         print(f"torch {torch.__version__} ({cuda})")
     except ImportError:
         print("torch: not installed")
@@ -123,16 +127,21 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser = argparse.ArgumentParser(
-        prog="kerzoo", description="Zeroth-order fine-tuning: methods by name, one fast engine, plugins."
+        prog="kerzoo",
+        description="Zeroth-order fine-tuning: methods by name, one fast engine, plugins.",
     )
     parser.add_argument("--version", action="version", version=f"kerzoo {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("list", help="list registered optimizers, estimators, kernels, projections, updates")
+    p = sub.add_parser(
+        "list", help="list registered optimizers, estimators, kernels, projections, updates"
+    )
     p.add_argument("kind", nargs="?", choices=(*KINDS, "all"), help="one kind (default: all)")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("check-kernel", help="check a kernel's moment conditions (exit 1 if they fail)")
+    p = sub.add_parser(
+        "check-kernel", help="check a kernel's moment conditions (exit 1 if they fail)"
+    )
     p.add_argument("kernel", help="a registered kernel name, or module:attribute")
     p.set_defaults(func=cmd_check_kernel)
 

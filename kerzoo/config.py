@@ -34,5 +34,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     except Exception as exc:
         raise ConfigError(f"config {str(p)!r} could not be parsed: {exc}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"config {str(p)!r} must hold a mapping of keys, got {type(raw).__name__}")
+        raise ConfigError(
+            f"config {str(p)!r} must hold a mapping of keys, got {type(raw).__name__}"
+        )
     return raw

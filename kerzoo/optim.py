@@ -42,21 +42,41 @@ class ZOOptimizer(torch.optim.Optimizer):
     (for the two-point estimator, (L+ + L-)/2 = L(theta) + O(eps^2)).
     """
 
-    def __init__(self, params: Any, *, estimator: Estimator, projection: Projection, update: Update,
-                 lr: float = 1e-6, eps: float = 1e-3, weight_decay: float = 0.0, seed: int = 0,
-                 perturb: str = "auto", stochastic_rounding: bool | None = None, clip: float = 0.0,
-                 module: torch.nn.Module | None = None, shards: Any = None, spec: dict | None = None):
+    def __init__(
+        self,
+        params: Any,
+        *,
+        estimator: Estimator,
+        projection: Projection,
+        update: Update,
+        lr: float = 1e-6,
+        eps: float = 1e-3,
+        weight_decay: float = 0.0,
+        seed: int = 0,
+        perturb: str = "auto",
+        stochastic_rounding: bool | None = None,
+        clip: float = 0.0,
+        module: torch.nn.Module | None = None,
+        shards: Any = None,
+        spec: dict | None = None,
+    ):
         if not eps > 0:
             raise ValueError(f"eps must be > 0, got {eps!r}")
         if perturb not in ("auto", "inplace", "onthefly", "outputs"):
-            raise ValueError(f"perturb must be 'auto', 'inplace', 'onthefly' or 'outputs', got {perturb!r}")
+            raise ValueError(
+                f"perturb must be 'auto', 'inplace', 'onthefly' or 'outputs', got {perturb!r}"
+            )
         if isinstance(params, torch.nn.Module):
             if module is not None and module is not params:
-                raise ValueError("pass the module once: as params, or as module= beside param groups")
+                raise ValueError(
+                    "pass the module once: as params, or as module= beside param groups"
+                )
             module = params
             params = [p for p in module.parameters() if p.requires_grad]
             if not params:
-                raise ValueError("the module has no parameter with requires_grad=True: nothing to train")
+                raise ValueError(
+                    "the module has no parameter with requires_grad=True: nothing to train"
+                )
         names = {id(p): n for n, p in module.named_parameters()} if module is not None else {}
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "eps": eps})
         self.estimator, self.projection, self.update_rule = estimator, projection, update
@@ -68,31 +88,49 @@ class ZOOptimizer(torch.optim.Optimizer):
         # shards: {tensor: (name, offset[, whole shape])} for tensors that are the slice [offset, offset + numel)
         # of the named parameter's elements (a data-parallel shard; a block of rows of a matrix): their
         # directions are that slice of the whole tensor's
-        shard_of = {id(t): (str(v[0]), int(v[1]), tuple(v[2]) if len(v) > 2 else None)
-                    for t, v in (shards or {}).items()}
+        shard_of = {
+            id(t): (str(v[0]), int(v[1]), tuple(v[2]) if len(v) > 2 else None)
+            for t, v in (shards or {}).items()
+        }
         if shard_of and clip:
-            raise ValueError(f"clip = {clip} clips by each tensor's norm, which a shard does not know; use clip = 0 "
-                             "with sharded parameters, or replicated data parallel (distributed.shard = false)")
+            raise ValueError(
+                f"clip = {clip} clips by each tensor's norm, which a shard does not know; use clip = 0 "
+                "with sharded parameters, or replicated data parallel (distributed.shard = false)"
+            )
         if shard_of and not projection.shardable:
-            raise ValueError(f"projection {projection.name!r} builds each direction from the whole matrix, so it "
-                             "cannot perturb a flat shard; use an elementwise projection (dense, hessian) with "
-                             "sharded parameters, or replicated data parallel (distributed.shard = false)")
+            raise ValueError(
+                f"projection {projection.name!r} builds each direction from the whole matrix, so it "
+                "cannot perturb a flat shard; use an elementwise projection (dense, hessian) with "
+                "sharded parameters, or replicated data parallel (distributed.shard = false)"
+            )
         self.infos: list[ParamInfo] = []
         for gi, group in enumerate(self.param_groups):
             for pi, p in enumerate(group["params"]):
                 if not p.is_contiguous():
                     raise ValueError(f"parameter {names.get(id(p), (gi, pi))} is not contiguous")
                 if module is not None and id(p) not in names:
-                    raise ValueError(f"parameter {pi} of group {gi} is not a parameter of the module given")
-                name, offset, whole = shard_of.get(id(p), (names.get(id(p), f"group{gi}.param{pi}"), 0, None))
+                    raise ValueError(
+                        f"parameter {pi} of group {gi} is not a parameter of the module given"
+                    )
+                name, offset, whole = shard_of.get(
+                    id(p), (names.get(id(p), f"group{gi}.param{pi}"), 0, None)
+                )
                 self.infos.append(ParamInfo(name, engine.param_key(name), p, gi, offset, whole))
         self.projection.setup(self.infos, self.seed)
         low = any(i.tensor.dtype in LOW_PRECISION for i in self.infos)
         if perturb in ("onthefly", "outputs") and module is None:
-            raise ValueError(f"perturb={perturb!r} needs the module itself: kerzoo.optimizer(name, model)")
-        self.mode = perturb if perturb != "auto" else ("onthefly" if module is not None and low else "inplace")
+            raise ValueError(
+                f"perturb={perturb!r} needs the module itself: kerzoo.optimizer(name, model)"
+            )
+        self.mode = (
+            perturb
+            if perturb != "auto"
+            else ("onthefly" if module is not None and low else "inplace")
+        )
         self.stochastic_rounding = low if stochastic_rounding is None else bool(stochastic_rounding)
-        hooks = OutputPerturbation if self.mode == "outputs" else OnTheFly  # outputs: low-rank nn.Linear
+        hooks = (
+            OutputPerturbation if self.mode == "outputs" else OnTheFly
+        )  # outputs: low-rank nn.Linear
         self._hooks = hooks(module, self.infos, projection) if self.mode != "inplace" else None
         self._step = 0
         self.skipped_steps = 0
@@ -101,7 +139,9 @@ class ZOOptimizer(torch.optim.Optimizer):
     # -- moving the parameters between points --------------------------------------------
     _seeds_of = staticmethod(point_coefficients)
 
-    def _goto(self, current: dict[int, float], target: dict[int, float], seeds: list[int], factor=None) -> None:
+    def _goto(
+        self, current: dict[int, float], target: dict[int, float], seeds: list[int], factor=None
+    ) -> None:
         """Move in-place parameters from theta + current to theta + target."""
         if current == target:
             return
@@ -110,7 +150,9 @@ class ZOOptimizer(torch.optim.Optimizer):
         for info in self.infos:
             rc, rs = self._seeds_of(restore, seeds, factor, info)
             nc, ns = self._seeds_of(target, seeds, factor, info)
-            passes.setdefault((tuple(rc), tuple(rs), tuple(nc), tuple(ns)), []).append((info, info.tensor))
+            passes.setdefault((tuple(rc), tuple(rs), tuple(nc), tuple(ns)), []).append(
+                (info, info.tensor)
+            )
         for (rc, rs, nc, ns), items in passes.items():
             if len(rc) == 1 and len(nc) == 1:
                 self.projection.move_many(items, (rc[0], rs[0]), (nc[0], ns[0]))
@@ -120,15 +162,25 @@ class ZOOptimizer(torch.optim.Optimizer):
                 if nc:
                     self.projection.add_many(items, list(nc), list(ns))
 
-    def _evaluate(self, closures: Sequence[Closure] | None, point: dict[int, float], seeds: list[int],
-                  current: dict[int, float], factor=None) -> tuple[float | None, dict[int, float]]:
+    def _evaluate(
+        self,
+        closures: Sequence[Closure] | None,
+        point: dict[int, float],
+        seeds: list[int],
+        current: dict[int, float],
+        factor=None,
+    ) -> tuple[float | None, dict[int, float]]:
         """Loss at theta + point (None when replaying); returns it and the new in-place point."""
         if self.mode == "inplace":
             self._goto(current, point, seeds, factor)
             current = dict(point)
         if closures is None:
             return None, current
-        at = self._hooks.at(point, seeds, factor) if self._hooks is not None else contextlib.nullcontext()
+        at = (
+            self._hooks.at(point, seeds, factor)
+            if self._hooks is not None
+            else contextlib.nullcontext()
+        )
         with at, torch.no_grad():
             values = [float(c()) for c in closures]
         return sum(values) / len(values), current
@@ -143,8 +195,10 @@ class ZOOptimizer(torch.optim.Optimizer):
     def replay(self, record: dict[str, Any]) -> None:
         """Re-apply a step from its record, with no forward pass (rebuilds the weights bit for bit)."""
         if record.get("step") != self._step:
-            raise ValueError(f"record is for step {record.get('step')} but the optimizer is at step {self._step}: "
-                             "replay the records in order from the start")
+            raise ValueError(
+                f"record is for step {record.get('step')} but the optimizer is at step {self._step}: "
+                "replay the records in order from the start"
+            )
         for gi, group in enumerate(self.param_groups):
             group["lr"] = record["lr"][gi]
             group["eps"] = record.get("eps", [self.eps] * len(self.param_groups))[gi]
@@ -176,14 +230,25 @@ class ZOOptimizer(torch.optim.Optimizer):
             self._finish(step, seeds, [], losses, skipped=True)
             if not replaying:
                 self.skipped_steps += 1
-                warnings.warn(f"kerzoo: non-finite loss {losses[-1]} at step {step}: step skipped, parameters "
-                              f"restored ({self.skipped_steps} skipped so far)", RuntimeWarning, stacklevel=3)
+                warnings.warn(
+                    f"kerzoo: non-finite loss {losses[-1]} at step {step}: step skipped, parameters "
+                    f"restored ({self.skipped_steps} skipped so far)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
             return float("nan")
-        coefs = list(record["coefs"]) if replaying else self.estimator.coefficients(plan, losses, self.eps)
-        rule_record = self._update(step, seeds, coefs, current, closures, record.get("update") if record else None,
-                                   plan)
+        coefs = (
+            list(record["coefs"])
+            if replaying
+            else self.estimator.coefficients(plan, losses, self.eps)
+        )
+        rule_record = self._update(
+            step, seeds, coefs, current, closures, record.get("update") if record else None, plan
+        )
         self.projection.end_step(step, seeds, plan, losses, coefs)
-        self._finish(step, seeds, coefs, losses, skipped=False, extra={**plan.extra, "update": rule_record})
+        self._finish(
+            step, seeds, coefs, losses, skipped=False, extra={**plan.extra, "update": rule_record}
+        )
         return sum(losses) / len(losses) if losses else float("nan")
 
     def _group_eps(self, plan: Plan) -> Plan:
@@ -191,7 +256,9 @@ class ZOOptimizer(torch.optim.Optimizer):
         is divided by rho_k, so E[g] is still the gradient: (L+ - L-)/(2 eps) ~ sum_k rho_k <grad_k, z_k>."""
         rho = [float(g["eps"]) / self.eps for g in self.param_groups]
         if any(not r > 0 for r in rho):
-            raise ValueError(f"every group's eps must be > 0, got {[g['eps'] for g in self.param_groups]}")
+            raise ValueError(
+                f"every group's eps must be > 0, got {[g['eps'] for g in self.param_groups]}"
+            )
         if all(r == 1.0 for r in rho):
             return plan
         pf, uf = plan.perturb_factor, plan.update_factor
@@ -209,15 +276,22 @@ class ZOOptimizer(torch.optim.Optimizer):
             scale[id(info)] = min(1.0, self.clip / norm) if norm > 0 else 1.0
         return lambda i, p: (uf(i, p) if uf else 1.0) * scale[id(p)]
 
-    def _update(self, step, seeds, coefs, current, closures, replay_rule, plan: Plan) -> dict[str, Any]:
+    def _update(
+        self, step, seeds, coefs, current, closures, replay_rule, plan: Plan
+    ) -> dict[str, Any]:
         pf, uf = plan.perturb_factor, plan.update_factor
         if self.clip:
             uf = self._clipped(coefs, seeds, uf)
         rounding = "stochastic" if self.stochastic_rounding else "nearest"
         linear = [self.update_rule.linear(coefs, float(g["lr"])) for g in self.param_groups]
-        decay: dict[float, list[torch.Tensor]] = {}  # decoupled weight decay, not on biases and norms
+        decay: dict[
+            float, list[torch.Tensor]
+        ] = {}  # decoupled weight decay, not on biases and norms
         for info in self.infos:
-            wd, lr = self.param_groups[info.group]["weight_decay"], self.param_groups[info.group]["lr"]
+            wd, lr = (
+                self.param_groups[info.group]["weight_decay"],
+                self.param_groups[info.group]["lr"],
+            )
             if wd and len(info.whole_shape) > 1:  # biases and norms (1-D) do not decay, as in MeZO
                 decay.setdefault(1.0 - lr * wd, []).append(info.tensor)
         for scale, tensors in decay.items():
@@ -232,31 +306,50 @@ class ZOOptimizer(torch.optim.Optimizer):
                 passes.setdefault(key, []).append((info, info.tensor))
             rounding_seed = derive(self.seed, step, "rounding")
             for (cs, ss), items in passes.items():
-                self.projection.add_many(items, list(cs), list(ss), rounding=rounding, rounding_seed=rounding_seed)
+                self.projection.add_many(
+                    items, list(cs), list(ss), rounding=rounding, rounding_seed=rounding_seed
+                )
             return {}
         if self.mode == "inplace":
             self._goto(current, {}, seeds, pf)
         here: dict[int, float] = {}
 
-        def evaluate_at(cs: Sequence[float], scale: Callable[[ParamInfo], float] | None = None) -> float | None:
+        def evaluate_at(
+            cs: Sequence[float], scale: Callable[[ParamInfo], float] | None = None
+        ) -> float | None:
             """L(theta + sum_i cs[i] * factor(i, p) * scale(p) z_i); scale is e.g. each tensor's group lr."""
             nonlocal here
             f = uf if scale is None else (lambda i, p: (uf(i, p) if uf else 1.0) * scale(p))
-            loss, here = self._evaluate(closures, {i: c for i, c in enumerate(cs) if c != 0.0}, seeds, here, f)
+            loss, here = self._evaluate(
+                closures, {i: c for i, c in enumerate(cs) if c != 0.0}, seeds, here, f
+            )
             if self.mode == "inplace":
                 self._goto(here, {}, seeds, f)
                 here = {}
             return loss
 
-        ctx = UpdateContext(self.infos, coefs, seeds, self.projection, self.param_groups,
-                            lambda p: self.state[p.tensor], evaluate_at, factor=uf)
+        ctx = UpdateContext(
+            self.infos,
+            coefs,
+            seeds,
+            self.projection,
+            self.param_groups,
+            lambda p: self.state[p.tensor],
+            evaluate_at,
+            factor=uf,
+        )
         self.update_rule.apply(ctx, replay=replay_rule)
         return ctx.record
 
     def _finish(self, step, seeds, coefs, losses, skipped, extra=None) -> None:
         self.last_record = {
-            "step": step, "seeds": seeds, "coefs": coefs, "losses": losses, "skipped": skipped,
-            "lr": [float(g["lr"]) for g in self.param_groups], "eps": [float(g["eps"]) for g in self.param_groups],
+            "step": step,
+            "seeds": seeds,
+            "coefs": coefs,
+            "losses": losses,
+            "skipped": skipped,
+            "lr": [float(g["lr"]) for g in self.param_groups],
+            "eps": [float(g["eps"]) for g in self.param_groups],
             **(extra or {}),
         }
         self._step = step + 1
@@ -264,8 +357,13 @@ class ZOOptimizer(torch.optim.Optimizer):
     # -- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
-        sd["kerzoo"] = {"step": self._step, "seed": self.seed, "skipped_steps": self.skipped_steps,
-                        "projection": self.projection.state_dict(), "spec": self.spec}
+        sd["kerzoo"] = {
+            "step": self._step,
+            "seed": self.seed,
+            "skipped_steps": self.skipped_steps,
+            "projection": self.projection.state_dict(),
+            "spec": self.spec,
+        }
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -274,7 +372,11 @@ class ZOOptimizer(torch.optim.Optimizer):
         if zo is None:
             raise ValueError("not a kerzoo optimizer state: the 'kerzoo' entry is missing")
         super().load_state_dict(state_dict)
-        self._step, self.seed, self.skipped_steps = int(zo["step"]), int(zo["seed"]), int(zo["skipped_steps"])
+        self._step, self.seed, self.skipped_steps = (
+            int(zo["step"]),
+            int(zo["seed"]),
+            int(zo["skipped_steps"]),
+        )
         self.projection.setup(self.infos, self.seed)  # the projection's bases derive from the seed
         self.projection.load_state_dict(zo["projection"])
 

@@ -27,8 +27,12 @@ from .projections.base import ParamInfo, Projection
 Factor = Callable[[int, ParamInfo], float] | None
 
 
-def point_coefficients(point: dict[int, float], seeds: Sequence[int], factor: Factor = None,
-                       info: ParamInfo | None = None) -> tuple[list[float], list[int]]:
+def point_coefficients(
+    point: dict[int, float],
+    seeds: Sequence[int],
+    factor: Factor = None,
+    info: ParamInfo | None = None,
+) -> tuple[list[float], list[int]]:
     """Coefficients and seeds of ``point`` ({direction: scale}) for one tensor, times the factor."""
     idx = sorted(point)
     if factor is None:
@@ -49,10 +53,14 @@ class OnTheFly:
         self._saved: list[tuple[torch.Tensor, torch.Tensor, tuple | None, int]] = []
         self._touched: set[int] = set()
         self._warned = False
-        self._ws_size: dict[tuple, int] = {}   # (dtype, device) -> elements: the largest module's own tensors
+        self._ws_size: dict[
+            tuple, int
+        ] = {}  # (dtype, device) -> elements: the largest module's own tensors
         self._ws: dict[tuple, torch.Tensor] = {}
         self._top: dict[tuple, int] = {}
-        self._views: dict[tuple, torch.Tensor] = {}  # (dtype, device, start, shape) -> that view of the workspace
+        self._views: dict[
+            tuple, torch.Tensor
+        ] = {}  # (dtype, device, start, shape) -> that view of the workspace
         self.handles = []
         for m in module.modules():
             owned = [p for p in m._parameters.values() if p is not None and id(p) in self.infos]
@@ -73,10 +81,12 @@ class OnTheFly:
         if top + n > self._ws_size.get(k, 0):
             return p.data.clone(), None
         out = self._views.get((k, top, p.shape))
-        if out is None:  # slicing and viewing cost more than the copy for small tensors: once per place and shape
+        if (
+            out is None
+        ):  # slicing and viewing cost more than the copy for small tensors: once per place and shape
             if k not in self._ws:
                 self._ws[k] = torch.empty(self._ws_size[k], dtype=p.dtype, device=p.device)
-            out = self._views[(k, top, p.shape)] = self._ws[k][top:top + n].view(p.shape)
+            out = self._views[(k, top, p.shape)] = self._ws[k][top : top + n].view(p.shape)
         out.copy_(p.data)
         self._top[k] = top + n
         return out, k
@@ -96,6 +106,7 @@ class OnTheFly:
                 self._touched.add(id(p))
             for (cs, ss), items in passes.items():
                 self.projection.add_many(items, list(cs), list(ss))
+
         return hook
 
     def _post(self, count: int):
@@ -103,6 +114,7 @@ class OnTheFly:
             if self._point:
                 self._release_if_aliased(output)
                 self._restore(len(self._saved) - count)
+
         return hook
 
     def _release_if_aliased(self, output: object) -> None:
@@ -129,7 +141,9 @@ class OnTheFly:
                 self._top[k] -= n
 
     @contextlib.contextmanager
-    def at(self, point: dict[int, float], seeds: Sequence[int], factor: Factor = None) -> Iterator[None]:
+    def at(
+        self, point: dict[int, float], seeds: Sequence[int], factor: Factor = None
+    ) -> Iterator[None]:
         """Forwards inside this block see theta + point; W is restored even if a forward raises."""
         self._point, self._seeds, self._factor = dict(point), seeds, factor
         try:
@@ -144,10 +158,16 @@ class OnTheFly:
         missed = [i.name for k, i in self.infos.items() if k not in self._touched]
         self._warned = True
         if missed:
-            shown = ", ".join(missed[:5]) + (f" and {len(missed) - 5} more" if len(missed) > 5 else "")
-            warnings.warn(f"kerzoo (perturb='onthefly'): {shown} were not perturbed during the forward: unused by "
-                          "the loss, or read outside the forward of the module that owns them; in the second case "
-                          "use perturb='inplace'", RuntimeWarning, stacklevel=7)
+            shown = ", ".join(missed[:5]) + (
+                f" and {len(missed) - 5} more" if len(missed) > 5 else ""
+            )
+            warnings.warn(
+                f"kerzoo (perturb='onthefly'): {shown} were not perturbed during the forward: unused by "
+                "the loss, or read outside the forward of the module that owns them; in the second case "
+                "use perturb='inplace'",
+                RuntimeWarning,
+                stacklevel=7,
+            )
 
     def memory_bytes(self) -> int:
         """Bytes held between steps: the workspace, at most the largest module's own tensors per dtype."""
@@ -158,4 +178,3 @@ class OnTheFly:
             h.remove()
         self.handles = []
         self._ws = {}
-

@@ -85,8 +85,15 @@ class _Manager:
                 continue
             registry, validate = self.registries[kind], self.validators.get(kind)
 
-            def register(obj: Any, item_name: str | None = None, *, doc: str | None = None,
-                         _registry: Registry = registry, _kind: str = kind, _validate=validate) -> None:
+            def register(
+                obj: Any,
+                item_name: str | None = None,
+                *,
+                doc: str | None = None,
+                _registry: Registry = registry,
+                _kind: str = kind,
+                _validate=validate,
+            ) -> None:
                 item_name = item_name if item_name is not None else getattr(obj, "name", None)
                 if item_name is None:
                     raise RegistrationError(

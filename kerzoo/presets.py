@@ -15,9 +15,17 @@ from typing import Any
 from .hookspecs import hookimpl
 
 PARTS = ("estimator", "projection", "update")
-OPTIMIZER_OPTIONS = {"lr": 1e-6, "eps": 1e-3, "weight_decay": 0.0, "seed": 0, "perturb": "auto",
-                     "stochastic_rounding": None, "clip": 0.0, "module": None,
-                     "shards": None}
+OPTIMIZER_OPTIONS = {
+    "lr": 1e-6,
+    "eps": 1e-3,
+    "weight_decay": 0.0,
+    "seed": 0,
+    "perturb": "auto",
+    "stochastic_rounding": None,
+    "clip": 0.0,
+    "module": None,
+    "shards": None,
+}
 DEFAULT_PARTS = {"estimator": "two-point", "projection": "dense", "update": "sgd"}
 
 
@@ -66,10 +74,14 @@ def resolve(spec: Any, overrides: dict[str, Any] | None = None) -> Resolved:
         if base is not None:
             merged = {**get_registry("optimizers")[base].spec(), **merged}
     else:
-        raise TypeError(f"an optimizer spec is a preset name or a dict of parts, got {type(spec).__name__}")
+        raise TypeError(
+            f"an optimizer spec is a preset name or a dict of parts, got {type(spec).__name__}"
+        )
     full = {**DEFAULT_PARTS, **merged}
     kinds = {"estimator": "estimators", "projection": "projections", "update": "updates"}
-    parts = {k: get_registry(kinds[k])[full[k]] if isinstance(full[k], str) else full[k] for k in PARTS}
+    parts = {
+        k: get_registry(kinds[k])[full[k]] if isinstance(full[k], str) else full[k] for k in PARTS
+    }
     part_options: dict[str, dict[str, Any]] = {k: {} for k in PARTS}
     options: dict[str, Any] = {}
     unknown = []
@@ -90,8 +102,10 @@ def resolve(spec: Any, overrides: dict[str, Any] | None = None) -> Resolved:
         for key in unknown:
             close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
             msgs.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise TypeError(f"unknown optimizer option(s) {', '.join(msgs)} for estimator {full['estimator']!r}, "
-                        f"projection {full['projection']!r}, update {full['update']!r}; known options: {', '.join(known)}")
+        raise TypeError(
+            f"unknown optimizer option(s) {', '.join(msgs)} for estimator {full['estimator']!r}, "
+            f"projection {full['projection']!r}, update {full['update']!r}; known options: {', '.join(known)}"
+        )
     return Resolved(full, parts, part_options, options)
 
 
@@ -102,34 +116,88 @@ def load_spec_file(path: str) -> dict[str, Any]:
     raw = read_config_file(path)
     spec = raw.get("optimizer", raw)
     if not isinstance(spec, dict):
-        raise TypeError(f"{path}: the optimizer spec must be a table of parts and options, got {spec!r}")
+        raise TypeError(
+            f"{path}: the optimizer spec must be a table of parts and options, got {spec!r}"
+        )
     return dict(spec)
 
 
 MEZO = {"estimator": "two-point", "projection": "dense", "update": "sgd"}
 BUILTIN = (
-    Preset("mezo", MEZO, {"lr": 1e-6, "eps": 1e-3},
-           "MeZO (Malladi et al. 2023): two-point SPSA, dense Gaussian z, SGD; memory of inference"),
-    Preset("zo-sgd", MEZO, {"lr": 1e-6, "eps": 1e-3, "directions": 1},
-           "ZO-SGD (Zhang et al. 2024 benchmark): two-point estimate, SGD step"),
-    Preset("zo-sgd-sign", {**MEZO, "update": "sign"}, {"lr": 1e-6, "eps": 1e-3},
-           "ZO-SGD-Sign: step along sign(g) z"),
-    Preset("zo-sgd-mmt", {**MEZO, "update": "momentum"}, {"lr": 1e-6, "eps": 1e-3, "beta": 0.9},
-           "ZO-SGD with momentum 0.9 (one full-size buffer)"),
-    Preset("zo-sgd-cons", {**MEZO, "update": "conservative"}, {"lr": 1e-6, "eps": 1e-3},
-           "ZO-SGD-Cons: keep the best of theta, theta -/+ lr g by loss (5 forwards)"),
-    Preset("zo-adam", {**MEZO, "update": "adam"}, {"lr": 1e-5, "eps": 1e-3},
-           "ZO-Adam: Adam on the two-point estimate (two full-size buffers)"),
-    Preset("kerzoo", {**MEZO, "estimator": "kernel"},
-           {"lr": 1e-6, "eps": 1e-3, "kernel": "legendre3", "directions": 3, "r_max": 0.5, "r_min": 0.5},
-           "KerZOO: kernel-weighted two-point estimator (legendre3), bias O(eps^4), 3 directions"),
-    Preset("subzero", {**MEZO, "projection": "subspace"}, {"lr": 1e-6, "eps": 1e-3, "rank": 8, "refresh": 2000},
-           "SubZero: two-point estimate in random rank-8 subspaces of each matrix, redrawn every 2000 steps"),
-    Preset("lozo", {**MEZO, "projection": "lowrank"}, {"lr": 1e-6, "eps": 1e-3, "rank": 1, "nu": 100},
-           "LOZO: low-rank U V^T directions, V kept for 100 steps"),
-    Preset("kerzoo-subspace", {**MEZO, "estimator": "kernel", "projection": "subspace"},
-           {"lr": 1e-6, "eps": 1e-3, "kernel": "legendre3", "directions": 3, "rank": 8, "refresh": 2000},
-           "KerZOO's kernel-weighted estimator over SubZero's random subspaces"),
+    Preset(
+        "mezo",
+        MEZO,
+        {"lr": 1e-6, "eps": 1e-3},
+        "MeZO (Malladi et al. 2023): two-point SPSA, dense Gaussian z, SGD; memory of inference",
+    ),
+    Preset(
+        "zo-sgd",
+        MEZO,
+        {"lr": 1e-6, "eps": 1e-3, "directions": 1},
+        "ZO-SGD (Zhang et al. 2024 benchmark): two-point estimate, SGD step",
+    ),
+    Preset(
+        "zo-sgd-sign",
+        {**MEZO, "update": "sign"},
+        {"lr": 1e-6, "eps": 1e-3},
+        "ZO-SGD-Sign: step along sign(g) z",
+    ),
+    Preset(
+        "zo-sgd-mmt",
+        {**MEZO, "update": "momentum"},
+        {"lr": 1e-6, "eps": 1e-3, "beta": 0.9},
+        "ZO-SGD with momentum 0.9 (one full-size buffer)",
+    ),
+    Preset(
+        "zo-sgd-cons",
+        {**MEZO, "update": "conservative"},
+        {"lr": 1e-6, "eps": 1e-3},
+        "ZO-SGD-Cons: keep the best of theta, theta -/+ lr g by loss (5 forwards)",
+    ),
+    Preset(
+        "zo-adam",
+        {**MEZO, "update": "adam"},
+        {"lr": 1e-5, "eps": 1e-3},
+        "ZO-Adam: Adam on the two-point estimate (two full-size buffers)",
+    ),
+    Preset(
+        "kerzoo",
+        {**MEZO, "estimator": "kernel"},
+        {
+            "lr": 1e-6,
+            "eps": 1e-3,
+            "kernel": "legendre3",
+            "directions": 3,
+            "r_max": 0.5,
+            "r_min": 0.5,
+        },
+        "KerZOO: kernel-weighted two-point estimator (legendre3), bias O(eps^4), 3 directions",
+    ),
+    Preset(
+        "subzero",
+        {**MEZO, "projection": "subspace"},
+        {"lr": 1e-6, "eps": 1e-3, "rank": 8, "refresh": 2000},
+        "SubZero: two-point estimate in random rank-8 subspaces of each matrix, redrawn every 2000 steps",
+    ),
+    Preset(
+        "lozo",
+        {**MEZO, "projection": "lowrank"},
+        {"lr": 1e-6, "eps": 1e-3, "rank": 1, "nu": 100},
+        "LOZO: low-rank U V^T directions, V kept for 100 steps",
+    ),
+    Preset(
+        "kerzoo-subspace",
+        {**MEZO, "estimator": "kernel", "projection": "subspace"},
+        {
+            "lr": 1e-6,
+            "eps": 1e-3,
+            "kernel": "legendre3",
+            "directions": 3,
+            "rank": 8,
+            "refresh": 2000,
+        },
+        "KerZOO's kernel-weighted estimator over SubZero's random subspaces",
+    ),
 )
 
 

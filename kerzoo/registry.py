@@ -65,8 +65,10 @@ def unknown_options(owner: str, given: dict[str, Any], known: dict[str, Any]) ->
     for k in bad:
         close = difflib.get_close_matches(k, list(known), n=1, cutoff=0.6)
         parts.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-    raise TypeError(f"{owner} got unknown option(s) {', '.join(parts)}; its options are: "
-                    f"{', '.join(sorted(known)) or '(none)'}")
+    raise TypeError(
+        f"{owner} got unknown option(s) {', '.join(parts)}; its options are: "
+        f"{', '.join(sorted(known)) or '(none)'}"
+    )
 
 
 class Registry(Mapping):
@@ -76,7 +78,9 @@ class Registry(Mapping):
         self.kind = kind
         self._entries: dict[str, Entry] = {}
 
-    def register(self, name: str, obj: Any, plugin: str = "<unknown>", doc: str | None = None) -> Entry:
+    def register(
+        self, name: str, obj: Any, plugin: str = "<unknown>", doc: str | None = None
+    ) -> Entry:
         if not isinstance(name, str) or not name:
             raise RegistrationError(
                 f"plugin {plugin!r} registered a {self.kind} entry with name {name!r}: "

@@ -19,7 +19,9 @@ import torch
 SCHEDULES = ("constant", "linear", "cosine")
 
 
-def factor(name: str, step: int, total_steps: int, warmup: int = 0, min_factor: float = 0.0) -> float:
+def factor(
+    name: str, step: int, total_steps: int, warmup: int = 0, min_factor: float = 0.0
+) -> float:
     """The lr multiplier of schedule ``name`` at ``step`` (0-based)."""
     if warmup and step < warmup:
         return (step + 1) / warmup
@@ -39,8 +41,13 @@ def _unknown(name: object) -> ValueError:
     return ValueError(f"unknown schedule {name!r}{hint}: use one of {', '.join(SCHEDULES)}")
 
 
-def schedule(name: str, optimizer: torch.optim.Optimizer, total_steps: int, warmup: int = 0,
-             min_factor: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+def schedule(
+    name: str,
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    warmup: int = 0,
+    min_factor: float = 0.0,
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A torch LambdaLR following schedule ``name``; call ``.step()`` after each ``opt.step``.
 
     Its state_dict (the step count) goes into a checkpoint beside the optimizer's.
@@ -54,4 +61,5 @@ def schedule(name: str, optimizer: torch.optim.Optimizer, total_steps: int, warm
     if not 0.0 <= min_factor <= 1.0:
         raise ValueError(f"min_factor must be in [0, 1], got {min_factor!r}")
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: factor(name, step, total_steps, warmup, min_factor))
+        optimizer, lambda step: factor(name, step, total_steps, warmup, min_factor)
+    )

@@ -68,14 +68,19 @@ def odd_polynomial_kernels(valid: bool | None = None, max_order: int = 7, max_ex
         tail = list(extra)
         want = [Fraction(1)] + [Fraction(0)] * (m - 1)
         # A[k][j] = E[s^(2k+1) s^(2j+1)] = 1/(2k+2j+3)
-        rhs = [want[k] - sum(c / (2 * k + 2 * (m + i) + 3) for i, c in enumerate(tail)) for k in range(m)]
+        rhs = [
+            want[k] - sum(c / (2 * k + 2 * (m + i) + 3) for i, c in enumerate(tail))
+            for k in range(m)
+        ]
         a = [[Fraction(1, 2 * k + 2 * j + 3) for j in range(m)] for k in range(m)]
         low = _solve(a, rhs)
         odd = low + tail
         make_valid = draw(st.booleans()) if valid is None else valid
         if not make_valid:
             i = draw(st.integers(0, len(odd) - 1))
-            delta = draw(st.fractions(min_value=Fraction(1, 1000), max_value=5, max_denominator=1000))
+            delta = draw(
+                st.fractions(min_value=Fraction(1, 1000), max_value=5, max_denominator=1000)
+            )
             odd[i] += delta * draw(st.sampled_from([-1, 1]))
         coeffs = [Fraction(0)] * (2 * len(odd))
         for i, c in enumerate(odd):

@@ -16,8 +16,13 @@ from typing import Any
 
 import torch
 
-CHECKS = ("decreases_quadratic", "same_seed_same_trajectory", "resume_same_trajectory",
-          "unchanged_on_nan", "replay_rebuilds_weights")
+CHECKS = (
+    "decreases_quadratic",
+    "same_seed_same_trajectory",
+    "resume_same_trajectory",
+    "unchanged_on_nan",
+    "replay_rebuilds_weights",
+)
 
 
 class _Quadratic(torch.nn.Module):
@@ -27,7 +32,9 @@ class _Quadratic(torch.nn.Module):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         q = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))[0]
-        self.register_buffer("A", q @ torch.diag(torch.linspace(1.0, 2.0, 6, dtype=torch.float64)) @ q.T)
+        self.register_buffer(
+            "A", q @ torch.diag(torch.linspace(1.0, 2.0, 6, dtype=torch.float64)) @ q.T
+        )
         self.register_buffer("B", torch.randn(3, 4, generator=g, dtype=torch.float64))
         self.x = torch.nn.Parameter(torch.ones(6, dtype=torch.float64))
         self.W = torch.nn.Parameter(torch.zeros(3, 4, dtype=torch.float64))
@@ -56,8 +63,11 @@ def parametrize_conformance(specs: Any = None):
     import pytest
 
     specs = optimizer_names() if specs is None else list(specs)
-    cases = [pytest.param(s, c, id=f"{s if isinstance(s, str) else 'spec' + str(i)}-{c}")
-             for i, s in enumerate(specs) for c in CHECKS]
+    cases = [
+        pytest.param(s, c, id=f"{s if isinstance(s, str) else 'spec' + str(i)}-{c}")
+        for i, s in enumerate(specs)
+        for c in CHECKS
+    ]
     return pytest.mark.parametrize("spec,check", cases)
 
 
@@ -95,7 +105,9 @@ def check_decreases_quadratic(spec: Any, steps: int = 400, **overrides: Any) -> 
     _run(opt, model, steps)
     with torch.no_grad():
         end = float(model())
-    assert end < 0.5 * start, f"{spec!r}: loss {start:.4g} -> {end:.4g} after {steps} steps on a convex quadratic"
+    assert end < 0.5 * start, (
+        f"{spec!r}: loss {start:.4g} -> {end:.4g} after {steps} steps on a convex quadratic"
+    )
 
 
 def check_same_seed_same_trajectory(spec: Any, steps: int = 5, **overrides: Any) -> None:
@@ -107,14 +119,19 @@ def check_same_seed_same_trajectory(spec: Any, steps: int = 5, **overrides: Any)
     assert _same(*runs), f"{spec!r}: two runs with the same seed differ"
     model = _Quadratic()
     _run(_make(spec, model, {**overrides, "seed": 8}), model, steps)
-    assert not _same(runs[0], _params(model)), f"{spec!r}: a different seed gave the same trajectory"
+    assert not _same(runs[0], _params(model)), (
+        f"{spec!r}: a different seed gave the same trajectory"
+    )
 
 
 def check_resume_same_trajectory(spec: Any, steps: int = 4, **overrides: Any) -> None:
     model = _Quadratic()
     opt = _make(spec, model, overrides)
     _run(opt, model, steps)
-    saved_params, saved_state = _params(model), copy.deepcopy(opt.state_dict())  # as a checkpoint would
+    saved_params, saved_state = (
+        _params(model),
+        copy.deepcopy(opt.state_dict()),
+    )  # as a checkpoint would
     _run(opt, model, steps)
     straight = _params(model)
 
@@ -125,7 +142,9 @@ def check_resume_same_trajectory(spec: Any, steps: int = 4, **overrides: Any) ->
     opt2 = _make(spec, resumed, {**overrides, "seed": 12345})  # the state's seed must win
     opt2.load_state_dict(saved_state)
     _run(opt2, resumed, steps)
-    assert _same(straight, _params(resumed)), f"{spec!r}: resuming from state_dict changed the trajectory"
+    assert _same(straight, _params(resumed)), (
+        f"{spec!r}: resuming from state_dict changed the trajectory"
+    )
 
 
 def check_unchanged_on_nan(spec: Any, **overrides: Any) -> None:
@@ -139,13 +158,17 @@ def check_unchanged_on_nan(spec: Any, **overrides: Any) -> None:
             loss = opt.step(lambda: torch.tensor(float("nan")))
         assert math.isnan(loss), f"{spec!r}: a NaN loss should return NaN, got {loss}"
         assert opt.skipped_steps == 1, f"{spec!r}: the skipped step was not counted"
-        assert any("non-finite" in str(w.message) for w in caught), f"{spec!r}: no warning for a NaN loss"
+        assert any("non-finite" in str(w.message) for w in caught), (
+            f"{spec!r}: no warning for a NaN loss"
+        )
         after = _params(model)
         if perturb == "onthefly":
             assert _same(before, after), f"{spec!r} (on the fly): parameters changed on a NaN loss"
         else:  # restored by subtracting the perturbation: exact up to the rounding of theta + eps z
             for a, b in zip(before, after):
-                assert torch.allclose(a, b, rtol=0, atol=1e-14), f"{spec!r} (in place): not restored on a NaN loss"
+                assert torch.allclose(a, b, rtol=0, atol=1e-14), (
+                    f"{spec!r} (in place): not restored on a NaN loss"
+                )
 
 
 def check_replay_rebuilds_weights(spec: Any, steps: int = 5, **overrides: Any) -> None:
@@ -160,7 +183,9 @@ def check_replay_rebuilds_weights(spec: Any, steps: int = 5, **overrides: Any) -
         opt2 = _make(spec, rebuilt, {**overrides, "perturb": perturb})
         for r in records:
             opt2.replay(r)
-        assert _same(_params(model), _params(rebuilt)), f"{spec!r} ({perturb}): replay did not rebuild the weights"
+        assert _same(_params(model), _params(rebuilt)), (
+            f"{spec!r} ({perturb}): replay did not rebuild the weights"
+        )
 
 
 def check_optimizer(spec: Any, **overrides: Any) -> None:
@@ -169,4 +194,11 @@ def check_optimizer(spec: Any, **overrides: Any) -> None:
         globals()[f"check_{name}"](spec, **overrides)
 
 
-__all__ = ["check_optimizer", "optimizer_names", "parametrize_conformance", "run_check", "CHECKS", *(f"check_{c}" for c in CHECKS)]
+__all__ = [
+    "check_optimizer",
+    "optimizer_names",
+    "parametrize_conformance",
+    "run_check",
+    "CHECKS",
+    *(f"check_{c}" for c in CHECKS),
+]

@@ -43,12 +43,17 @@ def test_check_kernel_unknown_name_suggests():
 def test_info_reports_versions_and_plugins(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
-    assert "torch" in out and "kerzoo.kernels.legendre  (builtin)" in out and "plugins failed:" in out
+    assert (
+        "torch" in out and "kerzoo.kernels.legendre  (builtin)" in out and "plugins failed:" in out
+    )
 
 
 def test_console_script_runs_as_a_user_would():
-    result = subprocess.run([sys.executable, "-m", "kerzoo.cli", "check-kernel", "tests.test_cli:BROKEN"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "kerzoo.cli", "check-kernel", "tests.test_cli:BROKEN"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1, result.stderr
     assert "FAIL" in result.stdout
 

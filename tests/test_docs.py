@@ -32,7 +32,9 @@ def test_python_examples_run(path, tmp_path, monkeypatch):
         try:
             exec(compile(code, f"{path.name}[block {i}]", "exec"), namespace)
         except Exception as exc:
-            raise AssertionError(f"{path.relative_to(ROOT)}, python block {i} failed: {exc!r}\n{code}") from exc
+            raise AssertionError(
+                f"{path.relative_to(ROOT)}, python block {i} failed: {exc!r}\n{code}"
+            ) from exc
 
 
 def test_fence_finder_sees_readme_example():
@@ -45,7 +47,8 @@ def test_config_reference_is_generated_from_the_code():
     path = ROOT / "docs" / "config-reference.md"
     assert path.exists(), f"docs/config-reference.md is missing: run `{COMMAND}`"
     assert path.read_text(encoding="utf-8") == markdown(), (
-        f"docs/config-reference.md differs from the code (a key, default or preset changed): run `{COMMAND}`")
+        f"docs/config-reference.md differs from the code (a key, default or preset changed): run `{COMMAND}`"
+    )
 
 
 def test_config_reference_covers_every_key():
@@ -92,6 +95,8 @@ def test_toml_configs_in_the_docs_pass_the_config_check():
             try:
                 resolve(validate(raw)["optimizer"])  # the [optimizer] table's names and options too
             except Exception as exc:
-                raise AssertionError(f"{path.relative_to(ROOT)}, toml block {i}: {exc}\n{block}") from exc
+                raise AssertionError(
+                    f"{path.relative_to(ROOT)}, toml block {i}: {exc}\n{block}"
+                ) from exc
             checked += 1
     assert checked, "no training config found in the docs' toml blocks"

@@ -85,7 +85,11 @@ def test_runtime_plugin_kernel_is_usable_then_unregistered():
     class Plugin:
         @kerzoo.hookspecs.hookimpl
         def kerzoo_register_kernels(self, register):
-            register(PolynomialKernel("cubic-runtime", [0, Fraction(75, 4), 0, Fraction(-105, 4)], order=3))
+            register(
+                PolynomialKernel(
+                    "cubic-runtime", [0, Fraction(75, 4), 0, Fraction(-105, 4)], order=3
+                )
+            )
 
     name = register_plugin(Plugin(), "runtime-plugin")
     try:

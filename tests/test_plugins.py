@@ -20,7 +20,17 @@ def example_installed():
     """Install the example plugin package as a user would, unless it already is."""
     if not any(ep.name == "example" for ep in entry_points(group="kerzoo")):
         subprocess.run(
-            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e", str(EXAMPLE)],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-deps",
+                "--no-build-isolation",
+                "-e",
+                str(EXAMPLE),
+            ],
             check=True,
         )
     yield
@@ -80,10 +90,14 @@ GOOD = """
 
 
 def test_plugin_that_raises_at_import_is_reported_and_others_load(tmp_path, fresh):
-    _fake_entry_points(tmp_path, fresh, {
-        "kz_broken_import": "raise ImportError('needs a library that is not installed')",
-        "kz_good": GOOD.format(name="good-kernel"),
-    })
+    _fake_entry_points(
+        tmp_path,
+        fresh,
+        {
+            "kz_broken_import": "raise ImportError('needs a library that is not installed')",
+            "kz_good": GOOD.format(name="good-kernel"),
+        },
+    )
     with pytest.warns(RuntimeWarning, match="kz_broken_import"):
         plugins.reload()
     failures = {f.name: f for f in plugins.failed_plugins()}
@@ -94,23 +108,35 @@ def test_plugin_that_raises_at_import_is_reported_and_others_load(tmp_path, fres
 
 
 def test_plugin_that_raises_while_registering_is_rolled_back(tmp_path, fresh):
-    _fake_entry_points(tmp_path, fresh, {
-        "kz_half": GOOD.format(name="half-kernel") + "        raise RuntimeError('second item broke')\n",
-        "kz_good": GOOD.format(name="good-kernel"),
-    })
+    _fake_entry_points(
+        tmp_path,
+        fresh,
+        {
+            "kz_half": GOOD.format(name="half-kernel")
+            + "        raise RuntimeError('second item broke')\n",
+            "kz_good": GOOD.format(name="good-kernel"),
+        },
+    )
     with pytest.warns(RuntimeWarning, match="kz_half"):
         plugins.reload()
     failures = {f.name: f for f in plugins.failed_plugins()}
-    assert failures["kz_half"].stage == "register" and "second item broke" in failures["kz_half"].reason
+    assert (
+        failures["kz_half"].stage == "register"
+        and "second item broke" in failures["kz_half"].reason
+    )
     assert "half-kernel" not in kerzoo.list_kernels()
     assert "good-kernel" in kerzoo.list_kernels()
 
 
 def test_name_clash_between_entry_points_names_both(tmp_path, fresh):
-    _fake_entry_points(tmp_path, fresh, {
-        "kz_a": GOOD.format(name="same-name"),
-        "kz_b": GOOD.format(name="same-name"),
-    })
+    _fake_entry_points(
+        tmp_path,
+        fresh,
+        {
+            "kz_a": GOOD.format(name="same-name"),
+            "kz_b": GOOD.format(name="same-name"),
+        },
+    )
     with pytest.warns(RuntimeWarning, match="kz_b"):
         plugins.reload()
     (failure,) = plugins.failed_plugins()
@@ -142,7 +168,9 @@ def test_example_plugin_estimator_passes_the_conformance_suite(example_installed
     check_optimizer({"estimator": "richardson", "update": "sgd"})
 
 
-def test_example_plugin_projection_is_listed_and_passes_the_conformance_suite(example_installed, capsys):
+def test_example_plugin_projection_is_listed_and_passes_the_conformance_suite(
+    example_installed, capsys
+):
     from kerzoo.cli import main
     from kerzoo.testing import check_optimizer
 
@@ -168,9 +196,13 @@ def test_example_sparse_projection_keeps_density_and_unit_second_moment(example_
     kept = float((z != 0).float().mean())
     assert abs(kept - 0.25) < 0.01, kept
     assert abs(float((z * z).mean()) - 1.0) < 0.03
-    assert torch.equal(z, sparse.materialize(info, [1.0], [7]))          # a pure function of the seed
-    assert not torch.equal(z != 0, sparse.materialize(info, [1.0], [8]) != 0)  # a fresh mask per direction
-    shard = ParamInfo("w", param_key("w"), torch.zeros(3000), 0, offset=12345)   # shardable: a flat slice
+    assert torch.equal(z, sparse.materialize(info, [1.0], [7]))  # a pure function of the seed
+    assert not torch.equal(
+        z != 0, sparse.materialize(info, [1.0], [8]) != 0
+    )  # a fresh mask per direction
+    shard = ParamInfo(
+        "w", param_key("w"), torch.zeros(3000), 0, offset=12345
+    )  # shardable: a flat slice
     assert torch.equal(sparse.materialize(shard, [1.0], [7]), z.flatten()[12345:15345])
     with pytest.raises(ValueError, match="density"):
         plugins.get("projections", "sparse")(density=0.0)

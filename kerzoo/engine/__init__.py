@@ -17,9 +17,19 @@ from .build import build, info, info_lines, load_extension
 from .reference import DIST_CODES
 
 __all__ = [
-    "param_key", "fill_z", "add_z", "add_z_multi", "restore_perturb", "add_lowrank",
-    "fill_z_foreach", "add_z_foreach", "add_z_multi_foreach", "restore_perturb_foreach",
-    "build", "info", "info_lines",
+    "param_key",
+    "fill_z",
+    "add_z",
+    "add_z_multi",
+    "restore_perturb",
+    "add_lowrank",
+    "fill_z_foreach",
+    "add_z_foreach",
+    "add_z_multi_foreach",
+    "restore_perturb_foreach",
+    "build",
+    "info",
+    "info_lines",
 ]
 
 
@@ -42,23 +52,33 @@ def _check(theta: torch.Tensor, what: str = "theta") -> None:
     if not theta.is_floating_point():
         raise ValueError(f"{what} must be a floating-point tensor, got {theta.dtype}")
     if not theta.is_contiguous():
-        raise ValueError(f"{what} must be contiguous (got strides {theta.stride()}): pass t.contiguous() "
-                         "or perturb the underlying parameter")
+        raise ValueError(
+            f"{what} must be contiguous (got strides {theta.stride()}): pass t.contiguous() "
+            "or perturb the underlying parameter"
+        )
 
 
 _LIMIT = 2**63
 
 
 def _ints(seed: int, key: int, offset: int) -> None:
-    if type(seed) is int and type(key) is int and type(offset) is int and (  # the common case, cheaply
-            0 <= seed < _LIMIT and 0 <= key < _LIMIT and 0 <= offset < _LIMIT):
+    if (
+        type(seed) is int
+        and type(key) is int
+        and type(offset) is int
+        and (  # the common case, cheaply
+            0 <= seed < _LIMIT and 0 <= key < _LIMIT and 0 <= offset < _LIMIT
+        )
+    ):
         return
     for name, v in (("seed", seed), ("key", key), ("offset", offset)):
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < _LIMIT:
             raise ValueError(f"{name} must be an int in [0, 2**63), got {v!r}")
 
 
-def fill_z(out: torch.Tensor, seed: int, key: int, offset: int = 0, dist: str = "gaussian") -> torch.Tensor:
+def fill_z(
+    out: torch.Tensor, seed: int, key: int, offset: int = 0, dist: str = "gaussian"
+) -> torch.Tensor:
     """out[j] = z(seed, key, offset + j) for every flat index j; returns out."""
     _check(out, "out")
     _ints(seed, key, offset)
@@ -71,7 +91,9 @@ def fill_z(out: torch.Tensor, seed: int, key: int, offset: int = 0, dist: str = 
 def _directions(coefs: Sequence[float], seeds: Sequence[int], rounding: str, rounding_seed: int):
     """Checked directions, one term per seed: restore + update of one direction is one z."""
     if len(coefs) != len(seeds):
-        raise ValueError(f"coefs and seeds must have the same length, got {len(coefs)} and {len(seeds)}")
+        raise ValueError(
+            f"coefs and seeds must have the same length, got {len(coefs)} and {len(seeds)}"
+        )
     if rounding not in ("nearest", "stochastic"):
         raise ValueError(f"unknown rounding {rounding!r}: use 'nearest' or 'stochastic'")
     for s in seeds:
@@ -83,8 +105,16 @@ def _directions(coefs: Sequence[float], seeds: Sequence[int], rounding: str, rou
     return list(merged.values()), list(merged)
 
 
-def add_z_multi(theta: torch.Tensor, coefs: Sequence[float], seeds: Sequence[int], key: int, offset: int = 0,
-                dist: str = "gaussian", rounding: str = "nearest", rounding_seed: int = 0) -> None:
+def add_z_multi(
+    theta: torch.Tensor,
+    coefs: Sequence[float],
+    seeds: Sequence[int],
+    key: int,
+    offset: int = 0,
+    dist: str = "gaussian",
+    rounding: str = "nearest",
+    rounding_seed: int = 0,
+) -> None:
     """theta += sum_i coefs[i] * z(seeds[i], key) in one pass, one rounding per element.
 
     ``rounding="stochastic"`` rounds to bf16/fp16 up or down with the probability of the
@@ -95,28 +125,42 @@ def add_z_multi(theta: torch.Tensor, coefs: Sequence[float], seeds: Sequence[int
     coefs, seeds = _directions(coefs, seeds, rounding, rounding_seed)
     load_extension()
     with torch.no_grad():
-        torch.ops.kerzoo.add_z_multi(theta, coefs, seeds, key, offset, _dist(dist), rounding == "stochastic",
-                                     rounding_seed)
+        torch.ops.kerzoo.add_z_multi(
+            theta, coefs, seeds, key, offset, _dist(dist), rounding == "stochastic", rounding_seed
+        )
 
 
-def add_z(theta: torch.Tensor, c: float, seed: int, key: int, offset: int = 0, dist: str = "gaussian") -> None:
+def add_z(
+    theta: torch.Tensor, c: float, seed: int, key: int, offset: int = 0, dist: str = "gaussian"
+) -> None:
     """theta += c * z(seed, key), arithmetic in float32 (float64 for float64), one rounding."""
     add_z_multi(theta, [c], [seed], key, offset, dist)
 
 
-def restore_perturb(theta: torch.Tensor, c_restore: float, seed_restore: int, c_new: float, seed_new: int,
-                    key: int, offset: int = 0, dist: str = "gaussian") -> None:
+def restore_perturb(
+    theta: torch.Tensor,
+    c_restore: float,
+    seed_restore: int,
+    c_new: float,
+    seed_new: int,
+    key: int,
+    offset: int = 0,
+    dist: str = "gaussian",
+) -> None:
     """Restore then perturb in one pass: bit-identical to two add_z calls, half the memory traffic."""
     _check(theta)
     _ints(seed_restore, key, offset)
     _ints(seed_new, key, offset)
     load_extension()
     with torch.no_grad():
-        torch.ops.kerzoo.restore_perturb(theta, float(c_restore), seed_restore, float(c_new), seed_new, key,
-                                         offset, _dist(dist))
+        torch.ops.kerzoo.restore_perturb(
+            theta, float(c_restore), seed_restore, float(c_new), seed_new, key, offset, _dist(dist)
+        )
 
 
-def add_lowrank(theta: torch.Tensor, c: float, U: torch.Tensor, S: torch.Tensor, V: torch.Tensor) -> None:
+def add_lowrank(
+    theta: torch.Tensor, c: float, U: torch.Tensor, S: torch.Tensor, V: torch.Tensor
+) -> None:
     """theta (m x n) += c * U @ S @ V.T with U (m x r), S (r x r), V (n x r); no m x n temporary."""
     _check(theta)
     if theta.dim() != 2 or U.dim() != 2 or S.dim() != 2 or V.dim() != 2:
@@ -124,8 +168,10 @@ def add_lowrank(theta: torch.Tensor, c: float, U: torch.Tensor, S: torch.Tensor,
     m, n = theta.shape
     r = S.shape[0]
     if U.shape != (m, r) or S.shape != (r, r) or V.shape != (n, r):
-        raise ValueError(f"shapes do not fit theta {tuple(theta.shape)}: U {tuple(U.shape)} (want {(m, r)}), "
-                         f"S {tuple(S.shape)} (want {(r, r)}), V {tuple(V.shape)} (want {(n, r)})")
+        raise ValueError(
+            f"shapes do not fit theta {tuple(theta.shape)}: U {tuple(U.shape)} (want {(m, r)}), "
+            f"S {tuple(S.shape)} (want {(r, r)}), V {tuple(V.shape)} (want {(n, r)})"
+        )
     load_extension()
     with torch.no_grad():
         torch.ops.kerzoo.add_lowrank(theta, float(c), U, S, V)
@@ -136,18 +182,27 @@ def _tensors(thetas, keys: Sequence[int], offsets: Sequence[int] | None, what: s
     keys = [int(k) for k in keys]
     offsets = [0] * len(thetas) if offsets is None else [int(o) for o in offsets]
     if not len(thetas) == len(keys) == len(offsets):
-        raise ValueError(f"{len(thetas)} {what} but {len(keys)} keys and {len(offsets)} offsets: give one each")
+        raise ValueError(
+            f"{len(thetas)} {what} but {len(keys)} keys and {len(offsets)} offsets: give one each"
+        )
     devices = {t.device for t in thetas if isinstance(t, torch.Tensor)}
     if len(devices) > 1:
-        raise ValueError(f"{what} are on several devices {sorted(map(str, devices))}: call once per device")
+        raise ValueError(
+            f"{what} are on several devices {sorted(map(str, devices))}: call once per device"
+        )
     for t, k, o in zip(thetas, keys, offsets):
         _check(t, what[:-1])
         _ints(0, k, o)
     return thetas, keys, offsets
 
 
-def fill_z_foreach(outs, seed: int, keys: Sequence[int], offsets: Sequence[int] | None = None,
-                   dist: str = "gaussian") -> None:
+def fill_z_foreach(
+    outs,
+    seed: int,
+    keys: Sequence[int],
+    offsets: Sequence[int] | None = None,
+    dist: str = "gaussian",
+) -> None:
     """fill_z on each tensor of a list (one key and offset each), in as few launches as possible."""
     outs, keys, offsets = _tensors(outs, keys, offsets, "outs")
     _ints(seed, 0, 0)
@@ -156,32 +211,69 @@ def fill_z_foreach(outs, seed: int, keys: Sequence[int], offsets: Sequence[int] 
         torch.ops.kerzoo.fill_z_foreach(outs, seed, keys, offsets, _dist(dist))
 
 
-def add_z_multi_foreach(thetas, coefs: Sequence[float], seeds: Sequence[int], keys: Sequence[int],
-                        offsets: Sequence[int] | None = None, dist: str = "gaussian", rounding: str = "nearest",
-                        rounding_seed: int = 0) -> None:
+def add_z_multi_foreach(
+    thetas,
+    coefs: Sequence[float],
+    seeds: Sequence[int],
+    keys: Sequence[int],
+    offsets: Sequence[int] | None = None,
+    dist: str = "gaussian",
+    rounding: str = "nearest",
+    rounding_seed: int = 0,
+) -> None:
     """add_z_multi on each tensor of a list: one pass of a ZO step over a whole model in one call
     (on CUDA, one kernel launch per dtype and 48 tensors instead of one per tensor)."""
     thetas, keys, offsets = _tensors(thetas, keys, offsets)
     coefs, seeds = _directions(coefs, seeds, rounding, rounding_seed)
     load_extension()
     with torch.no_grad():
-        torch.ops.kerzoo.add_z_multi_foreach(thetas, coefs, seeds, keys, offsets, _dist(dist),
-                                             rounding == "stochastic", rounding_seed)
+        torch.ops.kerzoo.add_z_multi_foreach(
+            thetas,
+            coefs,
+            seeds,
+            keys,
+            offsets,
+            _dist(dist),
+            rounding == "stochastic",
+            rounding_seed,
+        )
 
 
-def add_z_foreach(thetas, c: float, seed: int, keys: Sequence[int], offsets: Sequence[int] | None = None,
-                  dist: str = "gaussian") -> None:
+def add_z_foreach(
+    thetas,
+    c: float,
+    seed: int,
+    keys: Sequence[int],
+    offsets: Sequence[int] | None = None,
+    dist: str = "gaussian",
+) -> None:
     """theta += c * z(seed, key) for each tensor of a list."""
     add_z_multi_foreach(thetas, [c], [seed], keys, offsets, dist)
 
 
-def restore_perturb_foreach(thetas, c_restore: float, seed_restore: int, c_new: float, seed_new: int,
-                            keys: Sequence[int], offsets: Sequence[int] | None = None, dist: str = "gaussian") -> None:
+def restore_perturb_foreach(
+    thetas,
+    c_restore: float,
+    seed_restore: int,
+    c_new: float,
+    seed_new: int,
+    keys: Sequence[int],
+    offsets: Sequence[int] | None = None,
+    dist: str = "gaussian",
+) -> None:
     """restore_perturb on each tensor of a list."""
     thetas, keys, offsets = _tensors(thetas, keys, offsets)
     _ints(seed_restore, 0, 0)
     _ints(seed_new, 0, 0)
     load_extension()
     with torch.no_grad():
-        torch.ops.kerzoo.restore_perturb_foreach(thetas, float(c_restore), seed_restore, float(c_new), seed_new,
-                                                 keys, offsets, _dist(dist))
+        torch.ops.kerzoo.restore_perturb_foreach(
+            thetas,
+            float(c_restore),
+            seed_restore,
+            float(c_new),
+            seed_new,
+            keys,
+            offsets,
+            _dist(dist),
+        )

@@ -40,7 +40,9 @@ def cache_dir(sources: list[Path]) -> Path:
     for p in [*sources, *sorted(SOURCES.rglob("*.h"))]:
         h.update(p.name.encode())
         h.update(p.read_bytes())
-    root = os.environ.get("KERZOO_EXT_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "kerzoo")
+    root = os.environ.get("KERZOO_EXT_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "kerzoo"
+    )
     return Path(root) / f"ext-{h.hexdigest()[:16]}"
 
 
@@ -51,8 +53,13 @@ def _compile(name: str, sources: list[Path], verbose: bool, cuda: bool) -> None:
     build_dir.mkdir(parents=True, exist_ok=True)
     flags = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-fopenmp"]
     cpp_extension.load(
-        name=name, sources=[str(s) for s in sources], build_directory=str(build_dir), verbose=verbose,
-        extra_cflags=flags, extra_ldflags=["-fopenmp"], extra_cuda_cflags=["-O3", "--use_fast_math"] if cuda else None,
+        name=name,
+        sources=[str(s) for s in sources],
+        build_directory=str(build_dir),
+        verbose=verbose,
+        extra_cflags=flags,
+        extra_ldflags=["-fopenmp"],
+        extra_cuda_cflags=["-O3", "--use_fast_math"] if cuda else None,
         is_python_module=False,
     )
 
@@ -77,7 +84,9 @@ def load_extension(verbose: bool = False, cuda: bool | None = None) -> None:
                 _compile("kerzoo_cpu", cpu_sources(), verbose, cuda=False)
                 _state["cpu"] = "c++"
             except Exception as exc:  # compiler missing, build error...
-                why["cpu"] = f"build failed: {type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+                why["cpu"] = (
+                    f"build failed: {type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+                )
                 errors.append(why["cpu"])
         want_cuda = torch.cuda.is_available() if cuda is None else cuda
         if not cuda_sources():
@@ -89,7 +98,9 @@ def load_extension(verbose: bool = False, cuda: bool | None = None) -> None:
                 _compile("kerzoo_cuda", cuda_sources(), verbose, cuda=True)
                 _state["cuda"] = "cuda"
             except Exception as exc:
-                why["cuda"] = f"build failed: {type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+                why["cuda"] = (
+                    f"build failed: {type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+                )
                 errors.append(why["cuda"])
         if errors or not _state["cpu"]:
             msg = f"kerzoo: the compiled engine is not available ({'; '.join(errors) or why.get('cpu')}); using the pure-torch reference"
@@ -103,7 +114,11 @@ def build(verbose: bool = False, cuda: bool | None = None) -> dict:
     with _lock:
         _state.update(tried=False, cpu=None, cuda=None, why={})
     load_extension(verbose=verbose, cuda=cuda)
-    return {"cpu": _state["cpu"] or "reference", "cuda": _state["cuda"] or "reference", "why": dict(_state["why"])}
+    return {
+        "cpu": _state["cpu"] or "reference",
+        "cuda": _state["cuda"] or "reference",
+        "why": dict(_state["why"]),
+    }
 
 
 def _has(op: str, key: str) -> bool:

@@ -10,11 +10,17 @@ def cmd_build_ext(args) -> int:
     for line in info_lines():
         print(line)
     ok = result["cpu"] == "c++"
-    print("built" if ok else "the compiled CPU kernels are not available; the pure-torch reference will run")
+    print(
+        "built"
+        if ok
+        else "the compiled CPU kernels are not available; the pure-torch reference will run"
+    )
     return 0 if ok else 1
 
 
 def add_cli(sub) -> None:
-    p = sub.add_parser("build-ext", help="compile the engine's C++/CUDA extension now (it is cached)")
+    p = sub.add_parser(
+        "build-ext", help="compile the engine's C++/CUDA extension now (it is cached)"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="show the compiler's output")
     p.set_defaults(func=cmd_build_ext)

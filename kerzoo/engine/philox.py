@@ -58,7 +58,10 @@ def random_words(seed: int, key: int, start: int, count: int, device=None) -> to
     first, last = start // 4, (start + count - 1) // 4
     b = torch.arange(first, last + 1, dtype=torch.int64, device=device)
     k = (seed & MASK, (seed >> 32) & MASK)
-    words = philox4x32((b & MASK, b >> 32, torch.full_like(b, key & MASK), torch.full_like(b, (key >> 32) & MASK)), k)
+    words = philox4x32(
+        (b & MASK, b >> 32, torch.full_like(b, key & MASK), torch.full_like(b, (key >> 32) & MASK)),
+        k,
+    )
     flat = torch.stack(words, dim=1).reshape(-1)
     lo = start - 4 * first
     return flat[lo : lo + count]
@@ -76,10 +79,14 @@ def normals_from_words(words4: torch.Tensor) -> torch.Tensor:
     # cos(2 pi u) = cos(2 pi t) with t = u - round(u) in [-1/2, 1/2]: a small, exact argument
     a01 = (2.0 * math.pi) * (u[:, 1] - torch.round(u[:, 1]))
     a23 = (2.0 * math.pi) * (u[:, 3] - torch.round(u[:, 3]))
-    return torch.stack((r01 * torch.cos(a01), r01 * torch.sin(a01), r23 * torch.cos(a23), r23 * torch.sin(a23)), 1)
+    return torch.stack(
+        (r01 * torch.cos(a01), r01 * torch.sin(a01), r23 * torch.cos(a23), r23 * torch.sin(a23)), 1
+    )
 
 
-def generate(seed: int, key: int, start: int, count: int, dist: str = "gaussian", device=None) -> torch.Tensor:
+def generate(
+    seed: int, key: int, start: int, count: int, dist: str = "gaussian", device=None
+) -> torch.Tensor:
     """z(seed, key, j) for j in [start, start + count), float32, computed from whole blocks."""
     if dist not in DISTS:
         raise ValueError(f"unknown dist {dist!r}: use one of {', '.join(DISTS)}")
@@ -90,7 +97,16 @@ def generate(seed: int, key: int, start: int, count: int, dist: str = "gaussian"
     b = torch.arange(first, last + 1, dtype=torch.int64, device=device)
     k = (seed & MASK, (seed >> 32) & MASK)
     words = torch.stack(
-        philox4x32((b & MASK, b >> 32, torch.full_like(b, key & MASK), torch.full_like(b, (key >> 32) & MASK)), k), 1
+        philox4x32(
+            (
+                b & MASK,
+                b >> 32,
+                torch.full_like(b, key & MASK),
+                torch.full_like(b, (key >> 32) & MASK),
+            ),
+            k,
+        ),
+        1,
     )
     if dist == "gaussian":
         z = normals_from_words(words)

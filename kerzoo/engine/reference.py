@@ -36,7 +36,9 @@ def _chunks(n: int):
         yield start, min(start + CHUNK, n)
 
 
-def _z(seed: int, key: int, start: int, count: int, dist: int, like: torch.Tensor, dtype: torch.dtype):
+def _z(
+    seed: int, key: int, start: int, count: int, dist: int, like: torch.Tensor, dtype: torch.dtype
+):
     return generate(seed, key, start, count, DIST_NAMES[dist], device=like.device).to(dtype)
 
 
@@ -46,7 +48,9 @@ def fill_z(out: torch.Tensor, seed: int, key: int, offset: int, dist: int) -> No
         flat[a:b] = _z(seed, key, offset + a, b - a, dist, flat, torch.float32).to(out.dtype)
 
 
-def stochastic_round(x: torch.Tensor, dtype: torch.dtype, seed: int, key: int, start: int) -> torch.Tensor:
+def stochastic_round(
+    x: torch.Tensor, dtype: torch.dtype, seed: int, key: int, start: int
+) -> torch.Tensor:
     """Round float32 ``x`` to bf16/fp16 up or down with probability given by the distance.
 
     Random bits: the Philox words of (seed, key) at the elements' global indices, so the result
@@ -57,7 +61,9 @@ def stochastic_round(x: torch.Tensor, dtype: torch.dtype, seed: int, key: int, s
     down = x.to(dtype)
     down_f = down.to(torch.float32)
     # the neighbour on the other side of x
-    toward = torch.where(x >= down_f, torch.full_like(x, float("inf")), torch.full_like(x, float("-inf")))
+    toward = torch.where(
+        x >= down_f, torch.full_like(x, float("inf")), torch.full_like(x, float("-inf"))
+    )
     other = torch.nextafter(down, toward.to(dtype))
     other_f = other.to(torch.float32)
     gap = other_f - down_f
@@ -66,8 +72,16 @@ def stochastic_round(x: torch.Tensor, dtype: torch.dtype, seed: int, key: int, s
     return torch.where(u.to(torch.float32).view_as(x) < frac, other, down)
 
 
-def add_z_multi(theta: torch.Tensor, coefs: Sequence[float], seeds: Sequence[int], key: int, offset: int,
-                dist: int, stochastic: bool = False, rounding_seed: int = 0) -> None:
+def add_z_multi(
+    theta: torch.Tensor,
+    coefs: Sequence[float],
+    seeds: Sequence[int],
+    key: int,
+    offset: int,
+    dist: int,
+    stochastic: bool = False,
+    rounding_seed: int = 0,
+) -> None:
     """theta += sum_i coefs[i] * z(seeds[i]), one rounding per element."""
     ct = compute_dtype(theta.dtype)
     flat = theta.view(-1)
@@ -82,18 +96,32 @@ def add_z_multi(theta: torch.Tensor, coefs: Sequence[float], seeds: Sequence[int
             flat[a:b] = acc.to(theta.dtype)
 
 
-def restore_perturb(theta: torch.Tensor, c_restore: float, seed_restore: int, c_new: float, seed_new: int,
-                    key: int, offset: int, dist: int) -> None:
+def restore_perturb(
+    theta: torch.Tensor,
+    c_restore: float,
+    seed_restore: int,
+    c_new: float,
+    seed_new: int,
+    key: int,
+    offset: int,
+    dist: int,
+) -> None:
     """t = round(theta + c_restore z(seed_restore)); theta = round(t + c_new z(seed_new))."""
     ct = compute_dtype(theta.dtype)
     flat = theta.view(-1)
     for a, b in _chunks(flat.numel()):
         cr, cn = _coef(c_restore, theta.dtype), _coef(c_new, theta.dtype)
-        t = (flat[a:b].to(ct) + cr * _z(seed_restore, key, offset + a, b - a, dist, flat, ct)).to(theta.dtype)
-        flat[a:b] = (t.to(ct) + cn * _z(seed_new, key, offset + a, b - a, dist, flat, ct)).to(theta.dtype)
+        t = (flat[a:b].to(ct) + cr * _z(seed_restore, key, offset + a, b - a, dist, flat, ct)).to(
+            theta.dtype
+        )
+        flat[a:b] = (t.to(ct) + cn * _z(seed_new, key, offset + a, b - a, dist, flat, ct)).to(
+            theta.dtype
+        )
 
 
-def add_lowrank(theta: torch.Tensor, c: float, u: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> None:
+def add_lowrank(
+    theta: torch.Tensor, c: float, u: torch.Tensor, s: torch.Tensor, v: torch.Tensor
+) -> None:
     """theta (m x n) += c U S V^T, by row chunks: the temporary is one chunk, never m x n."""
     ct = compute_dtype(theta.dtype)
     us = (u.to(ct) @ s.to(ct)) * c  # m x r
@@ -113,13 +141,29 @@ def fill_z_foreach(outs, seed: int, keys: Sequence[int], offsets: Sequence[int],
         fill_z(t, seed, k, o, dist)
 
 
-def add_z_multi_foreach(thetas, coefs: Sequence[float], seeds: Sequence[int], keys: Sequence[int],
-                        offsets: Sequence[int], dist: int, stochastic: bool = False, rounding_seed: int = 0) -> None:
+def add_z_multi_foreach(
+    thetas,
+    coefs: Sequence[float],
+    seeds: Sequence[int],
+    keys: Sequence[int],
+    offsets: Sequence[int],
+    dist: int,
+    stochastic: bool = False,
+    rounding_seed: int = 0,
+) -> None:
     for t, k, o in zip(thetas, keys, offsets, strict=True):
         add_z_multi(t, coefs, seeds, k, o, dist, stochastic, rounding_seed)
 
 
-def restore_perturb_foreach(thetas, c_restore: float, seed_restore: int, c_new: float, seed_new: int,
-                            keys: Sequence[int], offsets: Sequence[int], dist: int) -> None:
+def restore_perturb_foreach(
+    thetas,
+    c_restore: float,
+    seed_restore: int,
+    c_new: float,
+    seed_new: int,
+    keys: Sequence[int],
+    offsets: Sequence[int],
+    dist: int,
+) -> None:
     for t, k, o in zip(thetas, keys, offsets, strict=True):
         restore_perturb(t, c_restore, seed_restore, c_new, seed_new, k, o, dist)

@@ -38,7 +38,9 @@ class Estimator:
         self.options = {**self.defaults, **options}
         self.directions = int(self.options["directions"])
         if self.directions < 1:
-            raise ValueError(f"estimator {self.name!r}: directions must be >= 1, got {self.directions}")
+            raise ValueError(
+                f"estimator {self.name!r}: directions must be >= 1, got {self.directions}"
+            )
 
     def plan(self, step: int, seeds: list[int], eps: float) -> Plan:
         raise NotImplementedError

@@ -27,8 +27,15 @@ class KernelEstimator(Estimator):
     """KerZOO: two-point differences at eps*r_i weighted by a kernel K_a(r_i); bias O(eps^4)."""
 
     name = "kernel"
-    defaults = {"directions": 3, "kernel": "legendre3", "C": 1.0, "r_max": 0.5, "r_min": 0.5,
-                "r_shrink_steps": 0, "r_scope": "direction"}
+    defaults = {
+        "directions": 3,
+        "kernel": "legendre3",
+        "C": 1.0,
+        "r_max": 0.5,
+        "r_min": 0.5,
+        "r_shrink_steps": 0,
+        "r_scope": "direction",
+    }
 
     def __init__(self, **options):
         super().__init__(**options)
@@ -41,10 +48,14 @@ class KernelEstimator(Estimator):
         self.r_shrink_steps = int(self.options["r_shrink_steps"])
         self.r_scope = self.options["r_scope"]
         if self.r_scope not in ("direction", "tensor"):
-            raise ValueError(f"kernel estimator: r_scope must be 'direction' (the paper's theory) or 'tensor' "
-                             f"(one r per tensor, as a public implementation does), got {self.r_scope!r}")
+            raise ValueError(
+                f"kernel estimator: r_scope must be 'direction' (the paper's theory) or 'tensor' "
+                f"(one r per tensor, as a public implementation does), got {self.r_scope!r}"
+            )
         if not 0 < self.r_min <= self.r_max:
-            raise ValueError(f"kernel estimator: need 0 < r_min <= r_max, got r_min={self.r_min}, r_max={self.r_max}")
+            raise ValueError(
+                f"kernel estimator: need 0 < r_min <= r_max, got r_min={self.r_min}, r_max={self.r_max}"
+            )
 
     def radius(self, step: int) -> float:
         """a(step): r_max, shrinking linearly to r_min over r_shrink_steps (0 keeps r_max)."""
@@ -55,13 +66,20 @@ class KernelEstimator(Estimator):
 
     def plan(self, step, seeds, eps):
         a = self.radius(step)
-        if self.r_scope == "tensor":  # one r per direction and tensor: theta_t +- eps r_{i,t} z_{i,t}
+        if (
+            self.r_scope == "tensor"
+        ):  # one r per direction and tensor: theta_t +- eps r_{i,t} z_{i,t}
             r_of = lambda i, p: a * (2.0 * uniform(seeds[i], f"kernel-r:{p.name}") - 1.0)
             points = []
             for i in range(len(seeds)):
                 points += [{i: eps}, {i: -eps}]
-            return Plan(seeds, points, {"a": a}, perturb_factor=r_of,
-                        update_factor=lambda i, p: self.weight(r_of(i, p), a))
+            return Plan(
+                seeds,
+                points,
+                {"a": a},
+                perturb_factor=r_of,
+                update_factor=lambda i, p: self.weight(r_of(i, p), a),
+            )
         r = [a * (2.0 * uniform(s, "kernel-r") - 1.0) for s in seeds]
         points = []
         for i, ri in enumerate(r):
@@ -77,8 +95,10 @@ class KernelEstimator(Estimator):
         n, a = len(plan.seeds), plan.extra["a"]
         if self.r_scope == "tensor":  # K_a(r_{i,t}) is the update factor of each tensor
             return [(losses[2 * i] - losses[2 * i + 1]) / (2 * eps) / n for i in range(n)]
-        return [(losses[2 * i] - losses[2 * i + 1]) / (2 * eps) * self.weight(r, a) / n
-                for i, r in enumerate(plan.extra["r"])]
+        return [
+            (losses[2 * i] - losses[2 * i + 1]) / (2 * eps) * self.weight(r, a) / n
+            for i, r in enumerate(plan.extra["r"])
+        ]
 
 
 @hookimpl

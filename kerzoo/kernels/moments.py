@@ -44,7 +44,10 @@ class KernelMoments:
         return not self.failures
 
     def table(self) -> str:
-        lines = [f"kernel {self.name!r}, order {self.order}", "   k   E[s^k K(s)]          required   status"]
+        lines = [
+            f"kernel {self.name!r}, order {self.order}",
+            "   k   E[s^k K(s)]          required   status",
+        ]
         for i, (k, got, want) in enumerate(self.rows):
             bad = self._bad(i)
             lines.append(f"  {k:2d}   {got: .12e}   {want: 8.1f}   {'FAIL' if bad else 'ok'}")
@@ -72,7 +75,9 @@ def kernel_moments(kernel) -> KernelMoments:
     try:
         values = kernel(s)
     except Exception as exc:
-        raise RegistrationError(f"kernel {name!r} failed when called on a float64 tensor: {exc}") from exc
+        raise RegistrationError(
+            f"kernel {name!r} failed when called on a float64 tensor: {exc}"
+        ) from exc
     if not isinstance(values, torch.Tensor) or values.shape != s.shape:
         raise RegistrationError(
             f"kernel {name!r} must return a tensor shaped like its input {tuple(s.shape)}, "
@@ -98,7 +103,9 @@ def validate_kernel(kernel) -> KernelMoments:
                 "(a kernel has `name`, `order` and `__call__(s) -> Tensor`)"
             )
     if not callable(kernel):
-        raise RegistrationError(f"kernel {kernel.name!r} is not callable: define __call__(s) -> Tensor")
+        raise RegistrationError(
+            f"kernel {kernel.name!r} is not callable: define __call__(s) -> Tensor"
+        )
     moments = kernel_moments(kernel)
     if not moments.ok:
         raise RegistrationError(

@@ -73,25 +73,31 @@ class Aligned(LowRankDirections):
 
     name = "aligned"
     defaults = {"rank": 8, "refresh": 200, "probe_steps": 16, "delta": 1.0, "ema": 0.9}
-    shardable = True  # bases and estimates span the whole matrix; a shard of rows takes its rows of U
+    shardable = (
+        True  # bases and estimates span the whole matrix; a shard of rows takes its rows of U
+    )
 
     def __init__(self, **options):
         super().__init__(**options)
         o = self.options
         if int(o["probe_steps"]) < 1 or int(o["refresh"]) <= int(o["probe_steps"]):
-            raise ValueError(f"projection 'aligned': need 1 <= probe_steps < refresh, got probe_steps="
-                             f"{o['probe_steps']}, refresh={o['refresh']}")
+            raise ValueError(
+                f"projection 'aligned': need 1 <= probe_steps < refresh, got probe_steps="
+                f"{o['probe_steps']}, refresh={o['refresh']}"
+            )
         if not float(o["delta"]) > 0 or not 0 <= float(o["ema"]) < 1:
-            raise ValueError(f"projection 'aligned': need delta > 0 and 0 <= ema < 1, got delta={o['delta']}, "
-                             f"ema={o['ema']}")
+            raise ValueError(
+                f"projection 'aligned': need delta > 0 and 0 <= ema < 1, got delta={o['delta']}, "
+                f"ema={o['ema']}"
+            )
 
     def setup(self, params, base_seed):
         self.matrices = [p for p in params if len(p.whole_shape) == 2]
         for p in self.matrices:
             p.rows()  # a shard must be a block of rows: refused here, not mid-step
         self.bases: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-        self.built = -1            # cycle whose subspace is in self.bases
-        self.sketch_cycle = -1     # cycle the probes below belong to
+        self.built = -1  # cycle whose subspace is in self.bases
+        self.sketch_cycle = -1  # cycle the probes below belong to
         self.sketch_seeds: list[int] = []
         self.sketch_coefs: dict[str, list[float]] = {}
         self.sketch_steps = 0
@@ -120,8 +126,12 @@ class Aligned(LowRankDirections):
             r = max(1, min(int(self.options["rank"]), *p.whole_shape))
             coefs = self.sketch_coefs.get(p.name, [])
             if not coefs:  # no probe finished (all skipped): a random subspace, no alignment yet
-                a = gaussian((p.whole_shape[0], r), derive(self.sketch_cycle, "U"), p.key, torch.float64)
-                b = gaussian((p.whole_shape[1], r), derive(self.sketch_cycle, "V"), p.key, torch.float64)
+                a = gaussian(
+                    (p.whole_shape[0], r), derive(self.sketch_cycle, "U"), p.key, torch.float64
+                )
+                b = gaussian(
+                    (p.whole_shape[1], r), derive(self.sketch_cycle, "V"), p.key, torch.float64
+                )
                 g = torch.zeros(r, dtype=torch.float64)
             else:
                 pairs = [self._probe(p, s) for s in self.sketch_seeds]
@@ -130,7 +140,11 @@ class Aligned(LowRankDirections):
                 g = torch.tensor(coefs, dtype=torch.float64, device=a.device)
             u, s, v = sketch_svd(a, b, g, r)
             dev = p.tensor.device
-            self.bases[p.name] = (u.float().to(dev), v.float().to(dev), (torch.diag(s) / steps).float().to(dev))
+            self.bases[p.name] = (
+                u.float().to(dev),
+                v.float().to(dev),
+                (torch.diag(s) / steps).float().to(dev),
+            )
         self.sketch_seeds, self.sketch_coefs, self.sketch_steps = [], {}, 0
 
     # -- directions -----------------------------------------------------------------------
@@ -139,7 +153,9 @@ class Aligned(LowRankDirections):
         u, _, h = self.bases[p.name]
         r = u.shape[1]
         delta = float(self.options["delta"])
-        return [align(gaussian((r, r), sd, p.key, device=u.device), h, xi_of(sd), delta) for sd in seeds]
+        return [
+            align(gaussian((r, r), sd, p.key, device=u.device), h, xi_of(sd), delta) for sd in seeds
+        ]
 
     def factors(self, p, coefs, seeds):
         """(c, U, S, V) of sum_i coefs[i] Z_i over the rows ``p`` holds (all of them unless p is a shard)."""
@@ -177,10 +193,14 @@ class Aligned(LowRankDirections):
 
     # -- state ----------------------------------------------------------------------------
     def state_dict(self):
-        return {"bases": {k: tuple(t.clone() for t in b) for k, b in self.bases.items()}, "built": self.built,
-                "sketch_cycle": self.sketch_cycle, "sketch_seeds": list(self.sketch_seeds),
-                "sketch_coefs": {k: list(v) for k, v in self.sketch_coefs.items()},
-                "sketch_steps": self.sketch_steps}
+        return {
+            "bases": {k: tuple(t.clone() for t in b) for k, b in self.bases.items()},
+            "built": self.built,
+            "sketch_cycle": self.sketch_cycle,
+            "sketch_seeds": list(self.sketch_seeds),
+            "sketch_coefs": {k: list(v) for k, v in self.sketch_coefs.items()},
+            "sketch_steps": self.sketch_steps,
+        }
 
     def load_state_dict(self, state):
         self.bases = {k: tuple(t.clone() for t in b) for k, b in state["bases"].items()}

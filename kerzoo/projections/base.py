@@ -25,7 +25,9 @@ class ParamInfo:
     tensor: torch.Tensor
     group: int
     offset: int = 0  # global flat index of tensor's first element (shards)
-    shape: tuple[int, ...] | None = None  # the whole tensor's shape when ``tensor`` is a shard of it
+    shape: tuple[int, ...] | None = (
+        None  # the whole tensor's shape when ``tensor`` is a shard of it
+    )
 
     @property
     def whole_shape(self) -> tuple[int, ...]:
@@ -37,8 +39,10 @@ class ParamInfo:
         whole = self.whole_shape
         per_row = math.prod(whole[1:])
         if tuple(self.tensor.shape[1:]) != whole[1:] or self.offset % max(per_row, 1):
-            raise ValueError(f"{self.name}: a shard of a {len(whole)}-D tensor must be a block of whole rows, got "
-                             f"shape {tuple(self.tensor.shape)} at element offset {self.offset} of {whole}")
+            raise ValueError(
+                f"{self.name}: a shard of a {len(whole)}-D tensor must be a block of whole rows, got "
+                f"shape {tuple(self.tensor.shape)} at element offset {self.offset} of {whole}"
+            )
         start = self.offset // max(per_row, 1)
         return slice(start, start + self.tensor.shape[0])
 
@@ -62,38 +66,65 @@ class Projection:
     def begin_step(self, step: int) -> None:
         """Called before each step's first evaluation (refresh bases here)."""
 
-    def add(self, p: ParamInfo, target: torch.Tensor, coefs: Sequence[float], seeds: Sequence[int],
-            rounding: str = "nearest", rounding_seed: int = 0) -> None:
+    def add(
+        self,
+        p: ParamInfo,
+        target: torch.Tensor,
+        coefs: Sequence[float],
+        seeds: Sequence[int],
+        rounding: str = "nearest",
+        rounding_seed: int = 0,
+    ) -> None:
         raise NotImplementedError
 
-    def move(self, p: ParamInfo, target: torch.Tensor, restore: tuple[float, int], new: tuple[float, int]) -> None:
+    def move(
+        self, p: ParamInfo, target: torch.Tensor, restore: tuple[float, int], new: tuple[float, int]
+    ) -> None:
         """target += restore[0] Z(restore[1]), rounded, then += new[0] Z(new[1]): from one point to the next."""
         self.add(p, target, [restore[0]], [restore[1]])
         self.add(p, target, [new[0]], [new[1]])
 
-    def add_many(self, items: Sequence[tuple[ParamInfo, torch.Tensor]], coefs: Sequence[float],
-                 seeds: Sequence[int], rounding: str = "nearest", rounding_seed: int = 0) -> None:
+    def add_many(
+        self,
+        items: Sequence[tuple[ParamInfo, torch.Tensor]],
+        coefs: Sequence[float],
+        seeds: Sequence[int],
+        rounding: str = "nearest",
+        rounding_seed: int = 0,
+    ) -> None:
         """add() on each (tensor, target) pair with the same coefficients. The optimizer calls this
         once per pass over the model; an elementwise projection overrides it with one engine call
         for all the targets (on a GPU, a launch per 48 tensors instead of one per tensor)."""
         for p, target in items:
             self.add(p, target, coefs, seeds, rounding=rounding, rounding_seed=rounding_seed)
 
-    def move_many(self, items: Sequence[tuple[ParamInfo, torch.Tensor]], restore: tuple[float, int],
-                  new: tuple[float, int]) -> None:
+    def move_many(
+        self,
+        items: Sequence[tuple[ParamInfo, torch.Tensor]],
+        restore: tuple[float, int],
+        new: tuple[float, int],
+    ) -> None:
         """move() on each (tensor, target) pair."""
         for p, target in items:
             self.move(p, target, restore, new)
 
-    def materialize(self, p: ParamInfo, coefs: Sequence[float], seeds: Sequence[int]) -> torch.Tensor:
+    def materialize(
+        self, p: ParamInfo, coefs: Sequence[float], seeds: Sequence[int]
+    ) -> torch.Tensor:
         """sum_i coefs[i] Z_i as a new float32 (float64 for float64) tensor shaped like p."""
         dtype = torch.float64 if p.tensor.dtype == torch.float64 else torch.float32
         out = torch.zeros(p.tensor.shape, dtype=dtype, device=p.tensor.device)
         self.add(p, out, coefs, seeds)
         return out
 
-    def end_step(self, step: int, seeds: Sequence[int], plan: Any, losses: Sequence[float],
-                 coefs: Sequence[float]) -> None:
+    def end_step(
+        self,
+        step: int,
+        seeds: Sequence[int],
+        plan: Any,
+        losses: Sequence[float],
+        coefs: Sequence[float],
+    ) -> None:
         """Called after each completed step's update (and on replay, from the record), with the
         estimator's plan (its points and per-tensor factors), the losses at those points and the
         estimate's coefficients g_i. Projections that learn from the losses (P-GAP's gradient

@@ -15,11 +15,21 @@ class Dense(Projection):
     shardable = True
 
     def add(self, p, target, coefs, seeds, rounding="nearest", rounding_seed=0):
-        engine.add_z_multi(target, list(coefs), list(seeds), p.key, p.offset, self.options["dist"],
-                           rounding=rounding, rounding_seed=rounding_seed)
+        engine.add_z_multi(
+            target,
+            list(coefs),
+            list(seeds),
+            p.key,
+            p.offset,
+            self.options["dist"],
+            rounding=rounding,
+            rounding_seed=rounding_seed,
+        )
 
     def move(self, p, target, restore, new):
-        engine.restore_perturb(target, restore[0], restore[1], new[0], new[1], p.key, p.offset, self.options["dist"])
+        engine.restore_perturb(
+            target, restore[0], restore[1], new[0], new[1], p.key, p.offset, self.options["dist"]
+        )
 
     # the same passes over many tensors: one engine call per device, bit for bit the per-tensor result
     def add_many(self, items, coefs, seeds, rounding="nearest", rounding_seed=0):
@@ -27,16 +37,27 @@ class Dense(Projection):
 
     def move_many(self, items, restore, new):
         for targets, keys, offsets in _by_device(items):
-            engine.restore_perturb_foreach(targets, restore[0], restore[1], new[0], new[1], keys, offsets,
-                                           self.options["dist"])
+            engine.restore_perturb_foreach(
+                targets, restore[0], restore[1], new[0], new[1], keys, offsets, self.options["dist"]
+            )
 
 
-def add_dense_many(items, coefs, seeds, dist="gaussian", rounding="nearest", rounding_seed=0) -> None:
+def add_dense_many(
+    items, coefs, seeds, dist="gaussian", rounding="nearest", rounding_seed=0
+) -> None:
     """target += sum_i coefs[i] z(seeds[i], p.key) for each (p, target), one engine call per device;
     also the 1-D tensors of the low-rank projections."""
     for targets, keys, offsets in _by_device(items):
-        engine.add_z_multi_foreach(targets, list(coefs), list(seeds), keys, offsets, dist, rounding=rounding,
-                                   rounding_seed=rounding_seed)
+        engine.add_z_multi_foreach(
+            targets,
+            list(coefs),
+            list(seeds),
+            keys,
+            offsets,
+            dist,
+            rounding=rounding,
+            rounding_seed=rounding_seed,
+        )
 
 
 def _by_device(items):

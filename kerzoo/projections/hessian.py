@@ -45,13 +45,15 @@ def curvatures(points, losses) -> dict[int, tuple[float, float]]:
     """For each direction i evaluated at +s and -s beside the centre: (s, |L+ + L- - 2 L0| / (2 s^2))."""
     center = [l for pt, l in zip(points, losses) if not pt]
     if not center:
-        raise ValueError("projection 'hessian' needs L(theta) at every step, and the estimator did not "
-                         "evaluate it: use estimator 'three-point' (the hizoo preset does)")
+        raise ValueError(
+            "projection 'hessian' needs L(theta) at every step, and the estimator did not "
+            "evaluate it: use estimator 'three-point' (the hizoo preset does)"
+        )
     l0 = center[0]
     plus, minus = {}, {}
     for pt, l in zip(points, losses):
         if len(pt) == 1:
-            (i, s), = pt.items()
+            ((i, s),) = pt.items()
             (plus if s > 0 else minus)[i] = (s, l)
     out = {}
     for i, (s, lp) in plus.items():
@@ -70,15 +72,23 @@ class Hessian(Projection):
     def __init__(self, **options):
         super().__init__(**options)
         if not 0 <= float(self.options["alpha"]) < 1 or not float(self.options["init"]) > 0:
-            raise ValueError(f"projection 'hessian': need 0 <= alpha < 1 and init > 0, got alpha="
-                             f"{self.options['alpha']}, init={self.options['init']}")
+            raise ValueError(
+                f"projection 'hessian': need 0 <= alpha < 1 and init > 0, got alpha="
+                f"{self.options['alpha']}, init={self.options['init']}"
+            )
 
     def setup(self, params, base_seed):
         self.params = list(params)
         w0 = float(self.options["init"]) ** -0.5
-        self.w = {p.name: torch.full(p.tensor.shape, w0, device=p.tensor.device,
-                                     dtype=torch.float64 if p.tensor.dtype == torch.float64 else torch.float32)
-                  for p in self.params}
+        self.w = {
+            p.name: torch.full(
+                p.tensor.shape,
+                w0,
+                device=p.tensor.device,
+                dtype=torch.float64 if p.tensor.dtype == torch.float64 else torch.float32,
+            )
+            for p in self.params
+        }
 
     def _z(self, p, coefs, seeds) -> torch.Tensor:
         w = self.w[p.name]
@@ -105,7 +115,9 @@ class Hessian(Projection):
         for i, (s, h) in sorted(curvatures(plan.points, losses).items()):
             for p in self.params:
                 w = self.w[p.name]
-                z = engine.fill_z(torch.empty_like(w), seeds[i], p.key, p.offset, self.options["dist"])
+                z = engine.fill_z(
+                    torch.empty_like(w), seeds[i], p.key, p.offset, self.options["dist"]
+                )
                 w.div_(z.square_().mul_(alpha * h).add_(1.0 - alpha).sqrt_())
 
     def hessian(self, p) -> torch.Tensor:

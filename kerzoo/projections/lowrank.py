@@ -49,7 +49,9 @@ class LowRankDirections(Projection):
         if len(p.whole_shape) == 2:
             engine.add_lowrank(target, *self.factors(p, coefs, seeds))
         else:
-            add_dense_many([(p, target)], coefs, seeds, rounding=rounding, rounding_seed=rounding_seed)
+            add_dense_many(
+                [(p, target)], coefs, seeds, rounding=rounding, rounding_seed=rounding_seed
+            )
 
     def move(self, p, target, restore, new):
         """Restore and perturb in one pass: both directions share the bases, so their sum is one low-rank term."""
@@ -85,8 +87,11 @@ class _LowRank(LowRankDirections):
         index = step // max(1, int(self.options[self.period_option]))
         if index != self.index:
             self.index = index
-            self.bases = {id(p): self.make_bases(p, derive(self.base_seed, "bases", index))
-                          for p in self.params if len(p.whole_shape) == 2}
+            self.bases = {
+                id(p): self.make_bases(p, derive(self.base_seed, "bases", index))
+                for p in self.params
+                if len(p.whole_shape) == 2
+            }
 
     def factors(self, p, coefs, seeds):
         return self.matrix_factors(p, coefs, seeds) if len(p.whole_shape) == 2 else None
@@ -111,7 +116,9 @@ class Subspace(_LowRank):
         m, n = p.whole_shape
         r = self.rank(p)
         dev = p.tensor.device
-        return orthonormal(m, r, derive(seed, "U"), p.key, dev), orthonormal(n, r, derive(seed, "V"), p.key, dev)
+        return orthonormal(m, r, derive(seed, "U"), p.key, dev), orthonormal(
+            n, r, derive(seed, "V"), p.key, dev
+        )
 
     def matrix_factors(self, p, coefs, seeds):
         u, v = self.bases[id(p)]
@@ -131,13 +138,19 @@ class LowRankLOZO(_LowRank):
     period_option = "nu"
 
     def make_bases(self, p, seed):
-        return (gaussian((p.whole_shape[1], self.rank(p)), derive(seed, "V"), p.key, device=p.tensor.device),)
+        return (
+            gaussian(
+                (p.whole_shape[1], self.rank(p)), derive(seed, "V"), p.key, device=p.tensor.device
+            ),
+        )
 
     def matrix_factors(self, p, coefs, seeds):
         (v,) = self.bases[id(p)]
         rows, r = p.rows(), v.shape[1]
         a = torch.zeros(rows.stop - rows.start, r, dtype=torch.float32, device=v.device)
-        for c, sd in zip(coefs, seeds):  # rows of the whole m x r Gaussian: its elements from rows.start * r on
+        for c, sd in zip(
+            coefs, seeds
+        ):  # rows of the whole m x r Gaussian: its elements from rows.start * r on
             a += c * engine.fill_z(torch.empty_like(a), sd, p.key, rows.start * r)
         return 1.0 / math.sqrt(r), a, torch.eye(r, device=v.device), v
 

@@ -28,7 +28,9 @@ class OutputPerturbation(OnTheFly):
     """On-the-fly hooks that perturb nn.Linear outputs by their low-rank direction."""
 
     def __init__(self, module, infos, projection):
-        self._stack: list[tuple[int, tuple | None]] = []  # per active forward: (tensors swapped, factors)
+        self._stack: list[
+            tuple[int, tuple | None]
+        ] = []  # per active forward: (tensors swapped, factors)
         super().__init__(module, infos, projection)
         # the transient workspace: the largest module's tensors that still need one (a projection that
         # gives low-rank factors gives them for 2-D tensors, so a Linear weight needs none)
@@ -65,6 +67,7 @@ class OutputPerturbation(OnTheFly):
                 self._touched.add(id(p))
                 swapped += 1
             self._stack.append((swapped, factors))
+
         return hook
 
     def _post(self, count):
@@ -80,10 +83,21 @@ class OutputPerturbation(OnTheFly):
             ct = torch.float64 if output.dtype == torch.float64 else torch.float32
             xvs = (args[0].to(ct) @ v.to(ct)) @ s.to(ct).T  # tokens x r
             if output.dtype == ct and output.is_contiguous():  # one write of the output, in place
-                output.view(-1, output.shape[-1]).addmm_(xvs.view(-1, xvs.shape[-1]), u.to(ct).T, alpha=c)
+                output.view(-1, output.shape[-1]).addmm_(
+                    xvs.view(-1, xvs.shape[-1]), u.to(ct).T, alpha=c
+                )
                 return output
-            return torch.addmm(output.to(ct).view(-1, output.shape[-1]), xvs.view(-1, xvs.shape[-1]), u.to(ct).T,
-                               alpha=c).view(output.shape).to(output.dtype)
+            return (
+                torch.addmm(
+                    output.to(ct).view(-1, output.shape[-1]),
+                    xvs.view(-1, xvs.shape[-1]),
+                    u.to(ct).T,
+                    alpha=c,
+                )
+                .view(output.shape)
+                .to(output.dtype)
+            )
+
         return hook
 
     def _restore(self, down_to: int = 0) -> None:

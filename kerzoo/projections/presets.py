@@ -12,19 +12,32 @@ TWO_POINT_SGD = {"estimator": "two-point", "update": "sgd"}
 PGAP = {"rank": 8, "refresh": 200, "probe_steps": 16, "delta": 1.0, "ema": 0.9}
 
 PRESETS = (
-    Preset("pgap", {**TWO_POINT_SGD, "projection": "aligned"}, {"lr": 1e-6, "eps": 1e-3, **PGAP},
-           "P-GAP: two-point estimate along directions aligned with a rank-8 gradient-subspace estimate, "
-           "re-estimated from 16 rank-1 probe steps every 200 steps"),
-    Preset("hizoo", {**TWO_POINT_SGD, "estimator": "three-point", "projection": "hessian"},
-           {"lr": 1e-6, "eps": 1e-3, "alpha": 1e-8, "init": 1.0},
-           "HiZOO: z preconditioned by a diagonal Hessian estimate learnt from L+, L-, L0 "
-           "(3 forwards, one full-size fp32 buffer)"),
-    Preset("kerzoo-lowrank", {"estimator": "kernel", "projection": "lowrank", "update": "sgd"},
-           {"lr": 1e-6, "eps": 1e-3, "kernel": "legendre3", "directions": 3, "rank": 1, "nu": 100},
-           "KerZOO's kernel-weighted estimator over LOZO's low-rank directions"),
-    Preset("kerzoo-pgap", {"estimator": "kernel", "projection": "aligned", "update": "sgd"},
-           {"lr": 1e-6, "eps": 1e-3, "kernel": "legendre3", "directions": 3, **PGAP},
-           "KerZOO's kernel-weighted estimator over P-GAP's aligned directions"),
+    Preset(
+        "pgap",
+        {**TWO_POINT_SGD, "projection": "aligned"},
+        {"lr": 1e-6, "eps": 1e-3, **PGAP},
+        "P-GAP: two-point estimate along directions aligned with a rank-8 gradient-subspace estimate, "
+        "re-estimated from 16 rank-1 probe steps every 200 steps",
+    ),
+    Preset(
+        "hizoo",
+        {**TWO_POINT_SGD, "estimator": "three-point", "projection": "hessian"},
+        {"lr": 1e-6, "eps": 1e-3, "alpha": 1e-8, "init": 1.0},
+        "HiZOO: z preconditioned by a diagonal Hessian estimate learnt from L+, L-, L0 "
+        "(3 forwards, one full-size fp32 buffer)",
+    ),
+    Preset(
+        "kerzoo-lowrank",
+        {"estimator": "kernel", "projection": "lowrank", "update": "sgd"},
+        {"lr": 1e-6, "eps": 1e-3, "kernel": "legendre3", "directions": 3, "rank": 1, "nu": 100},
+        "KerZOO's kernel-weighted estimator over LOZO's low-rank directions",
+    ),
+    Preset(
+        "kerzoo-pgap",
+        {"estimator": "kernel", "projection": "aligned", "update": "sgd"},
+        {"lr": 1e-6, "eps": 1e-3, "kernel": "legendre3", "directions": 3, **PGAP},
+        "KerZOO's kernel-weighted estimator over P-GAP's aligned directions",
+    ),
 )
 
 

@@ -33,20 +33,39 @@ def cmd_train(args) -> int:
         parallel = distributed.from_env(cfg)
         if parallel is not None and parallel.rank != 0:
             say = lambda *a, **k: None  # noqa: E731 (rank 0 speaks for the run; errors are printed by every rank)
-        run = Run(cfg, resume=not args.fresh, progress=parallel is None or parallel.rank == 0, parallel=parallel)
+        run = Run(
+            cfg,
+            resume=not args.fresh,
+            progress=parallel is None or parallel.rank == 0,
+            parallel=parallel,
+        )
         if parallel is not None:
-            say(f"data parallel: {parallel.world} ranks ({parallel.backend}), global batch "
-                f"{cfg['train']['batch_size']}, parameters {'sharded' if run.sharded else 'replicated'}")
-        say(f"kerzoo train: {cfg['model']['name']} ({run.kind}), training {run.trained:,} of "
+            say(
+                f"data parallel: {parallel.world} ranks ({parallel.backend}), global batch "
+                f"{cfg['train']['batch_size']}, parameters {'sharded' if run.sharded else 'replicated'}"
+            )
+        say(
+            f"kerzoo train: {cfg['model']['name']} ({run.kind}), training {run.trained:,} of "
             f"{run.total_params:,} parameters; {len(run.train_set):,} training and {len(run.eval_set):,} "
-            f"held-out examples; optimizer {cfg['optimizer']}; output {run.out}/")
+            f"held-out examples; optimizer {cfg['optimizer']}; output {run.out}/"
+        )
         if run.step:
-            say(f"resuming from the checkpoint at step {run.step}" if run.step < cfg["train"]["steps"] else
-                f"the run in {run.out} has finished its {run.step} steps (--fresh starts over)")
+            say(
+                f"resuming from the checkpoint at step {run.step}"
+                if run.step < cfg["train"]["steps"]
+                else f"the run in {run.out} has finished its {run.step} steps (--fresh starts over)"
+            )
         result = run.train()
     except KeyboardInterrupt:
-        where = f"the checkpoint in {run.out}" if run and run.checkpoint_path.exists() else "no checkpoint yet"
-        print(f"\nkerzoo train: interrupted; kept {where}. Run the same command to resume.", file=sys.stderr)
+        where = (
+            f"the checkpoint in {run.out}"
+            if run and run.checkpoint_path.exists()
+            else "no checkpoint yet"
+        )
+        print(
+            f"\nkerzoo train: interrupted; kept {where}. Run the same command to resume.",
+            file=sys.stderr,
+        )
         return 130
     except errors as exc:
         rank = f" (rank {parallel.rank})" if parallel is not None else ""
@@ -60,16 +79,22 @@ def cmd_train(args) -> int:
     png = plot(run.metrics_path, run.out / "plot.png")
     minutes = (time.perf_counter() - started) / 60
     first, last = result["first_acc"], result["last_acc"]
-    print(f"eval accuracy: {first:.3f} before, {last:.3f} after {result['last_eval_step']} steps "
-          f"({len(run.eval_set)} held-out examples; {minutes:.1f} min)")
+    print(
+        f"eval accuracy: {first:.3f} before, {last:.3f} after {result['last_eval_step']} steps "
+        f"({len(run.eval_set)} held-out examples; {minutes:.1f} min)"
+    )
     if parallel is not None:
         print(distributed.traffic_line(run))
     print(f"output:      {run.out}/")
     print(f"metrics:     {run.metrics_path}")
     print(f"plot:        {png}")
-    print(f"checkpoint:  {run.checkpoint_path} ({_size(run.checkpoint_path)}; run the same command to resume)")
-    print(f"trajectory:  {run.traj_path} ({_size(run.traj_path)}); rebuild the weights from the base model with "
-          f"`kerzoo replay header {run.traj_path}`")
+    print(
+        f"checkpoint:  {run.checkpoint_path} ({_size(run.checkpoint_path)}; run the same command to resume)"
+    )
+    print(
+        f"trajectory:  {run.traj_path} ({_size(run.traj_path)}); rebuild the weights from the base model with "
+        f"`kerzoo replay header {run.traj_path}`"
+    )
     return 0
 
 
@@ -86,16 +111,26 @@ def cmd_replay(args) -> int:
         state = trainable_state(model)
         out = Path(args.out)
         torch.save(state, out)
-        print(f"replayed {n} steps in {time.perf_counter() - started:.1f} s; {len(state)} trained tensors "
-              f"written to {out} ({_size(out)}; the log is {_size(Path(args.log))})")
+        print(
+            f"replayed {n} steps in {time.perf_counter() - started:.1f} s; {len(state)} trained tensors "
+            f"written to {out} ({_size(out)}; the log is {_size(Path(args.log))})"
+        )
         if args.check:
             ck = load_checkpoint(Path(args.check))
-            diff = [k for k, v in ck["params"].items() if k not in state or not torch.equal(state[k], v)]
+            diff = [
+                k for k, v in ck["params"].items() if k not in state or not torch.equal(state[k], v)
+            ]
             if ck["step"] != n:
-                print(f"the checkpoint is at step {ck['step']} but the log has {n} steps", file=sys.stderr)
+                print(
+                    f"the checkpoint is at step {ck['step']} but the log has {n} steps",
+                    file=sys.stderr,
+                )
                 return 1
             if diff:
-                print(f"DIFFERENT from the checkpoint in {len(diff)} tensor(s), e.g. {diff[0]}", file=sys.stderr)
+                print(
+                    f"DIFFERENT from the checkpoint in {len(diff)} tensor(s), e.g. {diff[0]}",
+                    file=sys.stderr,
+                )
                 return 1
             print(f"identical to {args.check}, bit for bit ({len(state)} tensors)")
     except (ReplayError, ModelError, TrainingError, OSError) as exc:
@@ -105,15 +140,31 @@ def cmd_replay(args) -> int:
 
 
 def add_cli(sub) -> None:
-    p = sub.add_parser("train", help="fine-tune a model from a TOML/YAML config (no config: the offline default run)")
-    p.add_argument("config", nargs="?", help="TOML or YAML file; none runs the default offline task")
+    p = sub.add_parser(
+        "train",
+        help="fine-tune a model from a TOML/YAML config (no config: the offline default run)",
+    )
+    p.add_argument(
+        "config", nargs="?", help="TOML or YAML file; none runs the default offline task"
+    )
     p.add_argument("--steps", type=int, help="override train.steps")
     p.add_argument("--out", help="override train.out")
-    p.add_argument("--fresh", action="store_true", help="start over: remove the output folder's checkpoint and logs")
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start over: remove the output folder's checkpoint and logs",
+    )
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("replay", help="rebuild fine-tuned weights from the base model and a trajectory log")
-    p.add_argument("base", help="the base model (a folder or builtin:...), or 'header' for the one the log names")
+    p = sub.add_parser(
+        "replay", help="rebuild fine-tuned weights from the base model and a trajectory log"
+    )
+    p.add_argument(
+        "base",
+        help="the base model (a folder or builtin:...), or 'header' for the one the log names",
+    )
     p.add_argument("log", help="trajectory.jsonl written by kerzoo train")
-    p.add_argument("--out", default="replayed.pt", help="where to write the rebuilt trained tensors")
+    p.add_argument(
+        "--out", default="replayed.pt", help="where to write the rebuilt trained tensors"
+    )
     p.add_argument("--check", help="a checkpoint to compare with, bit for bit")
     p.set_defaults(func=cmd_replay)

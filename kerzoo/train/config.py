@@ -17,29 +17,56 @@ from ..schedules import SCHEDULES
 
 SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
     "model": {
-        "name": ("builtin:all-minilm-l6-v2", "a local folder, a transformers name (needs network or cache), "
-                                             "or builtin:all-minilm-l6-v2 (shipped by a PyPI package)"),
+        "name": (
+            "builtin:all-minilm-l6-v2",
+            "a local folder, a transformers name (needs network or cache), "
+            "or builtin:all-minilm-l6-v2 (shipped by a PyPI package)",
+        ),
         "kind": ("auto", "encoder, causal or auto (from the model's config)"),
-        "device": ("auto", "auto (CUDA when torch has it, under torchrun cuda:LOCAL_RANK; else the CPU), cpu, "
-                           "cuda or cuda:N"),
-        "dtype": ("float32", "float32, float64, bfloat16 or float16 (low precision is perturbed on the fly: exact restores)"),
-        "trainable": ([], "a parameter is trained if its name contains one of these; [] trains all"),
-        "exclude": ([], "parameters whose name contains one of these stay frozen, e.g. [\"embed\"]"),
+        "device": (
+            "auto",
+            "auto (CUDA when torch has it, under torchrun cuda:LOCAL_RANK; else the CPU), cpu, "
+            "cuda or cuda:N",
+        ),
+        "dtype": (
+            "float32",
+            "float32, float64, bfloat16 or float16 (low precision is perturbed on the fly: exact restores)",
+        ),
+        "trainable": (
+            [],
+            "a parameter is trained if its name contains one of these; [] trains all",
+        ),
+        "exclude": ([], 'parameters whose name contains one of these stay frozen, e.g. ["embed"]'),
         "lora": ({}, "PEFT LoRA options (r, lora_alpha, target_modules); {} for none"),
     },
     "data": {
-        "source": ("vader-polarity", "a .jsonl/.csv file, a saved HF dataset folder, or a built-in task"),
+        "source": (
+            "vader-polarity",
+            "a .jsonl/.csv file, a saved HF dataset folder, or a built-in task",
+        ),
         "text_key": ("text", "the field holding the text"),
-        "label_key": ("label", "the field holding the integer label (multiple choice: the right option's index)"),
+        "label_key": (
+            "label",
+            "the field holding the integer label (multiple choice: the right option's index)",
+        ),
         "options_key": ("options", "multiple_choice: the field holding the list of options"),
         "answer_key": ("answer", "lm: the field holding the gold answer"),
-        "eval_size": (500, "examples held out for evaluation (a seeded shuffle, then the first ones)"),
+        "eval_size": (
+            500,
+            "examples held out for evaluation (a seeded shuffle, then the first ones)",
+        ),
     },
     "task": {
-        "type": ("classification", "classification (label words), multiple_choice (options scored by "
-                                   "log-likelihood), or lm (loss on the gold answer); the last two need a causal LM"),
+        "type": (
+            "classification",
+            "classification (label words), multiple_choice (options scored by "
+            "log-likelihood), or lm (loss on the gold answer); the last two need a causal LM",
+        ),
         "template": ("{text}", "the prompt; {text} is replaced by the example's text"),
-        "label_words": (["terrible", "great"], "one word per label, in label order (causal LMs: one token each)"),
+        "label_words": (
+            ["terrible", "great"],
+            "one word per label, in label order (causal LMs: one token each)",
+        ),
         "label_prompt": ("It was {word}.", "encoders: the sentence each label word is embedded in"),
         "temperature": (0.05, "encoders: logits are cosine similarities divided by this"),
         "max_length": (32, "tokens per example"),
@@ -62,25 +89,52 @@ SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
     },
     "distributed": {  # read only under torchrun (WORLD_SIZE > 1)
         "backend": ("auto", "gloo, nccl, or auto: nccl when CUDA is available, else gloo"),
-        "shard": (False, "ZeRO-3 style: each rank keeps and perturbs only its slice of each trained tensor "
-                         "(elementwise projections only); false: every rank holds the whole model"),
-        "check_every": (100, "compare a hash of the ranks' parameters every this many steps (and at the end)"),
-        "timeout": (600, "seconds a collective waits for the other ranks before the run stops with an error"),
+        "shard": (
+            False,
+            "ZeRO-3 style: each rank keeps and perturbs only its slice of each trained tensor "
+            "(elementwise projections only); false: every rank holds the whole model",
+        ),
+        "check_every": (
+            100,
+            "compare a hash of the ranks' parameters every this many steps (and at the end)",
+        ),
+        "timeout": (
+            600,
+            "seconds a collective waits for the other ranks before the run stops with an error",
+        ),
     },
 }
 DEFAULT_OPTIMIZER = {"preset": "mezo", "lr": 1e-4, "eps": 1e-3}
 DEFAULT_RUN = {"model": {"trainable": ["encoder.layer.4.", "encoder.layer.5."]}}
-CHOICES = {("model", "kind"): ("auto", "encoder", "causal"),
-           ("model", "dtype"): ("float32", "float64", "bfloat16", "float16"),
-           ("task", "type"): ("classification", "multiple_choice", "lm"),
-           ("train", "schedule"): SCHEDULES,
-           ("distributed", "backend"): ("auto", "gloo", "nccl")}
-POSITIVE = ("steps", "batch_size", "grad_accum", "eval_every", "checkpoint_every", "eval_batch_size",
-            "max_nan_streak")
+CHOICES = {
+    ("model", "kind"): ("auto", "encoder", "causal"),
+    ("model", "dtype"): ("float32", "float64", "bfloat16", "float16"),
+    ("task", "type"): ("classification", "multiple_choice", "lm"),
+    ("train", "schedule"): SCHEDULES,
+    ("distributed", "backend"): ("auto", "gloo", "nccl"),
+}
+POSITIVE = (
+    "steps",
+    "batch_size",
+    "grad_accum",
+    "eval_every",
+    "checkpoint_every",
+    "eval_batch_size",
+    "max_nan_streak",
+)
 # keys whose change makes a checkpoint's continuation differ from the run that wrote it
-TRAJECTORY_KEYS = ("model", "data", "task", "optimizer",
-                   "train.seed", "train.batch_size", "train.grad_accum", "train.schedule", "train.warmup_steps",
-                   "train.min_lr_factor")
+TRAJECTORY_KEYS = (
+    "model",
+    "data",
+    "task",
+    "optimizer",
+    "train.seed",
+    "train.batch_size",
+    "train.grad_accum",
+    "train.schedule",
+    "train.warmup_steps",
+    "train.min_lr_factor",
+)
 
 
 def _suggest(key: str, known) -> str:
@@ -89,7 +143,10 @@ def _suggest(key: str, known) -> str:
 
 
 def defaults() -> dict[str, dict[str, Any]]:
-    out = {section: {k: copy.deepcopy(v[0]) for k, v in keys.items()} for section, keys in SCHEMA.items()}
+    out = {
+        section: {k: copy.deepcopy(v[0]) for k, v in keys.items()}
+        for section, keys in SCHEMA.items()
+    }
     out["optimizer"] = dict(DEFAULT_OPTIMIZER)
     return out
 
@@ -105,7 +162,9 @@ def _check_value(section: str, key: str, value: Any) -> Any:
         raise ConfigError(f"{section}.{key} = {value!r}: expected a list of strings ({doc})")
     choices = CHOICES.get((section, key))
     if choices and value not in choices:
-        raise ConfigError(f"{section}.{key} = {value!r}{_suggest(value, choices)}: use one of {', '.join(choices)}")
+        raise ConfigError(
+            f"{section}.{key} = {value!r}{_suggest(value, choices)}: use one of {', '.join(choices)}"
+        )
     return value
 
 
@@ -114,8 +173,10 @@ def validate(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     cfg = defaults()
     for section, values in raw.items():
         if section not in SCHEMA:
-            raise ConfigError(f"unknown config section [{section}]{_suggest(section, SCHEMA)}; "
-                              f"sections: {', '.join(SCHEMA)}")
+            raise ConfigError(
+                f"unknown config section [{section}]{_suggest(section, SCHEMA)}; "
+                f"sections: {', '.join(SCHEMA)}"
+            )
         if not isinstance(values, dict):
             raise ConfigError(f"config section [{section}] must be a table of keys, got {values!r}")
         if section == "optimizer":
@@ -123,15 +184,19 @@ def validate(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
             continue
         for key, value in values.items():
             if key not in SCHEMA[section]:
-                raise ConfigError(f"unknown key {section}.{key}{_suggest(key, SCHEMA[section])}; "
-                                  f"[{section}] keys: {', '.join(SCHEMA[section])}")
+                raise ConfigError(
+                    f"unknown key {section}.{key}{_suggest(key, SCHEMA[section])}; "
+                    f"[{section}] keys: {', '.join(SCHEMA[section])}"
+                )
             cfg[section][key] = _check_value(section, key, value)
     t = cfg["train"]
     for key in POSITIVE:
         if t[key] < 1:
             raise ConfigError(f"train.{key} must be >= 1, got {t[key]}")
     if not 0 <= t["warmup_steps"] <= t["steps"]:
-        raise ConfigError(f"train.warmup_steps = {t['warmup_steps']}: must be in [0, train.steps = {t['steps']}]")
+        raise ConfigError(
+            f"train.warmup_steps = {t['warmup_steps']}: must be in [0, train.steps = {t['steps']}]"
+        )
     if not 0.0 <= t["min_lr_factor"] <= 1.0:
         raise ConfigError(f"train.min_lr_factor = {t['min_lr_factor']}: must be in [0, 1]")
     for key in ("check_every", "timeout"):
@@ -140,8 +205,10 @@ def validate(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     if cfg["data"]["eval_size"] < 1:
         raise ConfigError(f"data.eval_size must be >= 1, got {cfg['data']['eval_size']}")
     if cfg["model"]["lora"] and cfg["model"]["trainable"]:
-        raise ConfigError(f"model.trainable = {cfg['model']['trainable']!r} and model.lora are exclusive: LoRA "
-                          "trains its adapters (add modules to model.lora.modules_to_save to train them too)")
+        raise ConfigError(
+            f"model.trainable = {cfg['model']['trainable']!r} and model.lora are exclusive: LoRA "
+            "trains its adapters (add modules to model.lora.modules_to_save to train them too)"
+        )
     return cfg
 
 
@@ -160,4 +227,6 @@ def trajectory_changes(old: dict, new: dict) -> list[str]:
     keys = list(TRAJECTORY_KEYS)
     if new["train"]["schedule"] != "constant":
         keys.append("train.steps")
-    return [f"{k}: {flat(old, k)!r} -> {flat(new, k)!r}" for k in keys if flat(old, k) != flat(new, k)]
+    return [
+        f"{k}: {flat(old, k)!r} -> {flat(new, k)!r}" for k in keys if flat(old, k) != flat(new, k)
+    ]

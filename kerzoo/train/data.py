@@ -27,8 +27,10 @@ def vader_polarity(min_abs: float = 1.0) -> list[dict]:
 
         text = (files("vaderSentiment") / "vader_lexicon.txt").read_text(encoding="utf-8")
     except ModuleNotFoundError:
-        raise DataError("the built-in task 'vader-polarity' needs the package vaderSentiment: "
-                        "pip install 'kerzoo[train]'") from None
+        raise DataError(
+            "the built-in task 'vader-polarity' needs the package vaderSentiment: "
+            "pip install 'kerzoo[train]'"
+        ) from None
     out = []
     for line in text.splitlines():
         parts = line.split("\t")
@@ -40,8 +42,13 @@ def vader_polarity(min_abs: float = 1.0) -> list[dict]:
     return out
 
 
-def load_examples(source: str, text_key: str = "text", label_key: str = "label",
-                  fields: dict[str, str] | None = None, require_label: bool = True) -> list[dict]:
+def load_examples(
+    source: str,
+    text_key: str = "text",
+    label_key: str = "label",
+    fields: dict[str, str] | None = None,
+    require_label: bool = True,
+) -> list[dict]:
     """Read examples from ``source``: a built-in name, a .jsonl/.csv file, or a saved HF dataset folder.
 
     Each example gets "text" and "label" (an int); ``fields`` maps more names to source fields,
@@ -52,13 +59,17 @@ def load_examples(source: str, text_key: str = "text", label_key: str = "label",
         return vader_polarity()
     path = Path(source)
     if not path.exists():
-        raise DataError(f"data source {source!r} does not exist: give a .jsonl or .csv file, a folder saved "
-                        f"with datasets' save_to_disk, or a built-in task ({', '.join(BUILTIN)})")
+        raise DataError(
+            f"data source {source!r} does not exist: give a .jsonl or .csv file, a folder saved "
+            f"with datasets' save_to_disk, or a built-in task ({', '.join(BUILTIN)})"
+        )
     if path.is_dir():
         try:
             from datasets import load_from_disk
         except ImportError:
-            raise DataError(f"{source!r} is a folder: reading a saved HF dataset needs `pip install datasets`") from None
+            raise DataError(
+                f"{source!r} is a folder: reading a saved HF dataset needs `pip install datasets`"
+            ) from None
         rows = list(load_from_disk(str(path)))
     elif path.suffix == ".jsonl":
         rows = []
@@ -79,8 +90,10 @@ def load_examples(source: str, text_key: str = "text", label_key: str = "label",
         needed = [text_key, *fields.values()] + ([label_key] if require_label else [])
         missing = [k for k in needed if k not in row]
         if missing:
-            raise DataError(f"{source}: example {i} lacks the field(s) {', '.join(repr(k) for k in missing)} "
-                            f"(its fields: {sorted(row)}); set the data keys in the config")
+            raise DataError(
+                f"{source}: example {i} lacks the field(s) {', '.join(repr(k) for k in missing)} "
+                f"(its fields: {sorted(row)}); set the data keys in the config"
+            )
         label = _label(row[label_key], source, i, label_key) if label_key in row else None
         ex = {"text": str(row[text_key]), "label": label}
         for name, key in fields.items():
@@ -100,15 +113,19 @@ def _label(value, source: str, i: int, key: str) -> int:
             return int(value)
     except ValueError:
         pass
-    raise DataError(f"{source}: example {i} has {key} = {value!r}, not an integer label; labels are "
-                    "0, 1, ... in the order of task.label_words (map names such as 'positive' to numbers)")
+    raise DataError(
+        f"{source}: example {i} has {key} = {value!r}, not an integer label; labels are "
+        "0, 1, ... in the order of task.label_words (map names such as 'positive' to numbers)"
+    )
 
 
 def split(examples: list[dict], eval_size: int, seed: int) -> tuple[list[dict], list[dict]]:
     """A seeded shuffle, then the first ``eval_size`` examples are held out for evaluation."""
     if len(examples) <= eval_size:
-        raise DataError(f"{len(examples)} examples cannot give {eval_size} held-out ones and a training set: "
-                        "lower eval_size or add data")
+        raise DataError(
+            f"{len(examples)} examples cannot give {eval_size} held-out ones and a training set: "
+            "lower eval_size or add data"
+        )
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
     shuffled = [examples[i] for i in order]

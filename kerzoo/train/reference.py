@@ -26,12 +26,12 @@ OPTION_DOCS = {
     "weight_decay": "decoupled weight decay θ ← θ(1 − lr·wd), not applied to 1-D tensors (biases, norms)",
     "seed": "seed of the directions: the same seed gives the same trajectory",
     "perturb": "auto, inplace, onthefly or outputs; auto perturbs on the fly when a module with "
-               "fp16/bf16 parameters is given, in place otherwise",
+    "fp16/bf16 parameters is given, in place otherwise",
     "stochastic_rounding": "round updates of low-precision weights stochastically; unset: on when a parameter is fp16/bf16",
     "clip": "per-tensor clipping of the estimate's norm (0: off)",
     "module": "Python only: the module whose layers are perturbed on the fly (kerzoo.optimizer(spec, model) sets it)",
     "shards": "Python only, set by the distributed trainer: {tensor: (name, offset)} for tensors that are flat "
-              "slices of a whole tensor (needs a shardable projection)",
+    "slices of a whole tensor (needs a shardable projection)",
 }
 
 PART_OPTION_DOCS = {
@@ -43,8 +43,14 @@ PART_OPTION_DOCS = {
     ("kernel", "C"): "scale of the weight K_a(r) = (C/a) K(r/a)",
     ("kernel", "r_max"): "radius a of r ~ U[−a, a] at the start",
     ("kernel", "r_min"): "radius a after r_shrink_steps",
-    ("kernel", "r_shrink_steps"): "steps over which a shrinks linearly from r_max to r_min (0: a stays r_max)",
-    ("kernel", "r_scope"): "direction (one r per direction) or tensor (one r per direction and tensor)",
+    (
+        "kernel",
+        "r_shrink_steps",
+    ): "steps over which a shrinks linearly from r_max to r_min (0: a stays r_max)",
+    (
+        "kernel",
+        "r_scope",
+    ): "direction (one r per direction) or tensor (one r per direction and tensor)",
     ("dense", "dist"): "distribution of z: gaussian or rademacher",
     ("subspace", "rank"): "rank r of each matrix's random subspace",
     ("subspace", "refresh"): "steps between redraws of the subspace",
@@ -53,7 +59,10 @@ PART_OPTION_DOCS = {
     ("aligned", "rank"): "rank r of the estimated gradient subspace",
     ("aligned", "refresh"): "steps per cycle: the subspace is re-estimated every this many steps",
     ("aligned", "probe_steps"): "rank-1 probe steps at the start of each cycle (must be < refresh)",
-    ("aligned", "delta"): "alignment δ > 0: <H, C> = ±√δ‖H‖; 1 keeps the estimate unbiased in the subspace",
+    (
+        "aligned",
+        "delta",
+    ): "alignment δ > 0: <H, C> = ±√δ‖H‖; 1 keeps the estimate unbiased in the subspace",
     ("aligned", "ema"): "exponential average of the projected-gradient estimate H, in [0, 1)",
     ("hessian", "alpha"): "rate of the diagonal Hessian estimate's moving average",
     ("hessian", "init"): "initial value of the diagonal Hessian estimate",
@@ -75,7 +84,9 @@ def type_name(default: Any) -> str:
         return "list of strings"
     if isinstance(default, dict):
         return "table"
-    return {str: "string", int: "integer", float: "float"}.get(type(default), type(default).__name__)
+    return {str: "string", int: "integer", float: "float"}.get(
+        type(default), type(default).__name__
+    )
 
 
 def show(value: Any) -> str:
@@ -131,10 +142,14 @@ def markdown() -> str:
             if section == "train" and key in POSITIVE:
                 notes.append("≥ 1")
             extra = f" ({'; '.join(notes)})" if notes else ""
-            out.append(f"| `{section}.{key}` | {type_name(default)} | `{_cell(show(default))}` | "
-                       f"{_cell(meaning)}{extra} |")
+            out.append(
+                f"| `{section}.{key}` | {type_name(default)} | `{_cell(show(default))}` | "
+                f"{_cell(meaning)}{extra} |"
+            )
         out.append("")
-    run = "; ".join(f"`{s}.{k} = {_cell(show(v))}`" for s, keys in DEFAULT_RUN.items() for k, v in keys.items())
+    run = "; ".join(
+        f"`{s}.{k} = {_cell(show(v))}`" for s, keys in DEFAULT_RUN.items() for k, v in keys.items()
+    )
     out += [
         f"`kerzoo train` with no config file (the default run) also sets {run}.",
         "",
@@ -153,25 +168,45 @@ def markdown() -> str:
     kinds = {"estimator": "estimators", "projection": "projections", "update": "updates"}
     for part in PARTS:
         names = ", ".join(f"`{e.name}`" for e in _builtin_entries(kinds[part]))
-        out.append(f"| `optimizer.{part}` | string | `{show(DEFAULT_PARTS[part])}` | a registered {part}: "
-                   f"{names}, or a plugin's |")
+        out.append(
+            f"| `optimizer.{part}` | string | `{show(DEFAULT_PARTS[part])}` | a registered {part}: "
+            f"{names}, or a plugin's |"
+        )
     for key, default in OPTIMIZER_OPTIONS.items():
         kind = {"module": "torch.nn.Module", "shards": "dict"}.get(key, type_name(default))
-        out.append(f"| `optimizer.{key}` | {kind} | `{show(default)}` | {_cell(OPTION_DOCS[key])} |")
-    out += ["", "### Options of the parts", "",
-            "Set them in the same table, e.g. `rank = 4` for a subspace projection.", "",
-            "| part | option | type | default | meaning |", "|---|---|---|---|---|"]
+        out.append(
+            f"| `optimizer.{key}` | {kind} | `{show(default)}` | {_cell(OPTION_DOCS[key])} |"
+        )
+    out += [
+        "",
+        "### Options of the parts",
+        "",
+        "Set them in the same table, e.g. `rank = 4` for a subspace projection.",
+        "",
+        "| part | option | type | default | meaning |",
+        "|---|---|---|---|---|",
+    ]
     for part in PARTS:
         for e in _builtin_entries(kinds[part]):
             for key, default in e.obj.defaults.items():
                 if (e.name, key) not in PART_OPTION_DOCS:
-                    raise KeyError(f"option {key!r} of {part} {e.name!r} has no entry in "
-                                   "kerzoo.train.reference.PART_OPTION_DOCS: document it there")
-                out.append(f"| {part} `{e.name}` | `{key}` | {type_name(default)} | `{show(default)}` | "
-                           f"{_cell(PART_OPTION_DOCS[(e.name, key)])} |")
-    out += ["", "### Presets", "",
-            "What `preset = NAME` expands to (the built-in presets; `kerzoo list optimizers` adds plugins').",
-            "", "| preset | parts and options | description |", "|---|---|---|"]
+                    raise KeyError(
+                        f"option {key!r} of {part} {e.name!r} has no entry in "
+                        "kerzoo.train.reference.PART_OPTION_DOCS: document it there"
+                    )
+                out.append(
+                    f"| {part} `{e.name}` | `{key}` | {type_name(default)} | `{show(default)}` | "
+                    f"{_cell(PART_OPTION_DOCS[(e.name, key)])} |"
+                )
+    out += [
+        "",
+        "### Presets",
+        "",
+        "What `preset = NAME` expands to (the built-in presets; `kerzoo list optimizers` adds plugins').",
+        "",
+        "| preset | parts and options | description |",
+        "|---|---|---|",
+    ]
     for e in _builtin_entries("optimizers"):
         spec = ", ".join(f"{k} = {show(v)}" for k, v in e.obj.spec().items())
         out.append(f"| `{e.name}` | {_cell(spec)} | {_cell(e.doc)} |")
@@ -179,7 +214,9 @@ def markdown() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kerzoo.train.reference", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m kerzoo.train.reference", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("-o", "--out", help="write here instead of to stdout")
     args = parser.parse_args(argv)
     text = markdown()

@@ -35,20 +35,28 @@ def read_log(path: str | Path) -> tuple[dict, list[dict]]:
 
     p = Path(path)
     if not p.exists():
-        raise ReplayError(f"trajectory log {str(p)!r} does not exist (kerzoo train writes <out>/trajectory.jsonl)")
+        raise ReplayError(
+            f"trajectory log {str(p)!r} does not exist (kerzoo train writes <out>/trajectory.jsonl)"
+        )
     lines = read_jsonl(p)
     if not lines or lines[0].get("kind") != "header":
-        raise ReplayError(f"{path}: not a kerzoo trajectory log (the first line must be its header)")
+        raise ReplayError(
+            f"{path}: not a kerzoo trajectory log (the first line must be its header)"
+        )
     records = lines[1:]
     steps = [r.get("step") for r in records]
     if steps != list(range(len(records))):
         gap = next(i for i, s in enumerate(steps) if s != i)
-        raise ReplayError(f"{path}: record {gap + 1} is for step {steps[gap]}, expected {gap}: the log is "
-                          "incomplete or mixed with another run's")
+        raise ReplayError(
+            f"{path}: record {gap + 1} is for step {steps[gap]}, expected {gap}: the log is "
+            "incomplete or mixed with another run's"
+        )
     return lines[0], records
 
 
-def replay(base: str | None, log: str | Path, upto: int | None = None) -> tuple[torch.nn.Module, int]:
+def replay(
+    base: str | None, log: str | Path, upto: int | None = None
+) -> tuple[torch.nn.Module, int]:
     """Load the base model (``base``, or the log's own when None or 'header') and apply the log's
     first ``upto`` records (all by default); returns the model and the number applied."""
     import kerzoo
@@ -60,11 +68,15 @@ def replay(base: str | None, log: str | Path, upto: int | None = None) -> tuple[
     model, _, _ = load_model(model_cfg)
     state = trainable_state(model)
     if sorted(state) != header["trainable"]:
-        raise ReplayError(f"the base model {model_cfg['name']!r} has other trained parameters than the log "
-                          f"{str(log)!r} ({len(state)} against {len(header['trainable'])}): is it the same model?")
+        raise ReplayError(
+            f"the base model {model_cfg['name']!r} has other trained parameters than the log "
+            f"{str(log)!r} ({len(state)} against {len(header['trainable'])}): is it the same model?"
+        )
     if header.get("fingerprint") and fingerprint(state) != header["fingerprint"]:
-        raise ReplayError(f"the base model {model_cfg['name']!r} does not start from the weights the log "
-                          f"{str(log)!r} was trained from (fingerprint differs): give the original base model")
+        raise ReplayError(
+            f"the base model {model_cfg['name']!r} does not start from the weights the log "
+            f"{str(log)!r} was trained from (fingerprint differs): give the original base model"
+        )
     opt = kerzoo.optimizer(dict(header["optimizer"]), model, seed=header["seed"])
     records = records if upto is None else records[:upto]
     for record in records:

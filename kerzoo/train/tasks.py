@@ -53,24 +53,37 @@ class Classification(_Choices):
         _check_template(cfg)
         words = cfg["label_words"]
         if len(words) < 2:
-            raise TaskError(f"task.label_words = {words!r}: classification needs a word per label, at least 2")
-        bad = sorted({x for x in labels if not (isinstance(x, int) and 0 <= x < len(words))}, key=str)
+            raise TaskError(
+                f"task.label_words = {words!r}: classification needs a word per label, at least 2"
+            )
+        bad = sorted(
+            {x for x in labels if not (isinstance(x, int) and 0 <= x < len(words))}, key=str
+        )
         if bad:
-            raise TaskError(f"label(s) {bad[:5]!r} in the data, but task.label_words = {words!r} has "
-                            f"{len(words)} words: labels must be 0..{len(words) - 1}, one word each")
+            raise TaskError(
+                f"label(s) {bad[:5]!r} in the data, but task.label_words = {words!r} has "
+                f"{len(words)} words: labels must be 0..{len(words) - 1}, one word each"
+            )
         if kind == "causal":
             self.label_ids = []
             for w in words:
                 ids = tokenizer(" " + w, add_special_tokens=False)["input_ids"]
                 if len(ids) != 1:
                     pieces = tokenizer.convert_ids_to_tokens(ids)
-                    raise TaskError(f"label word {w!r} is {len(ids)} tokens for this tokenizer ({pieces}); "
-                                    "choose words that are one token each (with a leading space)")
+                    raise TaskError(
+                        f"label word {w!r} is {len(ids)} tokens for this tokenizer ({pieces}); "
+                        "choose words that are one token each (with a leading space)"
+                    )
                 self.label_ids.append(ids[0])
 
     def _encode(self, texts, device):
-        return self.tok(texts, padding=True, truncation=True, max_length=self.cfg["max_length"],
-                        return_tensors="pt").to(device)
+        return self.tok(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=self.cfg["max_length"],
+            return_tensors="pt",
+        ).to(device)
 
     @staticmethod
     def _pool(out, mask):
@@ -89,7 +102,7 @@ class Classification(_Choices):
         labels = [self.cfg["label_prompt"].format(word=w) for w in self.cfg["label_words"]]
         enc = self._encode(prompts + labels, device)
         emb = F.normalize(self._pool(model(**enc), enc["attention_mask"]).float(), dim=-1)
-        x, c = emb[: len(batch)], emb[len(batch):]
+        x, c = emb[: len(batch)], emb[len(batch) :]
         return x @ c.T / self.cfg["temperature"]
 
 
@@ -136,10 +149,14 @@ class MultipleChoice(_Continuations, _Choices):
         for i, ex in enumerate(examples):
             options = ex["options"]
             if not isinstance(options, list) or len(options) < 2:
-                raise TaskError(f"multiple-choice example {i} needs a list of at least 2 options, got {options!r}")
+                raise TaskError(
+                    f"multiple-choice example {i} needs a list of at least 2 options, got {options!r}"
+                )
             if not (isinstance(ex["label"], int) and 0 <= ex["label"] < len(options)):
-                raise TaskError(f"multiple-choice example {i}: label {ex['label']!r} is not the index of one "
-                                f"of its {len(options)} options")
+                raise TaskError(
+                    f"multiple-choice example {i}: label {ex['label']!r} is not the index of one "
+                    f"of its {len(options)} options"
+                )
 
     def logits(self, model, batch):
         prompts, conts = [], []
@@ -166,7 +183,9 @@ class LMLoss(_Continuations):
         super().__init__(cfg, tokenizer, kind, "lm")
 
     def _pairs(self, batch):
-        return [self.cfg["template"].format(text=ex["text"]) for ex in batch], [str(ex["answer"]) for ex in batch]
+        return [self.cfg["template"].format(text=ex["text"]) for ex in batch], [
+            str(ex["answer"]) for ex in batch
+        ]
 
     def loss_sum(self, model, batch):
         total, count, _ = self.scores(model, *self._pairs(batch))

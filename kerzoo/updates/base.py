@@ -20,14 +20,14 @@ from ..projections.base import ParamInfo, Projection
 @dataclass
 class UpdateContext:
     params: list[ParamInfo]
-    coefs: list[float]          # g_i, the estimate is sum_i g_i z_i
+    coefs: list[float]  # g_i, the estimate is sum_i g_i z_i
     seeds: list[int]
     projection: Projection
     groups: list[dict[str, Any]]
-    state: Callable[[ParamInfo], dict]                     # per-tensor state (saved in state_dict)
+    state: Callable[[ParamInfo], dict]  # per-tensor state (saved in state_dict)
     # L(theta + sum_i c_i scale(p) z_i), scale(p) optional per tensor (e.g. ctx.lr); None when replaying
     evaluate_at: Callable[..., float | None]
-    record: dict[str, Any] = field(default_factory=dict)   # what the rule chose, for replay
+    record: dict[str, Any] = field(default_factory=dict)  # what the rule chose, for replay
     factor: Callable[[int, ParamInfo], float] | None = None  # the plan's per-tensor update factor
 
     def lr(self, p: ParamInfo) -> float:

@@ -41,8 +41,11 @@ class Momentum(Update):
         for p in ctx.params:
             st = ctx.state(p)
             if "momentum" not in st:
-                st["momentum"] = torch.zeros(p.tensor.shape, dtype=torch.float32 if p.tensor.dtype != torch.float64
-                                             else torch.float64, device=p.tensor.device)
+                st["momentum"] = torch.zeros(
+                    p.tensor.shape,
+                    dtype=torch.float32 if p.tensor.dtype != torch.float64 else torch.float64,
+                    device=p.tensor.device,
+                )
             m = st["momentum"]
             m.mul_(beta)
             ctx.projection.add(p, m, ctx.for_tensor(p, ctx.coefs), ctx.seeds)
@@ -57,7 +60,11 @@ class Adam(Update):
     memory = "2 buffers per tensor"
 
     def apply(self, ctx, replay=None):
-        b1, b2, e = float(self.options["beta1"]), float(self.options["beta2"]), float(self.options["adam_eps"])
+        b1, b2, e = (
+            float(self.options["beta1"]),
+            float(self.options["beta2"]),
+            float(self.options["adam_eps"]),
+        )
         for p in ctx.params:
             st = ctx.state(p)
             if "exp_avg" not in st:
@@ -85,7 +92,11 @@ class Conservative(Update):
         # losses at theta, theta - lr g, theta + lr g, each tensor with its group's lr; when
         # replaying, evaluate_at makes the same moves (same rounding in place) and returns None
         neg = [-g for g in ctx.coefs]
-        losses = [ctx.evaluate_at([0.0] * len(neg)), ctx.evaluate_at(neg, ctx.lr), ctx.evaluate_at(ctx.coefs, ctx.lr)]
+        losses = [
+            ctx.evaluate_at([0.0] * len(neg)),
+            ctx.evaluate_at(neg, ctx.lr),
+            ctx.evaluate_at(ctx.coefs, ctx.lr),
+        ]
         if replay is not None:
             sign = replay["sign"]
         else:

@@ -17,8 +17,20 @@ DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
 def test_cuda_kernels_compile_with_nvcc(tmp_path):
-    out = subprocess.run(["nvcc", "-c", "-std=c++17", "-arch=sm_90", "-O3", str(ROOT / "extensions/cuda/kernels.cu"),
-                          "-o", str(tmp_path / "kernels.o")], capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            "nvcc",
+            "-c",
+            "-std=c++17",
+            "-arch=sm_90",
+            "-O3",
+            str(ROOT / "extensions/cuda/kernels.cu"),
+            "-o",
+            str(tmp_path / "kernels.o"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "kernels.o").stat().st_size > 0
 
@@ -27,13 +39,19 @@ def _cuda_include():
     nvcc = shutil.which("nvcc")
     if nvcc is None:
         return None
-    for root in (Path(nvcc).resolve().parents[1], Path("/usr/local/cuda"), *sorted(Path("/usr/local").glob("cuda-*"))):
+    for root in (
+        Path(nvcc).resolve().parents[1],
+        Path("/usr/local/cuda"),
+        *sorted(Path("/usr/local").glob("cuda-*")),
+    ):
         if (root / "include" / "cuda_runtime.h").exists():
             return root / "include"
     return None
 
 
-@pytest.mark.skipif(_cuda_include() is None or shutil.which("g++") is None, reason="no CUDA headers or g++")
+@pytest.mark.skipif(
+    _cuda_include() is None or shutil.which("g++") is None, reason="no CUDA headers or g++"
+)
 def test_cuda_torch_glue_compiles_against_torch_headers(tmp_path):
     """ops_cuda.cpp (the torch side of the CUDA backend) checked by the C++ compiler, also where
     torch is a CPU build: its one generated CUDA header is stubbed."""
@@ -42,8 +60,15 @@ def test_cuda_torch_glue_compiles_against_torch_headers(tmp_path):
     stub = tmp_path / "c10" / "cuda" / "impl"
     stub.mkdir(parents=True)
     (stub / "cuda_cmake_macros.h").write_text("#pragma once\n")
-    cmd = ["g++", "-std=c++17", "-fsyntax-only", *(f"-I{p}" for p in include_paths()), f"-I{_cuda_include()}",
-           f"-I{tmp_path}", str(ROOT / "extensions/cuda/ops_cuda.cpp")]
+    cmd = [
+        "g++",
+        "-std=c++17",
+        "-fsyntax-only",
+        *(f"-I{p}" for p in include_paths()),
+        f"-I{_cuda_include()}",
+        f"-I{tmp_path}",
+        str(ROOT / "extensions/cuda/ops_cuda.cpp"),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
 
@@ -64,13 +89,19 @@ def test_cuda_fill_and_add_equal_cpu_reference(dtype, dist, n, offset):
     b = torch.empty(n, dtype=dtype)
     R.fill_z(b, 99, 1234, offset, R.DIST_CODES[dist])
     tol = 4e-6 * max(1.0, float(b.double().abs().max()))
-    torch.testing.assert_close(a.double(), b.double(), rtol=0, atol=tol if dtype in (torch.float32, torch.float64) else
-                               float(torch.finfo(dtype).eps) * 8)
+    torch.testing.assert_close(
+        a.double(),
+        b.double(),
+        rtol=0,
+        atol=tol if dtype in (torch.float32, torch.float64) else float(torch.finfo(dtype).eps) * 8,
+    )
     theta = (torch.randn(n) * 0.1).to(dtype)
     g, h = theta.cuda(), theta.clone()
     engine.add_z_multi(g, [1e-2, -3e-3, 5e-3], [1, 2, 3], 77, offset, dist)
     R.add_z_multi(h, [1e-2, -3e-3, 5e-3], [1, 2, 3], 77, offset, R.DIST_CODES[dist])
-    torch.testing.assert_close(g.cpu().double(), h.double(), rtol=2 * float(torch.finfo(dtype).eps), atol=1e-6)
+    torch.testing.assert_close(
+        g.cpu().double(), h.double(), rtol=2 * float(torch.finfo(dtype).eps), atol=1e-6
+    )
 
 
 @gpu
@@ -133,7 +164,9 @@ def test_cuda_foreach_over_more_tensors_than_one_launch_equals_the_reference():
     outs = [torch.empty(n, device="cuda") for n in sizes]
     engine.fill_z_foreach(outs, 3, keys, offsets, "rademacher")
     for out, k, o in zip(outs, keys, offsets):
-        assert torch.equal(out.cpu(), engine.fill_z(torch.empty(out.numel()), 3, k, o, "rademacher"))
+        assert torch.equal(
+            out.cpu(), engine.fill_z(torch.empty(out.numel()), 3, k, o, "rademacher")
+        )
 
 
 @gpu
@@ -143,16 +176,28 @@ def test_cuda_add_lowrank_equals_the_reference(dtype, m, n, r):
     """One kernel, no m x n temporary, accumulated in float32 (float64 for a float64 theta) and
     rounded once: equal to the reference's row-block addmm to the rounding of that sum."""
     cuda_backend()
-    assert engine.info()[[row["op"] for row in engine.info()].index("add_lowrank")]["cuda"] == "cuda"
+    assert (
+        engine.info()[[row["op"] for row in engine.info()].index("add_lowrank")]["cuda"] == "cuda"
+    )
     g = torch.Generator().manual_seed(m * n + r)
     theta = (torch.randn(m, n, generator=g) * 0.05).to(dtype)
-    u, s, v = torch.randn(m, r, generator=g), torch.randn(r, r, generator=g), torch.randn(n, r, generator=g)
+    u, s, v = (
+        torch.randn(m, r, generator=g),
+        torch.randn(r, r, generator=g),
+        torch.randn(n, r, generator=g),
+    )
     ref = theta.clone()
     R.add_lowrank(ref, 1e-3, u, s, v)
     got = theta.cuda()
     engine.add_lowrank(got, 1e-3, u.cuda(), s.cuda(), v.cuda())
     ct_eps = float(torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps)
-    bound = float(theta.double().abs().max()) + 1e-3 * r * float((u @ s).abs().max() * v.abs().max())
-    atol = 4 * ct_eps * bound if dtype in (torch.float32, torch.float64) else float(torch.finfo(dtype).eps) * bound
+    bound = float(theta.double().abs().max()) + 1e-3 * r * float(
+        (u @ s).abs().max() * v.abs().max()
+    )
+    atol = (
+        4 * ct_eps * bound
+        if dtype in (torch.float32, torch.float64)
+        else float(torch.finfo(dtype).eps) * bound
+    )
     torch.testing.assert_close(got.cpu().double(), ref.double(), rtol=0, atol=atol)
     assert not torch.equal(ref, theta), "the update changed nothing"

@@ -20,12 +20,18 @@ def words(*xs):
     return tuple(torch.tensor([x], dtype=torch.int64) for x in xs)
 
 
-@pytest.mark.parametrize("ctr,key,expected", [
-    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
-    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
-    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
-     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
-])
+@pytest.mark.parametrize(
+    "ctr,key,expected",
+    [
+        ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+        ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+        (
+            (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
+            (0xA4093822, 0x299F31D0),
+            (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1),
+        ),
+    ],
+)
 def test_reference_philox_matches_random123_known_answers(ctr, key, expected):
     out = philox4x32(words(*ctr), key)
     assert tuple(int(w) for w in out) == expected
@@ -38,8 +44,14 @@ def ext():
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=seeds, key=seeds, offset=offsets, n=st.integers(1, 300), dtype=st.sampled_from(DTYPES),
-       dist=st.sampled_from(DISTS))
+@given(
+    seed=seeds,
+    key=seeds,
+    offset=offsets,
+    n=st.integers(1, 300),
+    dtype=st.sampled_from(DTYPES),
+    dist=st.sampled_from(DISTS),
+)
 def test_extension_fill_equals_reference(ext, seed, key, offset, n, dtype, dist):
     a = engine.fill_z(torch.empty(n, dtype=dtype), seed, key, offset, dist)
     b = torch.empty(n, dtype=dtype)
@@ -48,12 +60,22 @@ def test_extension_fill_equals_reference(ext, seed, key, offset, n, dtype, dist)
         assert torch.equal(a, b)
     else:  # the same Philox words; Box-Muller within float32 rounding, then one rounding to dtype
         low = dtype in (torch.float16, torch.bfloat16)
-        torch.testing.assert_close(a.double(), b.double(), rtol=float(torch.finfo(dtype).eps) if low else 0,
-                                   atol=4e-6 * max(1.0, float(b.double().abs().max())))
+        torch.testing.assert_close(
+            a.double(),
+            b.double(),
+            rtol=float(torch.finfo(dtype).eps) if low else 0,
+            atol=4e-6 * max(1.0, float(b.double().abs().max())),
+        )
 
 
 @settings(max_examples=30, deadline=None)
-@given(seed=seeds, offset=offsets, n=st.integers(1, 200), dtype=st.sampled_from(DTYPES), q=st.integers(1, 4))
+@given(
+    seed=seeds,
+    offset=offsets,
+    n=st.integers(1, 200),
+    dtype=st.sampled_from(DTYPES),
+    q=st.integers(1, 4),
+)
 def test_extension_add_multi_equals_reference(ext, seed, offset, n, dtype, q):
     g = torch.Generator().manual_seed(seed % 2**32)
     theta = (torch.randn(n, generator=g) * 0.1).to(dtype)
@@ -67,9 +89,17 @@ def test_extension_add_multi_equals_reference(ext, seed, offset, n, dtype, q):
 
 
 @settings(max_examples=30, deadline=None)
-@given(seed=seeds, rseed=seeds, offset=offsets, n=st.integers(1, 400),
-       dtype=st.sampled_from([torch.bfloat16, torch.float16]), q=st.integers(1, 3))
-def test_extension_stochastic_rounding_equals_reference_bit_for_bit(ext, seed, rseed, offset, n, dtype, q):
+@given(
+    seed=seeds,
+    rseed=seeds,
+    offset=offsets,
+    n=st.integers(1, 400),
+    dtype=st.sampled_from([torch.bfloat16, torch.float16]),
+    q=st.integers(1, 3),
+)
+def test_extension_stochastic_rounding_equals_reference_bit_for_bit(
+    ext, seed, rseed, offset, n, dtype, q
+):
     """Rademacher z keeps the float32 sums exact on both backends, so every rounding decision
     (the rounding seed's Philox word of each element) must agree."""
     g = torch.Generator().manual_seed(seed % 2**32)
@@ -77,17 +107,25 @@ def test_extension_stochastic_rounding_equals_reference_bit_for_bit(ext, seed, r
     coefs = (torch.randn(q, generator=g, dtype=torch.float64) * 1e-3).tolist()
     ss = [(seed + i * 7919) % 2**63 for i in range(q)]
     a, b = theta.clone(), theta.clone()
-    engine.add_z_multi(a, coefs, ss, 11, offset, dist="rademacher", rounding="stochastic", rounding_seed=rseed)
+    engine.add_z_multi(
+        a, coefs, ss, 11, offset, dist="rademacher", rounding="stochastic", rounding_seed=rseed
+    )
     R.add_z_multi(b, coefs, ss, 11, offset, R.DIST_CODES["rademacher"], True, rseed)
     assert torch.equal(a.view(torch.int16), b.view(torch.int16))
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=seeds, key=seeds, a=st.integers(0, 500), length=st.integers(1, 300), dist=st.sampled_from(DISTS))
+@given(
+    seed=seeds,
+    key=seeds,
+    a=st.integers(0, 500),
+    length=st.integers(1, 300),
+    dist=st.sampled_from(DISTS),
+)
 def test_a_slice_gets_the_slice_of_the_whole(seed, key, a, length, dist):
     whole = engine.fill_z(torch.empty(a + length + 5), seed, key, 0, dist)
     part = engine.fill_z(torch.empty(length), seed, key, a, dist)
-    assert torch.equal(part, whole[a:a + length])
+    assert torch.equal(part, whole[a : a + length])
 
 
 def test_same_seed_same_z_and_different_key_different_z():
@@ -189,25 +227,43 @@ def test_bad_input_is_named():
 
 def test_info_reports_a_backend_and_reason_per_op():
     rows = engine.info()
-    assert {r["op"] for r in rows} == {"fill_z", "add_z_multi", "restore_perturb", "add_lowrank", "fill_z_foreach",
-                                       "add_z_multi_foreach", "restore_perturb_foreach"}
+    assert {r["op"] for r in rows} == {
+        "fill_z",
+        "add_z_multi",
+        "restore_perturb",
+        "add_lowrank",
+        "fill_z_foreach",
+        "add_z_multi_foreach",
+        "restore_perturb_foreach",
+    }
     assert all(r["cpu"] in ("c++", "reference") for r in rows)
     assert any("cuda" in line for line in engine.info_lines())
 
 
 def test_disabled_extension_falls_back_with_a_reason(monkeypatch):
     import subprocess, sys
-    code = ("import warnings, torch, kerzoo.engine as e; warnings.simplefilter('error');\n"
-            "t=torch.zeros(8); e.fill_z(t,1,2); print(e.info()[0]['why'])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**__import__('os').environ, "KERZOO_DISABLE_EXT": "1"})
+
+    code = (
+        "import warnings, torch, kerzoo.engine as e; warnings.simplefilter('error');\n"
+        "t=torch.zeros(8); e.fill_z(t,1,2); print(e.info()[0]['why'])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "KERZOO_DISABLE_EXT": "1"},
+    )
     assert out.returncode == 0, out.stderr
     assert "KERZOO_DISABLE_EXT" in out.stdout
 
 
 @settings(max_examples=15, deadline=None)
-@given(sizes=st.lists(st.integers(0, 300), min_size=1, max_size=6), seed=seeds,
-       dtypes=st.lists(st.sampled_from(DTYPES), min_size=6, max_size=6), q=st.integers(1, 3))
+@given(
+    sizes=st.lists(st.integers(0, 300), min_size=1, max_size=6),
+    seed=seeds,
+    dtypes=st.lists(st.sampled_from(DTYPES), min_size=6, max_size=6),
+    q=st.integers(1, 3),
+)
 def test_foreach_ops_equal_the_single_tensor_ops_tensor_by_tensor(sizes, seed, dtypes, q):
     g = torch.Generator().manual_seed(seed % 2**32)
     thetas = [(torch.randn(n, generator=g) * 0.05).to(dt) for n, dt in zip(sizes, dtypes)]
@@ -224,7 +280,10 @@ def test_foreach_ops_equal_the_single_tensor_ops_tensor_by_tensor(sizes, seed, d
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     outs = [torch.empty_like(t) for t in thetas]
     engine.fill_z_foreach(outs, seed, keys, offsets)
-    assert all(torch.equal(x, engine.fill_z(torch.empty_like(x), seed, k, o)) for x, k, o in zip(outs, keys, offsets))
+    assert all(
+        torch.equal(x, engine.fill_z(torch.empty_like(x), seed, k, o))
+        for x, k, o in zip(outs, keys, offsets)
+    )
 
 
 def test_foreach_refuses_mismatched_lists():
@@ -234,24 +293,30 @@ def test_foreach_refuses_mismatched_lists():
 
 def _run_with_broken_compiler(tmp_path, code, **env):
     import os, subprocess, sys
+
     env = {**os.environ, "KERZOO_EXT_DIR": str(tmp_path), "CXX": "false", "CC": "false", **env}
     env.pop("KERZOO_DISABLE_EXT", None)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
 
 
 def test_a_failed_build_falls_back_to_the_reference_with_one_warning(tmp_path):
-    code = ("import warnings, torch, kerzoo.engine as e\n"
-            "with warnings.catch_warnings(record=True) as w:\n"
-            "    warnings.simplefilter('always'); e.fill_z(torch.zeros(8), 1, 2); e.add_z(torch.zeros(8), 1., 1, 2)\n"
-            "print(len([x for x in w if 'reference' in str(x.message)]), e.info()[0]['cpu'])")
+    code = (
+        "import warnings, torch, kerzoo.engine as e\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always'); e.fill_z(torch.zeros(8), 1, 2); e.add_z(torch.zeros(8), 1., 1, 2)\n"
+        "print(len([x for x in w if 'reference' in str(x.message)]), e.info()[0]['cpu'])"
+    )
     out = _run_with_broken_compiler(tmp_path, code)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["1", "reference"]
 
 
 def test_a_failed_build_is_an_error_when_the_extension_is_required(tmp_path):
-    out = _run_with_broken_compiler(tmp_path, "import torch, kerzoo.engine as e; e.fill_z(torch.zeros(8), 1, 2)",
-                                    KERZOO_REQUIRE_EXT="1")
+    out = _run_with_broken_compiler(
+        tmp_path,
+        "import torch, kerzoo.engine as e; e.fill_z(torch.zeros(8), 1, 2)",
+        KERZOO_REQUIRE_EXT="1",
+    )
     assert out.returncode != 0 and "KERZOO_REQUIRE_EXT" in out.stderr
 
 
@@ -261,4 +326,6 @@ def test_blocks_across_the_32_bit_counter_boundary_equal_the_reference(ext, dist
     a = engine.fill_z(torch.empty(400), 7, 8, offset, dist)
     b = torch.empty(400)
     R.fill_z(b, 7, 8, offset, R.DIST_CODES[dist])
-    torch.testing.assert_close(a, b, rtol=0, atol=0 if dist == "rademacher" else 4e-6 * float(b.abs().max()))
+    torch.testing.assert_close(
+        a, b, rtol=0, atol=0 if dist == "rademacher" else 4e-6 * float(b.abs().max())
+    )

@@ -38,7 +38,11 @@ def mean_step_over_seeds(model: TwoTensors, make_optimizer, lr: float, n: int):
         opt = make_optimizer(s)
         opt.step(model)
         opt.close()
-        est.append(torch.cat([((v - p.detach()) / lr).reshape(-1) for p, v in zip(model.parameters(), start)]))
+        est.append(
+            torch.cat(
+                [((v - p.detach()) / lr).reshape(-1) for p, v in zip(model.parameters(), start)]
+            )
+        )
     with torch.no_grad():
         for p, v in zip(model.parameters(), start):
             p.copy_(v)

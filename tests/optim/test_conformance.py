@@ -9,8 +9,12 @@ def test_every_registered_optimizer_passes_conformance(spec, check):
     run_check(check, spec)
 
 
-@parametrize_conformance([{"estimator": "one-sided", "update": "sgd", "directions": 2},
-                          {"estimator": "two-point", "update": "sgd", "directions": 3}])
+@parametrize_conformance(
+    [
+        {"estimator": "one-sided", "update": "sgd", "directions": 2},
+        {"estimator": "two-point", "update": "sgd", "directions": 3},
+    ]
+)
 def test_compositions_with_several_directions_pass_conformance(spec, check):
     run_check(check, spec)
 

@@ -66,7 +66,9 @@ def test_bias_falls_as_eps2_for_two_point_and_eps4_for_kerzoo(kernel, expected):
     epsilons = [0.4, 0.2, 0.1, 0.05]
 
     def two_point(eps):
-        return sum(((f(x + eps * z) - f(x - eps * z)) / (2 * eps) - z @ grad) * z for z in zs) / len(zs)
+        return sum(
+            ((f(x + eps * z) - f(x - eps * z)) / (2 * eps) - z @ grad) * z for z in zs
+        ) / len(zs)
 
     est = KernelEstimator(kernel=kernel, r_max=1.0, r_min=1.0)
     nodes, weights = np.polynomial.legendre.leggauss(24)
@@ -75,8 +77,14 @@ def test_bias_falls_as_eps2_for_two_point_and_eps4_for_kerzoo(kernel, expected):
     def kerzoo_(eps):
         total = torch.zeros(d, dtype=torch.float64)
         for z in zs:
-            e_r = sum(0.5 * w * (f(x + eps * a * s * z) - f(x - eps * a * s * z)) / (2 * eps) * est.weight(a * s, a)
-                      for s, w in zip(nodes, weights))
+            e_r = sum(
+                0.5
+                * w
+                * (f(x + eps * a * s * z) - f(x - eps * a * s * z))
+                / (2 * eps)
+                * est.weight(a * s, a)
+                for s, w in zip(nodes, weights)
+            )
             total += (e_r - est.C * (z @ grad)) * z
         return total / len(zs)
 
@@ -120,8 +128,21 @@ def test_one_sided_is_exact_on_linear_functions():
 
 def test_kerzoo_with_one_r_per_tensor_is_unbiased_on_a_quadratic():
     model, lr = TwoTensors(), 1e-3
-    mean, stderr, _ = mean_step_over_seeds(model, lambda s: kerzoo.optimizer(
-        "kerzoo", model, lr=lr, eps=1e-3, seed=s, directions=1, r_scope="tensor", perturb="onthefly"), lr, 3000)
+    mean, stderr, _ = mean_step_over_seeds(
+        model,
+        lambda s: kerzoo.optimizer(
+            "kerzoo",
+            model,
+            lr=lr,
+            eps=1e-3,
+            seed=s,
+            directions=1,
+            r_scope="tensor",
+            perturb="onthefly",
+        ),
+        lr,
+        3000,
+    )
     grad = model.grad()
     assert torch.all((mean - grad).abs() <= 5 * stderr), (mean, grad, stderr)
 
@@ -132,6 +153,8 @@ def test_one_r_per_tensor_perturbs_tensors_by_different_radii():
     a, b = (type("P", (), {"name": n})() for n in ("layer.0.w", "layer.1.w"))
     assert plan.perturb_factor(0, a) != plan.perturb_factor(0, b)
     assert abs(plan.perturb_factor(0, a)) <= est.radius(0)
-    assert plan.update_factor(0, a) == pytest.approx(est.weight(plan.perturb_factor(0, a), est.radius(0)))
+    assert plan.update_factor(0, a) == pytest.approx(
+        est.weight(plan.perturb_factor(0, a), est.radius(0))
+    )
     with pytest.raises(ValueError, match="r_scope"):
         KernelEstimator(r_scope="layer")

@@ -40,8 +40,14 @@ def test_kerzoo_preset_fine_tunes_a_small_torch_model():
 def test_param_groups_and_torch_lr_scheduler():
     model = TinyNet()
     x, y = data()
-    opt = kerzoo.optimizer("mezo", [{"params": model.fc1.parameters(), "lr": 1e-2},
-                                    {"params": model.fc2.parameters(), "lr": 0.0}], eps=1e-3)
+    opt = kerzoo.optimizer(
+        "mezo",
+        [
+            {"params": model.fc1.parameters(), "lr": 1e-2},
+            {"params": model.fc2.parameters(), "lr": 0.0},
+        ],
+        eps=1e-3,
+    )
     fc2_before = model.fc2.weight.detach().clone()
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
     for _ in range(4):
@@ -100,8 +106,12 @@ def test_weight_decay_skips_biases_and_norms():
     bias, norm_w = model.fc1.bias.detach().clone(), model.norm.weight.detach().clone()
     w = model.fc1.weight.detach().clone()
     opt = kerzoo.optimizer("mezo", model, lr=0.1, weight_decay=0.5, eps=1e-3, perturb="onthefly")
-    with pytest.warns(RuntimeWarning, match="not perturbed during the forward"):  # no forward at all
-        opt.step(lambda: torch.tensor(1.0, dtype=torch.float64))  # constant loss: g = 0, only decay acts
+    with pytest.warns(
+        RuntimeWarning, match="not perturbed during the forward"
+    ):  # no forward at all
+        opt.step(
+            lambda: torch.tensor(1.0, dtype=torch.float64)
+        )  # constant loss: g = 0, only decay acts
     assert torch.equal(model.fc1.bias, bias) and torch.equal(model.norm.weight, norm_w)
     torch.testing.assert_close(model.fc1.weight, w * 0.95, rtol=0, atol=1e-12)
 
@@ -118,8 +128,17 @@ def test_unknown_preset_and_misspelt_options_are_named():
 def test_composition_by_names_equals_the_preset():
     x, y = data(torch.float64)
     out = []
-    for spec in ("kerzoo", {"estimator": "kernel", "kernel": "legendre3", "projection": "dense",
-                            "update": "sgd", "directions": 3, "lr": 1e-6}):
+    for spec in (
+        "kerzoo",
+        {
+            "estimator": "kernel",
+            "kernel": "legendre3",
+            "projection": "dense",
+            "update": "sgd",
+            "directions": 3,
+            "lr": 1e-6,
+        },
+    ):
         model = TinyNet(torch.float64)
         opt = kerzoo.optimizer(spec, model, lr=1e-3, seed=2)
         for _ in range(3):
@@ -145,11 +164,17 @@ def test_step_without_closure_is_an_error():
 
 
 def test_spec_from_toml_and_yaml_files(tmp_path):
-    (tmp_path / "opt.toml").write_text('[optimizer]\nestimator = "kernel"\nkernel = "legendre5"\nlr = 1e-3\n')
+    (tmp_path / "opt.toml").write_text(
+        '[optimizer]\nestimator = "kernel"\nkernel = "legendre5"\nlr = 1e-3\n'
+    )
     (tmp_path / "opt.yaml").write_text("preset: zo-adam\nlr: 0.01\n")
     p = [torch.nn.Parameter(torch.zeros(3))]
     a = kerzoo.optimizer(str(tmp_path / "opt.toml"), p)
-    assert a.estimator.name == "kernel" and a.estimator.kernel.name == "legendre5" and a.param_groups[0]["lr"] == 1e-3
+    assert (
+        a.estimator.name == "kernel"
+        and a.estimator.kernel.name == "legendre5"
+        and a.param_groups[0]["lr"] == 1e-3
+    )
     b = kerzoo.optimizer(str(tmp_path / "opt.yaml"), p)
     assert b.update_rule.name == "adam" and b.param_groups[0]["lr"] == 0.01
     (tmp_path / "bad.toml").write_text('[optimizer]\nestimator = "kernel"\nkernal = "legendre5"\n')
@@ -166,12 +191,16 @@ def test_per_tensor_clipping_bounds_each_tensors_step():
     opt.step(lambda: torch.nn.functional.mse_loss(model(x), y))
     moved = {n: float((p.detach() - before[n]).norm()) for n, p in model.named_parameters()}
     assert all(m <= lr * clip * (1 + 1e-9) for m in moved.values()), moved
-    assert max(moved.values()) == pytest.approx(lr * clip, rel=1e-6)  # large estimates are clipped to the bound
+    assert max(moved.values()) == pytest.approx(
+        lr * clip, rel=1e-6
+    )  # large estimates are clipped to the bound
     with pytest.raises(ValueError, match="clip"):
         kerzoo.optimizer("mezo", model, clip=-1.0)
 
 
-@pytest.mark.parametrize("check", ["resume_same_trajectory", "replay_rebuilds_weights", "unchanged_on_nan"])
+@pytest.mark.parametrize(
+    "check", ["resume_same_trajectory", "replay_rebuilds_weights", "unchanged_on_nan"]
+)
 def test_clipping_passes_conformance(check):
     import kerzoo.testing as kt
 
@@ -209,8 +238,10 @@ def test_every_optimizer_steps_on_the_gpu_as_on_the_cpu(name, mode):
 
 
 @pytest.mark.parametrize("name", ["mezo", "kerzoo", "hizoo", "subzero", "lozo", "pgap"])
-@pytest.mark.parametrize("mode,dtype", [("inplace", torch.float32), ("inplace", torch.bfloat16),
-                                        ("onthefly", torch.bfloat16)])
+@pytest.mark.parametrize(
+    "mode,dtype",
+    [("inplace", torch.float32), ("inplace", torch.bfloat16), ("onthefly", torch.bfloat16)],
+)
 def test_passes_over_many_tensors_equal_one_call_per_tensor_bit_for_bit(name, mode, dtype):
     """The optimizer moves all tensors whose coefficients agree in one projection call (add_many,
     move_many: one engine call for the dense projection). Against the per-tensor loop of the base
@@ -222,9 +253,13 @@ def test_passes_over_many_tensors_equal_one_call_per_tensor_bit_for_bit(name, mo
     results = []
     for batched in (True, False):
         model = TinyNet(dtype)
-        groups = [{"params": [model.fc1.weight, model.fc1.bias, model.norm.weight]},
-                  {"params": [model.norm.bias, model.fc2.weight, model.fc2.bias], "lr": 3e-3}]
-        opt = kerzoo.optimizer(name, groups, lr=1e-2, eps=3e-2, weight_decay=0.1, perturb=mode, module=model, seed=3)
+        groups = [
+            {"params": [model.fc1.weight, model.fc1.bias, model.norm.weight]},
+            {"params": [model.norm.bias, model.fc2.weight, model.fc2.bias], "lr": 3e-3},
+        ]
+        opt = kerzoo.optimizer(
+            name, groups, lr=1e-2, eps=3e-2, weight_decay=0.1, perturb=mode, module=model, seed=3
+        )
         if not batched:
             opt.projection.add_many = Projection.add_many.__get__(opt.projection)
             opt.projection.move_many = Projection.move_many.__get__(opt.projection)

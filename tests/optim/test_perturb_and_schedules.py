@@ -44,7 +44,9 @@ def test_on_the_fly_restores_weights_when_the_forward_raises():
     with pytest.raises(KeyboardInterrupt):
         opt.step(closure)
     assert calls and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    assert [p.data_ptr() for p in model.parameters()] == ptrs  # the real storage is back, not a transient
+    assert [
+        p.data_ptr() for p in model.parameters()
+    ] == ptrs  # the real storage is back, not a transient
     opt.step(lambda: model(X).pow(2).mean())  # and the optimizer still works
     assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
@@ -66,8 +68,10 @@ def test_on_the_fly_perturbs_a_tied_weight_in_every_module_that_reads_it():
     losses = []
     for mode in ("onthefly", "inplace"):
         torch.manual_seed(0)
-        m = torch.nn.Sequential(torch.nn.Embedding(5, 3, dtype=torch.float64),
-                                torch.nn.Linear(3, 5, bias=False, dtype=torch.float64))
+        m = torch.nn.Sequential(
+            torch.nn.Embedding(5, 3, dtype=torch.float64),
+            torch.nn.Linear(3, 5, bias=False, dtype=torch.float64),
+        )
         m[1].weight = m[0].weight
         assert len(list(m.parameters())) == 1
         opt = kerzoo.optimizer("mezo", m, lr=1e-2, perturb=mode, seed=1)
@@ -80,15 +84,23 @@ def test_conservative_evaluates_each_group_at_its_own_lr():
     """The candidates theta -/+ lr_group g z are the points the update can land on: with a second
     group at lr 0, the best candidate's loss is the loss after the step, and group 2 never moves."""
     model = Two()
-    opt = kerzoo.optimizer("zo-sgd-cons", [{"params": model.a.parameters(), "lr": 0.5},
-                                           {"params": model.b.parameters(), "lr": 0.0}], eps=1e-3, seed=2)
+    opt = kerzoo.optimizer(
+        "zo-sgd-cons",
+        [{"params": model.a.parameters(), "lr": 0.5}, {"params": model.b.parameters(), "lr": 0.0}],
+        eps=1e-3,
+        seed=2,
+    )
     b_before = snapshot(model.b)
     for _ in range(4):
         opt.step(lambda: model(X).pow(2).mean())
         with torch.no_grad():
             after = float(model(X).pow(2).mean())
-        assert min(opt.last_record["update"]["losses"]) == pytest.approx(after, rel=1e-12, abs=1e-15)
-    assert all(torch.allclose(a, b, rtol=0, atol=1e-15) for a, b in zip(b_before, model.b.parameters()))
+        assert min(opt.last_record["update"]["losses"]) == pytest.approx(
+            after, rel=1e-12, abs=1e-15
+        )
+    assert all(
+        torch.allclose(a, b, rtol=0, atol=1e-15) for a, b in zip(b_before, model.b.parameters())
+    )
 
 
 def test_step_record_is_json_and_replays_identically_after_a_round_trip():
@@ -103,7 +115,9 @@ def test_step_record_is_json_and_replays_identically_after_a_round_trip():
         opt2 = kerzoo.optimizer(name, rebuilt, lr=1e-2, perturb="onthefly", seed=4)
         for t in texts:
             opt2.replay(json.loads(t))
-        assert all(torch.equal(a, b) for a, b in zip(model.parameters(), rebuilt.parameters())), name
+        assert all(torch.equal(a, b) for a, b in zip(model.parameters(), rebuilt.parameters())), (
+            name
+        )
 
 
 def test_replay_out_of_order_is_an_error():
@@ -127,8 +141,11 @@ def test_named_schedules_warm_up_then_follow_their_shape(name):
         opt.step(lambda: (p**2).sum())
         sched.step()
     assert lrs[:2] == [0.5, 1.0] and opt.last_record["lr"] == [lrs[-1]]
-    expected = {"constant": [1.0] * 8, "linear": [1 - u / 8 for u in range(8)],
-                "cosine": [0.5 * (1 + math.cos(math.pi * u / 8)) for u in range(8)]}[name]
+    expected = {
+        "constant": [1.0] * 8,
+        "linear": [1 - u / 8 for u in range(8)],
+        "cosine": [0.5 * (1 + math.cos(math.pi * u / 8)) for u in range(8)],
+    }[name]
     assert lrs[2:] == pytest.approx(expected)
 
 

@@ -12,13 +12,22 @@ from kerzoo.projections.aligned import align, debias, sketch_svd
 
 
 @settings(max_examples=40, deadline=None)
-@given(r=st.integers(1, 10), seed=st.integers(0, 2**31), delta=st.floats(0.01, 100.0),
-       xi=st.sampled_from([-1.0, 1.0]))
+@given(
+    r=st.integers(1, 10),
+    seed=st.integers(0, 2**31),
+    delta=st.floats(0.01, 100.0),
+    xi=st.sampled_from([-1.0, 1.0]),
+)
 def test_aligned_core_satisfies_the_alignment_identity(r, seed, delta, xi):
     g = torch.Generator().manual_seed(seed)
-    h, c0 = torch.randn(r, r, generator=g, dtype=torch.float64), torch.randn(r, r, generator=g, dtype=torch.float64)
+    h, c0 = (
+        torch.randn(r, r, generator=g, dtype=torch.float64),
+        torch.randn(r, r, generator=g, dtype=torch.float64),
+    )
     c = align(c0, h, xi, delta)
-    assert math.isclose(float((h * c).sum()), xi * math.sqrt(delta) * float(h.norm()), rel_tol=1e-9, abs_tol=1e-9)
+    assert math.isclose(
+        float((h * c).sum()), xi * math.sqrt(delta) * float(h.norm()), rel_tol=1e-9, abs_tol=1e-9
+    )
     # only the component along H changes
     unit = h / h.norm()
     torch.testing.assert_close(c - (c * unit).sum() * unit, c0 - (c0 * unit).sum() * unit)
@@ -34,7 +43,10 @@ def test_debiased_product_is_unbiased_for_the_projected_gradient(delta):
     """E[<X, C> C'] = X: the running estimate of U^T G V is unbiased whatever delta is."""
     g = torch.Generator().manual_seed(0)
     r, n = 3, 40000
-    h, x = torch.randn(r, r, generator=g, dtype=torch.float64), torch.randn(r, r, generator=g, dtype=torch.float64)
+    h, x = (
+        torch.randn(r, r, generator=g, dtype=torch.float64),
+        torch.randn(r, r, generator=g, dtype=torch.float64),
+    )
     c0 = torch.randn(n, r, r, generator=g, dtype=torch.float64)
     xi = torch.randint(0, 2, (n, 1, 1), generator=g).double() * 2 - 1
     unit = h / h.norm()
@@ -50,11 +62,19 @@ def test_debiased_product_is_unbiased_for_the_projected_gradient(delta):
 
 
 @settings(max_examples=25, deadline=None)
-@given(m=st.integers(1, 20), n=st.integers(1, 20), p=st.integers(1, 12), r=st.integers(1, 6),
-       seed=st.integers(0, 2**31))
+@given(
+    m=st.integers(1, 20),
+    n=st.integers(1, 20),
+    p=st.integers(1, 12),
+    r=st.integers(1, 6),
+    seed=st.integers(0, 2**31),
+)
 def test_sketch_svd_equals_the_svd_of_the_formed_sketch(m, n, p, r, seed):
     g = torch.Generator().manual_seed(seed)
-    a, b = torch.randn(m, p, generator=g, dtype=torch.float64), torch.randn(n, p, generator=g, dtype=torch.float64)
+    a, b = (
+        torch.randn(m, p, generator=g, dtype=torch.float64),
+        torch.randn(n, p, generator=g, dtype=torch.float64),
+    )
     w = torch.randn(p, generator=g, dtype=torch.float64)
     u, s, v = sketch_svd(a, b, w, r)
     k = s.shape[0]
@@ -71,7 +91,10 @@ class Linear(torch.nn.Module):
     def __init__(self, m=10, n=8):
         super().__init__()
         g = torch.Generator().manual_seed(1)
-        self.u, self.v = torch.randn(m, generator=g, dtype=torch.float64), torch.randn(n, generator=g, dtype=torch.float64)
+        self.u, self.v = (
+            torch.randn(m, generator=g, dtype=torch.float64),
+            torch.randn(n, generator=g, dtype=torch.float64),
+        )
         self.W = torch.nn.Parameter(torch.zeros(m, n, dtype=torch.float64))
 
     def forward(self):
@@ -80,7 +103,9 @@ class Linear(torch.nn.Module):
 
 def test_probes_find_the_gradient_subspace_and_the_estimate_tracks_the_projected_gradient():
     model = Linear()
-    opt = kerzoo.optimizer("pgap", model, lr=0.0, rank=2, probe_steps=300, refresh=10**6, ema=0.99, seed=0)
+    opt = kerzoo.optimizer(
+        "pgap", model, lr=0.0, rank=2, probe_steps=300, refresh=10**6, ema=0.99, seed=0
+    )
     for _ in range(300):
         opt.step(model)
     opt.step(model)  # the subspace is built at the first step after the probes
@@ -120,7 +145,9 @@ def test_memory_held_is_bases_and_the_r_by_r_estimate_per_matrix():
     proj.begin_step(0)
     plan = type("P", (), {"update_factor": None})()
     proj.end_step(0, [1, 2, 3, 4, 5], plan, [], [0.1, 0.2, 0.3, 0.4, 0.5])
-    assert proj.memory_bytes() == 8 * (5 + 2 * 5)  # during probing: p seeds and p coefficients per matrix
+    assert proj.memory_bytes() == 8 * (
+        5 + 2 * 5
+    )  # during probing: p seeds and p coefficients per matrix
     proj.begin_step(1)
     held = sum(t.numel() * t.element_size() for b in proj.bases.values() for t in b)
     assert held == proj.memory_bytes() == 4 * ((30 + 20) * 4 + 16 + (8 + 50) * 4 + 16)
@@ -128,4 +155,6 @@ def test_memory_held_is_bases_and_the_r_by_r_estimate_per_matrix():
 
 def test_refresh_must_leave_room_after_the_probes():
     with pytest.raises(ValueError, match="probe_steps < refresh"):
-        kerzoo.optimizer("pgap", [torch.nn.Parameter(torch.zeros(3, 3))], probe_steps=10, refresh=10)
+        kerzoo.optimizer(
+            "pgap", [torch.nn.Parameter(torch.zeros(3, 3))], probe_steps=10, refresh=10
+        )

@@ -70,5 +70,6 @@ def test_memory_held_is_one_float32_buffer_per_tensor():
     lin = torch.nn.Linear(30, 20)
     opt = kerzoo.optimizer("hizoo", lin)
     assert opt.projection.memory_bytes() == 4 * (30 * 20 + 20)
-    assert opt.projection.memory_bytes() == sum(t.numel() * t.element_size()
-                                                for t in opt.projection.state_dict()["w"].values())
+    assert opt.projection.memory_bytes() == sum(
+        t.numel() * t.element_size() for t in opt.projection.state_dict()["w"].values()
+    )

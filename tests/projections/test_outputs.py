@@ -29,16 +29,25 @@ def run(spec, perturb, steps=4, dtype=torch.float64, **options):
     return model, losses
 
 
-SPECS = [("subzero", {"rank": 2}), ("lozo", {"rank": 2}), ("pgap", {"rank": 2, "refresh": 4, "probe_steps": 2}),
-         ("mezo", {}), ("kerzoo-subspace", {"rank": 2})]
+SPECS = [
+    ("subzero", {"rank": 2}),
+    ("lozo", {"rank": 2}),
+    ("pgap", {"rank": 2, "refresh": 4, "probe_steps": 2}),
+    ("mezo", {}),
+    ("kerzoo-subspace", {"rank": 2}),
+]
 
 
 @pytest.mark.parametrize("spec,options", SPECS, ids=[s for s, _ in SPECS])
 def test_perturbing_outputs_gives_the_losses_and_trajectory_of_perturbing_weights(spec, options):
     m1, l1 = run(spec, "onthefly", **options)
     m2, l2 = run(spec, "outputs", **options)
-    torch.testing.assert_close(torch.tensor(l1, dtype=torch.float64), torch.tensor(l2, dtype=torch.float64),
-                               rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(
+        torch.tensor(l1, dtype=torch.float64),
+        torch.tensor(l2, dtype=torch.float64),
+        rtol=1e-6,
+        atol=1e-7,
+    )
     for p, q in zip(m1.parameters(), m2.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
 
@@ -47,7 +56,9 @@ def test_weights_are_never_written_while_perturbed_and_restore_exactly_in_bf16()
     model = MLP(torch.bfloat16)
     before = [p.detach().clone() for p in model.parameters()]
     seen = []
-    model.b.register_forward_pre_hook(lambda mod, args: seen.append(torch.equal(mod.weight, before[2])))
+    model.b.register_forward_pre_hook(
+        lambda mod, args: seen.append(torch.equal(mod.weight, before[2]))
+    )
     opt = kerzoo.optimizer("subzero", model, lr=0.0, eps=1e-2, rank=2, perturb="outputs")
     for _ in range(3):
         opt.step(model)
@@ -75,4 +86,6 @@ def test_no_workspace_is_made_for_low_rank_linear_weights():
     assert workspace == 5  # a's bias only: neither 5 x 6 nor 3 x 5 weight is ever copied
     dense = kerzoo.optimizer("mezo", model, lr=0.0, perturb="outputs")
     dense.step(model)
-    assert sum(t.numel() for t in dense._hooks._ws.values()) == 5 * 6 + 5  # dense z: the transient is needed
+    assert (
+        sum(t.numel() for t in dense._hooks._ws.values()) == 5 * 6 + 5
+    )  # dense z: the transient is needed

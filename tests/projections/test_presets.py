@@ -32,7 +32,15 @@ def test_preset_with_fast_state_still_decreases_a_quadratic(spec):
 
 
 def test_presets_compose_by_name_in_a_config_dict():
-    opt = kerzoo.optimizer({"estimator": "kernel", "projection": "aligned", "update": "momentum", "rank": 4,
-                            "probe_steps": 3}, [__import__("torch").nn.Parameter(__import__("torch").zeros(5, 4))])
+    opt = kerzoo.optimizer(
+        {
+            "estimator": "kernel",
+            "projection": "aligned",
+            "update": "momentum",
+            "rank": 4,
+            "probe_steps": 3,
+        },
+        [__import__("torch").nn.Parameter(__import__("torch").zeros(5, 4))],
+    )
     assert opt.projection.name == "aligned" and opt.projection.options["rank"] == 4
     assert opt.estimator.name == "kernel" and opt.update_rule.name == "momentum"

@@ -19,7 +19,9 @@ for job in jobs:
     dp = distributed.DataParallel(job["cfg"]["distributed"])
     try:
         run = Run(job["cfg"], progress=False, parallel=dp)
-        if job.get("diverge") and dp.rank == 1:  # a replica that drifted: the check must stop the run
+        if (
+            job.get("diverge") and dp.rank == 1
+        ):  # a replica that drifted: the check must stop the run
             with torch.no_grad():
                 next(p for p in run.model.parameters() if p.requires_grad).add_(1e-3)
         run.train()

@@ -14,18 +14,27 @@ def test_a_typo_in_a_key_or_section_is_named_with_the_closest_name():
         C.validate({"trian": {}})
 
 
-@pytest.mark.parametrize("raw,message", [
-    ({"train": {"steps": "ten"}}, "train.steps = 'ten': expected int"),
-    ({"train": {"steps": 0}}, "train.steps must be >= 1, got 0"),
-    ({"train": {"schedule": "cosin"}}, "train.schedule = 'cosin' \\(did you mean 'cosine'\\?\\)"),
-    ({"model": {"dtype": "fp16"}}, "model.dtype = 'fp16'.*use one of float32"),
-    ({"model": {"trainable": "encoder"}}, "model.trainable = 'encoder': expected list"),
-    ({"model": {"trainable": [3]}}, "expected a list of strings"),
-    ({"task": {"type": "regression"}}, "task.type = 'regression'"),
-    ({"train": {"warmup_steps": 50, "steps": 10}}, "warmup_steps = 50: must be in \\[0, train.steps = 10\\]"),
-    ({"model": {"trainable": ["x"], "lora": {"r": 4}}}, "exclusive"),
-    ({"train": {"eval_every": True}}, "train.eval_every = True: expected int"),
-])
+@pytest.mark.parametrize(
+    "raw,message",
+    [
+        ({"train": {"steps": "ten"}}, "train.steps = 'ten': expected int"),
+        ({"train": {"steps": 0}}, "train.steps must be >= 1, got 0"),
+        (
+            {"train": {"schedule": "cosin"}},
+            "train.schedule = 'cosin' \\(did you mean 'cosine'\\?\\)",
+        ),
+        ({"model": {"dtype": "fp16"}}, "model.dtype = 'fp16'.*use one of float32"),
+        ({"model": {"trainable": "encoder"}}, "model.trainable = 'encoder': expected list"),
+        ({"model": {"trainable": [3]}}, "expected a list of strings"),
+        ({"task": {"type": "regression"}}, "task.type = 'regression'"),
+        (
+            {"train": {"warmup_steps": 50, "steps": 10}},
+            "warmup_steps = 50: must be in \\[0, train.steps = 10\\]",
+        ),
+        ({"model": {"trainable": ["x"], "lora": {"r": 4}}}, "exclusive"),
+        ({"train": {"eval_every": True}}, "train.eval_every = True: expected int"),
+    ],
+)
 def test_a_bad_value_is_an_error_naming_it(raw, message):
     with pytest.raises(C.ConfigError, match=message):
         C.validate(raw)
@@ -39,7 +48,9 @@ def test_toml_and_yaml_files_and_the_default_run(tmp_path):
     assert C.load(tmp_path / "a.yaml")["train"]["min_lr_factor"] == 0.0
     assert C.load(ROOT / "configs" / "default.toml") == C.load(None)
     assert C.load(None)["model"]["trainable"] == ["encoder.layer.4.", "encoder.layer.5."]
-    assert C.load(tmp_path / "a.toml")["model"]["trainable"] == []  # a user config trains all by default
+    assert (
+        C.load(tmp_path / "a.toml")["model"]["trainable"] == []
+    )  # a user config trains all by default
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.*ml")), ids=lambda p: p.name)
@@ -51,11 +62,16 @@ def test_every_shipped_config_validates(path):
 def test_resuming_with_a_config_that_changes_the_trajectory_is_detected():
     a = C.validate({})
     assert C.trajectory_changes(a, C.validate({"train": {"steps": 10, "out": "elsewhere"}})) == []
-    changed = C.trajectory_changes(a, C.validate({"train": {"seed": 1}, "optimizer": {"preset": "kerzoo"}}))
-    assert any(c.startswith("train.seed: 0 -> 1") for c in changed) and any("optimizer" in c for c in changed)
+    changed = C.trajectory_changes(
+        a, C.validate({"train": {"seed": 1}, "optimizer": {"preset": "kerzoo"}})
+    )
+    assert any(c.startswith("train.seed: 0 -> 1") for c in changed) and any(
+        "optimizer" in c for c in changed
+    )
     cosine = C.validate({"train": {"schedule": "cosine"}})
-    assert C.trajectory_changes(cosine, C.validate({"train": {"schedule": "cosine", "steps": 5}})) == [
-        "train.steps: 2000 -> 5"]
+    assert C.trajectory_changes(
+        cosine, C.validate({"train": {"schedule": "cosine", "steps": 5}})
+    ) == ["train.steps: 2000 -> 5"]
 
 
 def test_model_device_resolves_and_a_missing_or_bad_device_is_named(monkeypatch):
@@ -66,7 +82,9 @@ def test_model_device_resolves_and_a_missing_or_bad_device_is_named(monkeypatch)
     assert resolve_device("cpu") == torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu")
-    with pytest.raises(ModelError, match=r"model.device = 'cuda:1', but this torch .* sees no CUDA device"):
+    with pytest.raises(
+        ModelError, match=r"model.device = 'cuda:1', but this torch .* sees no CUDA device"
+    ):
         resolve_device("cuda:1")
     with pytest.raises(ModelError, match="model.device = 'tpu' is not a device kerzoo trains on"):
         resolve_device("tpu")

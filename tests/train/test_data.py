@@ -10,10 +10,14 @@ def test_the_builtin_task_has_over_a_thousand_labelled_words():
 
 
 def test_jsonl_and_csv_with_own_field_names(tmp_path):
-    (tmp_path / "d.jsonl").write_text('{"sentence": "fine", "y": 1}\n\n{"sentence": "bad", "y": 0.0}\n')
+    (tmp_path / "d.jsonl").write_text(
+        '{"sentence": "fine", "y": 1}\n\n{"sentence": "bad", "y": 0.0}\n'
+    )
     (tmp_path / "d.csv").write_text("text,label\nfine,1\nbad,0\n")
     assert D.load_examples(str(tmp_path / "d.jsonl"), "sentence", "y") == [
-        {"text": "fine", "label": 1}, {"text": "bad", "label": 0}]
+        {"text": "fine", "label": 1},
+        {"text": "bad", "label": 0},
+    ]
     assert D.load_examples(str(tmp_path / "d.csv"))[1] == {"text": "bad", "label": 0}
 
 
@@ -44,8 +48,13 @@ def test_the_split_is_seeded_and_disjoint():
 
 
 def test_an_hf_dataset_saved_on_disk(tmp_path):
-    datasets = pytest.importorskip("datasets", reason="reading saved HF datasets needs `pip install datasets`")
-    datasets.Dataset.from_list([{"sentence": "fine", "y": 1}, {"sentence": "bad", "y": 0}]).save_to_disk(
-        str(tmp_path / "saved"))
+    datasets = pytest.importorskip(
+        "datasets", reason="reading saved HF datasets needs `pip install datasets`"
+    )
+    datasets.Dataset.from_list(
+        [{"sentence": "fine", "y": 1}, {"sentence": "bad", "y": 0}]
+    ).save_to_disk(str(tmp_path / "saved"))
     assert D.load_examples(str(tmp_path / "saved"), "sentence", "y") == [
-        {"text": "fine", "label": 1}, {"text": "bad", "label": 0}]
+        {"text": "fine", "label": 1},
+        {"text": "bad", "label": 0},
+    ]

@@ -32,17 +32,33 @@ def free_port() -> int:
 
 
 def rank_env(rank: int, world: int, port: int) -> dict:
-    return {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
-            "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-            "OMP_NUM_THREADS": "1", "KERZOO_TEST_RANK": str(rank)}
+    return {
+        **os.environ,
+        "RANK": str(rank),
+        "LOCAL_RANK": str(rank),
+        "WORLD_SIZE": str(world),
+        "LOCAL_WORLD_SIZE": str(world),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "OMP_NUM_THREADS": "1",
+        "KERZOO_TEST_RANK": str(rank),
+    }
 
 
 def start(jobs: list, tmp_path: Path, world: int = 2) -> list[subprocess.Popen]:
     spec = tmp_path / f"jobs-{time.monotonic_ns()}.json"
     spec.write_text(json.dumps(jobs))
     port = free_port()
-    return [subprocess.Popen([sys.executable, str(WORKER), str(spec)], env=rank_env(r, world, port),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(world)]
+    return [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), str(spec)],
+            env=rank_env(r, world, port),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(world)
+    ]
 
 
 def finish(procs, timeout: float = 300) -> list[str]:
@@ -59,7 +75,9 @@ def ckpt_params(cfg) -> dict:
 
 
 def losses(cfg) -> list:
-    return [r["loss"] for r in read_jsonl(Path(cfg["train"]["out"]) / "metrics.jsonl") if "loss" in r]
+    return [
+        r["loss"] for r in read_jsonl(Path(cfg["train"]["out"]) / "metrics.jsonl") if "loss" in r
+    ]
 
 
 def assert_close_runs(a, b):
@@ -67,13 +85,19 @@ def assert_close_runs(a, b):
     and (L+ - L-) / 2 eps amplifies that rounding; so parameters agree to 1 % of how far training moved them."""
     from kerzoo.train.model import load_model, trainable_state
 
-    start = {k: v.cpu() for k, v in trainable_state(load_model(a["model"])[0]).items()}  # the model's device
+    start = {
+        k: v.cpu() for k, v in trainable_state(load_model(a["model"])[0]).items()
+    }  # the model's device
     pa, pb = ({k: v.cpu() for k, v in ckpt_params(c).items()} for c in (a, b))
     assert pa.keys() == pb.keys() == start.keys()
     moved = max(float((pa[k] - start[k]).abs().max()) for k in pa)
-    assert moved > 1e-4, f"training barely moved the parameters ({moved}): the comparison would show nothing"
+    assert moved > 1e-4, (
+        f"training barely moved the parameters ({moved}): the comparison would show nothing"
+    )
     for k in pa:
-        torch.testing.assert_close(pa[k], pb[k], atol=1e-2 * moved, rtol=0, msg=lambda m, k=k: f"{k}: {m}")
+        torch.testing.assert_close(
+            pa[k], pb[k], atol=1e-2 * moved, rtol=0, msg=lambda m, k=k: f"{k}: {m}"
+        )
     la, lb = losses(a), losses(b)
     assert len(la) == len(lb) and la, (la, lb)
     assert all(abs(x - y) < 1e-5 for x, y in zip(la, lb)), (la, lb)
@@ -91,7 +115,9 @@ PRESETS = [
 ]
 
 
-def test_two_ranks_of_batch_8_follow_one_rank_of_batch_16_for_every_kind_of_optimizer(make_cfg, tmp_path):
+def test_two_ranks_of_batch_8_follow_one_rank_of_batch_16_for_every_kind_of_optimizer(
+    make_cfg, tmp_path
+):
     cases = []
     for i, (opt, train) in enumerate(PRESETS):
         over = {"optimizer": opt, "train": {**BATCH16["train"], **train}}
@@ -103,28 +129,52 @@ def test_two_ranks_of_batch_8_follow_one_rank_of_batch_16_for_every_kind_of_opti
         assert_close_runs(one, two)
         metrics = read_jsonl(Path(two["train"]["out"]) / "metrics.jsonl")
         steps = [m for m in metrics if "loss" in m]
-        forwards = 2 * (3 if two["optimizer"]["preset"] == "kerzoo" else 1) * two["train"]["grad_accum"]
+        forwards = (
+            2 * (3 if two["optimizer"]["preset"] == "kerzoo" else 1) * two["train"]["grad_accum"]
+        )
         if two["optimizer"]["preset"] == "hizoo":
             forwards = 3 * two["train"]["grad_accum"]
         # 16 bytes (a float64 sum and weight) per forward, nothing proportional to the model
         assert all(m["comm_bytes"] == 16 * forwards for m in steps), (two["optimizer"], steps)
 
 
-def test_sharded_parameters_follow_the_unsharded_run_for_dense_hessian_and_low_rank_and_drift_is_caught(make_cfg, tmp_path):
+def test_sharded_parameters_follow_the_unsharded_run_for_dense_hessian_and_low_rank_and_drift_is_caught(
+    make_cfg, tmp_path
+):
     over = {"optimizer": {"preset": "mezo", "lr": 1e-3, "weight_decay": 0.1}, **BATCH16}
     shard_h = {"optimizer": {"preset": "hizoo", "lr": 1e-3}, **BATCH16}
     pairs = [(make_cfg("one", **over), make_cfg("sharded", distributed={"shard": True}, **over))]
-    one_h, sharded_h = make_cfg("one-h", **shard_h), make_cfg("sharded-h", distributed={"shard": True}, **shard_h)
+    one_h, sharded_h = (
+        make_cfg("one-h", **shard_h),
+        make_cfg("sharded-h", distributed={"shard": True}, **shard_h),
+    )
     pairs.append((one_h, sharded_h))
-    for i, opt in enumerate(({"preset": "subzero", "lr": 1e-3, "refresh": 2},
-                             {"preset": "pgap", "lr": 1e-3, "probe_steps": 1, "refresh": 3})):
-        pairs.append((make_cfg(f"one-lr{i}", optimizer=opt, train=BATCH16["train"]),
-                      make_cfg(f"sharded-lr{i}", optimizer=opt, train=BATCH16["train"], distributed={"shard": True})))
+    for i, opt in enumerate(
+        (
+            {"preset": "subzero", "lr": 1e-3, "refresh": 2},
+            {"preset": "pgap", "lr": 1e-3, "probe_steps": 1, "refresh": 3},
+        )
+    ):
+        pairs.append(
+            (
+                make_cfg(f"one-lr{i}", optimizer=opt, train=BATCH16["train"]),
+                make_cfg(
+                    f"sharded-lr{i}",
+                    optimizer=opt,
+                    train=BATCH16["train"],
+                    distributed={"shard": True},
+                ),
+            )
+        )
     drift = make_cfg("drift", distributed={"check_every": 2}, **over)
-    outs = finish(start([{"cfg": b} for _, b in pairs] + [{"cfg": drift, "diverge": True}], tmp_path))
+    outs = finish(
+        start([{"cfg": b} for _, b in pairs] + [{"cfg": drift, "diverge": True}], tmp_path)
+    )
     for out in outs:
         assert out.count("DONE 4") == len(pairs), out
-        assert "ERROR the replicas diverged: after step 2" in out and "parameter hashes differ" in out, out
+        assert (
+            "ERROR the replicas diverged: after step 2" in out and "parameter hashes differ" in out
+        ), out
     for a, b in pairs:
         Run(a, progress=False).train()
         assert_close_runs(a, b)
@@ -138,10 +188,15 @@ def test_sharded_parameters_follow_the_unsharded_run_for_dense_hessian_and_low_r
         assert w0[name].numel() + w1[name].numel() == full[name].numel()
 
 
-def test_a_rank_that_dies_ends_the_run_with_a_clear_error_and_the_last_checkpoint_intact(make_cfg, tmp_path):
-    cfg = make_cfg("dies", optimizer={"preset": "mezo", "lr": 1e-3},
-                   train={"steps": 100000, "checkpoint_every": 5, "eval_every": 100000},
-                   distributed={"timeout": 60})
+def test_a_rank_that_dies_ends_the_run_with_a_clear_error_and_the_last_checkpoint_intact(
+    make_cfg, tmp_path
+):
+    cfg = make_cfg(
+        "dies",
+        optimizer={"preset": "mezo", "lr": 1e-3},
+        train={"steps": 100000, "checkpoint_every": 5, "eval_every": 100000},
+        distributed={"timeout": 60},
+    )
     procs = start([{"cfg": cfg}], tmp_path)
     ck = Path(cfg["train"]["out"]) / CHECKPOINT
     deadline = time.monotonic() + 240
@@ -162,11 +217,26 @@ def test_kerzoo_train_under_torchrun_matches_one_process_and_reports_bytes(make_
     one, two = make_cfg("one", **over), make_cfg("torchrun", **over)
     path = tmp_path / "two.yaml"
     path.write_text(json.dumps(two))  # JSON is YAML
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(free_port()), "-m", "kerzoo", "train", str(path)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "kerzoo",
+        "train",
+        str(path),
+    ]
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "data parallel: 2 ranks (gloo), global batch 16, parameters replicated" in done.stdout, done.stdout
+    assert "data parallel: 2 ranks (gloo), global batch 16, parameters replicated" in done.stdout, (
+        done.stdout
+    )
     assert "communication: 32 bytes per training step per rank" in done.stdout, done.stdout
     assert done.stdout.count("eval accuracy:") == 1, done.stdout  # rank 0 speaks for the run
     Run(one, progress=False).train()
@@ -189,9 +259,18 @@ def test_sharding_refuses_what_a_shard_cannot_do(make_cfg):
     assert distributed.world_from_env() == 1 and distributed.from_env(make_cfg()) is None
 
 
-@pytest.mark.parametrize("name,options", [("mezo", {"weight_decay": 0.1}), ("hizoo", {}), ("kerzoo", {}),
-                                          ("zo-adam", {}), ("subzero", {"refresh": 2}), ("lozo", {"nu": 2}),
-                                          ("pgap", {"probe_steps": 1, "refresh": 3})])
+@pytest.mark.parametrize(
+    "name,options",
+    [
+        ("mezo", {"weight_decay": 0.1}),
+        ("hizoo", {}),
+        ("kerzoo", {}),
+        ("zo-adam", {}),
+        ("subzero", {"refresh": 2}),
+        ("lozo", {"nu": 2}),
+        ("pgap", {"probe_steps": 1, "refresh": 3}),
+    ],
+)
 def test_blocks_of_rows_step_exactly_as_their_rows_of_the_whole_matrix(name, options):
     """Three optimizers fed the same losses: one over a 10 x 7 matrix, two over its rows 0-4 and 5-9 as
     shards. Every step's directions, updates and learned state (Hessian, subspaces, P-GAP's estimate) agree."""
@@ -202,13 +281,17 @@ def test_blocks_of_rows_step_exactly_as_their_rows_of_the_whole_matrix(name, opt
     whole = torch.nn.Parameter(start.clone())
     blocks = [torch.nn.Parameter(start[:5].clone()), torch.nn.Parameter(start[5:].clone())]
     opts = [optimizer(name, [whole], lr=1e-2, seed=3, shards={whole: ("w", 0, (10, 7))}, **options)]
-    opts += [optimizer(name, [t], lr=1e-2, seed=3, shards={t: ("w", a, (10, 7))}, **options)
-             for t, a in zip(blocks, (0, 35))]
+    opts += [
+        optimizer(name, [t], lr=1e-2, seed=3, shards={t: ("w", a, (10, 7))}, **options)
+        for t, a in zip(blocks, (0, 35))
+    ]
     for o in opts:
         calls = iter(range(10**6))
         for _ in range(6):  # through P-GAP's probe step into its aligned phase, past refreshes
             o.step(lambda: 1.0 + 0.1 * math.sin(next(calls)))
-    torch.testing.assert_close(torch.cat([b.detach() for b in blocks]), whole.detach(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        torch.cat([b.detach() for b in blocks]), whole.detach(), rtol=0, atol=1e-6
+    )
     assert not torch.equal(whole.detach(), start)
 
 
@@ -220,7 +303,9 @@ def test_one_nccl_rank_on_the_gpu_follows_a_plain_gpu_run(make_cfg, tmp_path, sh
     all-reduces of the losses (float64), the replica hash and, sharded, the all-gathers of rows."""
     over = {"optimizer": {"preset": "mezo", "lr": 1e-3}, "model": {"device": "cuda"}, **BATCH16}
     one = make_cfg("one", **over)
-    nccl = make_cfg("nccl", **over, distributed={"backend": "nccl", "shard": shard, "check_every": 2})
+    nccl = make_cfg(
+        "nccl", **over, distributed={"backend": "nccl", "shard": shard, "check_every": 2}
+    )
     out = finish(start([{"cfg": nccl}], tmp_path, world=1))[0]
     assert "DONE 4" in out, out
     Run(one, progress=False).train()

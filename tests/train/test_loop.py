@@ -7,7 +7,15 @@ import torch
 from conftest import params
 
 from kerzoo.train.config import ConfigError
-from kerzoo.train.loop import CHECKPOINT, Run, TrainingError, load_checkpoint, plot, read_jsonl, schedule_factor
+from kerzoo.train.loop import (
+    CHECKPOINT,
+    Run,
+    TrainingError,
+    load_checkpoint,
+    plot,
+    read_jsonl,
+    schedule_factor,
+)
 from kerzoo.train.model import ModelError, trainable_state
 from kerzoo.train.replay import ReplayError, replay
 
@@ -26,7 +34,9 @@ def test_resume_after_a_stop_is_bit_exact_and_replay_rebuilds_the_weights(make_c
     resumed.train()
     a = params(straight)
     assert same(a, params(resumed))
-    assert not same(a, trainable_state(Run(make_cfg("c"), progress=False).model))  # training moved them
+    assert not same(
+        a, trainable_state(Run(make_cfg("c"), progress=False).model)
+    )  # training moved them
     log = tmp_path / "b" / "trajectory.jsonl"
     assert [r["step"] for r in read_jsonl(log)[1:]] == list(range(6))  # each step once
     model, n = replay(None, log)
@@ -93,8 +103,12 @@ def test_a_nan_streak_stops_with_the_last_good_checkpoint_kept(make_cfg):
     run.train(stop_at=3)  # a checkpoint at step 3
     good, weights = load_checkpoint(run.out / CHECKPOINT), params(run)
     run.task.loss_sum = lambda model, batch: (torch.tensor(math.nan), 1)
-    with pytest.warns(RuntimeWarning, match="non-finite"), \
-            pytest.raises(TrainingError, match="2 steps in a row had a non-finite loss.*checkpoint.pt, is kept"):
+    with (
+        pytest.warns(RuntimeWarning, match="non-finite"),
+        pytest.raises(
+            TrainingError, match="2 steps in a row had a non-finite loss.*checkpoint.pt, is kept"
+        ),
+    ):
         run.train()
     last = read_jsonl(run.metrics_path)[-1]
     assert last["step"] == 5 and last["loss"] is None and last["skipped"] is True
@@ -110,7 +124,9 @@ def test_a_missing_model_folder_is_a_clear_error(make_cfg, tmp_path):
 
 
 def test_an_optimizer_typo_is_a_config_error(make_cfg):
-    with pytest.raises(ConfigError, match="\\[optimizer\\].*unknown optimizer 'mezzo'; did you mean 'mezo'"):
+    with pytest.raises(
+        ConfigError, match="\\[optimizer\\].*unknown optimizer 'mezzo'; did you mean 'mezo'"
+    ):
         Run(make_cfg(optimizer={"preset": "mezzo"}), progress=False)
 
 
@@ -131,8 +147,9 @@ def test_replay_refuses_another_base_and_a_broken_log(make_cfg, tmp_path, tiny_m
     (tmp_path / "other.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [header, *records]))
     with pytest.raises(ReplayError, match="does not start from the weights"):
         replay(None, tmp_path / "other.jsonl")
-    (tmp_path / "gap.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [read_jsonl(run.traj_path)[0],
-                                                                               records[1]]))
+    (tmp_path / "gap.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in [read_jsonl(run.traj_path)[0], records[1]])
+    )
     with pytest.raises(ReplayError, match="record 1 is for step 1, expected 0"):
         replay(None, tmp_path / "gap.jsonl")
 

@@ -28,10 +28,24 @@ def test_train_then_replay_on_the_shipped_model(tmp_path, capsys):
     assert "before," in text and "after 4 steps" in text
     for name in ("metrics.jsonl", "plot.png", "checkpoint.pt", "trajectory.jsonl"):
         assert (out / name).exists() and str(out / name) in text
-    assert main(["replay", "header", str(out / "trajectory.jsonl"), "--out", str(tmp_path / "w.pt"),
-                 "--check", str(out / "checkpoint.pt")]) == 0
+    assert (
+        main(
+            [
+                "replay",
+                "header",
+                str(out / "trajectory.jsonl"),
+                "--out",
+                str(tmp_path / "w.pt"),
+                "--check",
+                str(out / "checkpoint.pt"),
+            ]
+        )
+        == 0
+    )
     assert "identical to" in capsys.readouterr().out
-    assert main(["train", str(tmp_path / "c.toml")]) == 0  # a finished run says so and changes nothing
+    assert (
+        main(["train", str(tmp_path / "c.toml")]) == 0
+    )  # a finished run says so and changes nothing
     assert "has finished its 4 steps" in capsys.readouterr().out
 
 
@@ -40,8 +54,9 @@ def test_bad_input_exits_2_with_the_message(tmp_path, capsys):
     assert main(["train", str(tmp_path / "typo.toml")]) == 2
     assert "unknown key train.stesp (did you mean 'steps'?)" in capsys.readouterr().err
     (tmp_path / "empty.jsonl").write_text("")
-    (tmp_path / "empty.toml").write_text(f'[data]\nsource = "{tmp_path / "empty.jsonl"}"\n'
-                                         f'[train]\nout = "{tmp_path / "o"}"\n')
+    (tmp_path / "empty.toml").write_text(
+        f'[data]\nsource = "{tmp_path / "empty.jsonl"}"\n[train]\nout = "{tmp_path / "o"}"\n'
+    )
     assert main(["train", str(tmp_path / "empty.toml")]) == 2
     assert "holds no example" in capsys.readouterr().err
     assert main(["replay", "header", str(tmp_path / "nothing.jsonl")]) == 2

@@ -21,7 +21,9 @@ from kerzoo.seeds import derive
 # K(s) = a s + b s^5 with E[s K] = a/3 + b/7 = 1 and E[s^3 K] = a/5 + b/9 = 0:
 # a = 105/8, b = -189/8. Same order as legendre3, a different shape.
 QUINTIC3 = PolynomialKernel(
-    "quintic3", [0, Fraction(105, 8), 0, 0, 0, Fraction(-189, 8)], order=3,
+    "quintic3",
+    [0, Fraction(105, 8), 0, 0, 0, Fraction(-189, 8)],
+    order=3,
     doc="K(s) = (105/8) s - (189/8) s^5; order 3 (example plugin)",
 )
 
@@ -51,7 +53,7 @@ class Richardson(Estimator):
         q = len(plan.seeds)
         out = []
         for i in range(q):
-            lp, lm, hp, hm = losses[4 * i: 4 * i + 4]
+            lp, lm, hp, hm = losses[4 * i : 4 * i + 4]
             d_full, d_half = (lp - lm) / (2 * eps), (hp - hm) / eps
             out.append((4 * d_half - d_full) / 3 / q)
         return out
@@ -72,7 +74,9 @@ class Sparse(Projection):
 
     name = "sparse"
     defaults = {"density": 0.25}
-    shardable = True  # z and the mask are elementwise functions of (seed, key, global index): shards work
+    shardable = (
+        True  # z and the mask are elementwise functions of (seed, key, global index): shards work
+    )
 
     def __init__(self, **options):
         super().__init__(**options)
@@ -81,7 +85,9 @@ class Sparse(Projection):
             raise ValueError(f"projection 'sparse': density must be in (0, 1], got {density}")
         self.scale = 1.0 / math.sqrt(density)
         # P(|u| < t) = erf(t / sqrt 2) = density for u ~ N(0, 1)
-        self.threshold = math.sqrt(2.0) * float(torch.special.erfinv(torch.tensor(density, dtype=torch.float64)))
+        self.threshold = math.sqrt(2.0) * float(
+            torch.special.erfinv(torch.tensor(density, dtype=torch.float64))
+        )
 
     def direction(self, p, seed, dtype):
         """Z(seed) for the tensor p, in dtype."""
