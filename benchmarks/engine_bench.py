@@ -26,9 +26,9 @@ import sys
 
 import torch
 
-from common import best_time, peers_mezo_step, rss_high_water, sync, write_json
-
 import kerzoo.engine as engine
+
+from common import best_time, peers_mezo_step, rss_high_water, write_json
 
 
 def opt_shapes(name: str) -> list[tuple[int, ...]]:

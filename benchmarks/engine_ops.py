@@ -7,9 +7,9 @@ import argparse
 
 import torch
 
-from common import best_time, sync, write_json
-
 import kerzoo.engine as engine
+
+from common import best_time, write_json
 
 
 def main():

@@ -19,9 +19,9 @@ import time
 
 import torch
 
-from common import write_json
-
 import kerzoo
+
+from common import write_json
 
 
 class Tiny(torch.nn.Module):
@@ -40,7 +40,7 @@ def measure(name: str, mode: str, layers: int, dtype, steps: int = 20) -> float:
     model = Tiny(layers).to(dtype)
     x = torch.randn(4, 8, dtype=dtype)
     opt = kerzoo.optimizer(name, model, lr=1e-7, perturb=mode)
-    closure = lambda: model(x)  # noqa: E731
+    closure = lambda: model(x)
     for _ in range(3):
         opt.step(closure)
     times = []

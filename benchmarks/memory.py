@@ -30,6 +30,7 @@ MODES = ("inference", *ZO, "fo-sgd", "fo-adam")
 
 def child(mode: str, model_name: str, batch: int, seq: int, device: str, dtype: str) -> None:
     import kerzoo
+
     from step_time import build
 
     dev = torch.device(device)

@@ -12,10 +12,10 @@ import time
 
 import torch
 
-from common import held_bytes, write_json
-
 import kerzoo
 from kerzoo.train import config, data, model as M, tasks
+
+from common import held_bytes, write_json
 
 
 def main():

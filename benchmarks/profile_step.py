@@ -14,10 +14,10 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+import kerzoo
+
 from common import sync
 from step_time import CONFIGS, build
-
-import kerzoo
 
 
 def parse(spec: str) -> tuple[str, dict]:
@@ -48,7 +48,7 @@ def main() -> None:
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     model = build(args.model, dtype, device)
     ids = torch.randint(0, 50272, (args.batch, args.seq), device=device)
-    loss = lambda: model(input_ids=ids, labels=ids).loss  # noqa: E731
+    loss = lambda: model(input_ids=ids, labels=ids).loss
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     for spec in args.optimizers:
         name, options = parse(spec)

@@ -28,10 +28,10 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import best_time, peers_mezo_step  # noqa: E402
+import kerzoo
+import kerzoo.engine
 
-import kerzoo  # noqa: E402
-import kerzoo.engine  # noqa: E402
+from common import best_time, peers_mezo_step
 
 
 def build(name: str, dtype: torch.dtype):

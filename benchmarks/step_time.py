@@ -19,10 +19,10 @@ import time
 
 import torch
 
-from common import best_time, held_bytes, peers_mezo_step, sync, write_json
-
 import kerzoo
 import kerzoo.engine
+
+from common import best_time, held_bytes, peers_mezo_step, sync, write_json
 
 CONFIGS = {  # hidden, layers, heads, ffn
     "opt-125m": (768, 12, 12, 3072),

@@ -4,7 +4,6 @@ python benchmarks/train_memory.py
 """
 
 import json
-import resource
 import subprocess
 import sys
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+
 import torch
 
 from .projections.base import ParamInfo, Projection

@@ -16,14 +16,15 @@ import importlib
 import os
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, Callable
+from typing import Any
 
 import pluggy
 
 from . import hookspecs
-from .registry import Entry, Registry, RegistrationError
+from .registry import Entry, RegistrationError, Registry
 
 # kind -> hook name; the order is the order in which hooks run (presets last: they name parts).
 HOOKS = {

@@ -5,7 +5,6 @@ temporary working directory. A block preceded by the line ``<!-- not-run -->`` i
 (for snippets that need a GPU or a network); use it sparingly.
 """
 
-import os
 import re
 from pathlib import Path
 

@@ -15,8 +15,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import kerzoo
 
 ROOT = Path(__file__).resolve().parents[1]

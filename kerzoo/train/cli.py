@@ -13,8 +13,7 @@ def _size(path: Path) -> str:
 
 
 def cmd_train(args) -> int:
-    from . import config as config_mod
-    from . import distributed
+    from . import config as config_mod, distributed
     from .data import DataError
     from .loop import Run, TrainingError, plot
     from .model import ModelError

@@ -37,7 +37,7 @@ def world_from_env() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def from_env(cfg: dict) -> "DataParallel | None":
+def from_env(cfg: dict) -> DataParallel | None:
     """A DataParallel for a process started by torchrun (WORLD_SIZE > 1), else None."""
     if world_from_env() <= 1:
         return None

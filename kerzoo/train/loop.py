@@ -26,8 +26,7 @@ import torch
 
 from ..schedules import factor as schedule_factor
 from ..seeds import derive
-from . import config as config_mod
-from . import data as data_mod
+from . import config as config_mod, data as data_mod
 from .model import count_parameters, load_model, resolve_device, trainable_state
 from .replay import fingerprint
 from .tasks import make_task

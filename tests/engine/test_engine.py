@@ -6,9 +6,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import kerzoo.engine as engine
-from kerzoo.engine import build as ext_build
 from kerzoo.engine import reference as R
-from kerzoo.engine.philox import philox4x32, random_words
+from kerzoo.engine.philox import philox4x32
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 DISTS = ["gaussian", "rademacher"]
@@ -241,7 +240,8 @@ def test_info_reports_a_backend_and_reason_per_op():
 
 
 def test_disabled_extension_falls_back_with_a_reason(monkeypatch):
-    import subprocess, sys
+    import subprocess
+    import sys
 
     code = (
         "import warnings, torch, kerzoo.engine as e; warnings.simplefilter('error');\n"
@@ -292,7 +292,9 @@ def test_foreach_refuses_mismatched_lists():
 
 
 def _run_with_broken_compiler(tmp_path, code, **env):
-    import os, subprocess, sys
+    import os
+    import subprocess
+    import sys
 
     env = {**os.environ, "KERZOO_EXT_DIR": str(tmp_path), "CXX": "false", "CC": "false", **env}
     env.pop("KERZOO_DISABLE_EXT", None)

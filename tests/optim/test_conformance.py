@@ -1,7 +1,7 @@
 import pytest
 
-from kerzoo.testing import CHECKS, check_optimizer, parametrize_conformance, run_check
 import kerzoo.testing as kt
+from kerzoo.testing import CHECKS, check_optimizer, parametrize_conformance, run_check
 
 
 @parametrize_conformance()

@@ -13,6 +13,7 @@ from kerzoo.estimators.kernel import KernelEstimator
 from kerzoo.estimators.two_point import TwoPoint
 from kerzoo.plugins import get
 from kerzoo.seeds import direction_seeds
+
 from quadratic import TwoTensors, mean_step_over_seeds
 
 KEY = engine.param_key("x")

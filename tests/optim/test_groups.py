@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import kerzoo
+
 from quadratic import TwoTensors, mean_step_over_seeds
 
 
