@@ -14,6 +14,7 @@ from the parameter count. Writes <out>.json and <out>.md.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -87,7 +88,7 @@ def run(tmp: Path, name: str, procs: int, steps: int, batch: int, shard: bool = 
         raise SystemExit(f"{name} failed:\n{done.stdout}\n{done.stderr}")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     times = [r["time"] for r in rows if "loss" in r]
-    per_step = [b - a for a, b in zip(times[5:], times[6:])]
+    per_step = [b - a for a, b in itertools.pairwise(times[5:])]
     comm = [r.get("comm_bytes", 0) for r in rows if "loss" in r]
     return {
         "name": name,
@@ -152,11 +153,11 @@ def main() -> None:
         "| run | processes | global batch | step | examples / s | bytes per step per rank |",
         "|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['name']} | {r['processes']} | {r['global_batch']} | {r['step_ms']:.0f} ms | "
-            f"{r['examples_per_s']:.1f} | {r['comm_bytes_per_step']:,.0f} |"
-        )
+    lines += [
+        f"| {r['name']} | {r['processes']} | {r['global_batch']} | {r['step_ms']:.0f} ms | "
+        f"{r['examples_per_s']:.1f} | {r['comm_bytes_per_step']:,.0f} |"
+        for r in rows
+    ]
     s16 = by["1 process, batch 16"]["step_ms"] / by["2 processes, batch 16"]["step_ms"]
     s32 = by["1 process, batch 32"]["step_ms"] / by["2 processes, batch 32"]["step_ms"]
     zo = by["2 processes, batch 16"]["comm_bytes_per_step"]

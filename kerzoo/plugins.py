@@ -112,9 +112,8 @@ class _Manager:
     def add(self, plugin: Any, name: str, source: str) -> None:
         """Register one plugin object; on any error roll back what it registered and re-raise."""
         self.pm.register(plugin, name=name)
-        added: list[tuple[str, str]] = []
         try:
-            added = self._run_hooks(plugin, name)
+            self._run_hooks(plugin, name)
         except BaseException:
             self._drop(name)
             self.pm.unregister(name=name)

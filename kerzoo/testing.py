@@ -104,7 +104,7 @@ def odd_polynomial_kernels(valid: bool | None = None, max_order: int = 7, max_ex
 def _solve(a: list[list[Fraction]], b: list[Fraction]) -> list[Fraction]:
     """Gaussian elimination in rational arithmetic (a is a small Hilbert-like matrix)."""
     n = len(b)
-    m = [row[:] + [b[i]] for i, row in enumerate(a)]
+    m = [[*row, b[i]] for i, row in enumerate(a)]
     for col in range(n):
         pivot = next(r for r in range(col, n) if m[r][col] != 0)
         m[col], m[pivot] = m[pivot], m[col]

@@ -56,7 +56,7 @@ def test_plugin_with_bad_kernel_is_refused_and_registers_nothing():
             register(PolynomialKernel("good-one", [0, 3], order=1))
             register(bad)
 
-    with pytest.raises(RegistrationError, match="6.666666666667e-01"):
+    with pytest.raises(RegistrationError, match=r"6.666666666667e-01"):
         register_plugin(Plugin(), "bad-kernel-plugin")
     names = set(kerzoo.list_kernels())
     assert "bad-two" not in names and "good-one" not in names  # rolled back whole

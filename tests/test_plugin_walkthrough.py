@@ -98,7 +98,7 @@ def test_walkthrough_packages_install_list_and_pass_their_tests(tmp_path):
     ]
 
     listing = _run([*cli, "list"], env, tmp_path)
-    for pkg, (plugin, kind, item) in EXPECTED.items():
+    for plugin, kind, item in EXPECTED.values():
         section = listing.split(f"{kind} (", 1)[1].split("\n\n", 1)[0]
         rows = [line.split() for line in section.splitlines()]
         assert [item, plugin] in [r[:2] for r in rows], (

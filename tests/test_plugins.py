@@ -150,7 +150,7 @@ def test_name_clash_with_builtin_is_refused_at_runtime():
         def kerzoo_register_kernels(self, register):
             register(kerzoo.plugins.get("kernels", "legendre3"), "legendre3")
 
-    with pytest.raises(NameClashError, match="kerzoo.kernels.legendre"):
+    with pytest.raises(NameClashError, match=r"kerzoo.kernels.legendre"):
         plugins.register_plugin(Clash(), "clash")
     assert plugins.entry("kernels", "legendre3").plugin == "kerzoo.kernels.legendre"
 
@@ -177,7 +177,7 @@ def test_example_plugin_projection_is_listed_and_passes_the_conformance_suite(
     plugins.reload()
     assert plugins.entry("projections", "sparse").plugin == "example"
     assert main(["list", "projections"]) == 0
-    (line,) = [l for l in capsys.readouterr().out.splitlines() if l.startswith("sparse ")]
+    (line,) = [r for r in capsys.readouterr().out.splitlines() if r.startswith("sparse ")]
     assert "example" in line
     check_optimizer({"projection": "sparse", "update": "sgd"})
     check_optimizer({"preset": "kerzoo", "projection": "sparse", "density": 0.5})

@@ -66,10 +66,11 @@ class KernelEstimator(Estimator):
 
     def plan(self, step, seeds, eps):
         a = self.radius(step)
-        if (
-            self.r_scope == "tensor"
-        ):  # one r per direction and tensor: theta_t +- eps r_{i,t} z_{i,t}
-            r_of = lambda i, p: a * (2.0 * uniform(seeds[i], f"kernel-r:{p.name}") - 1.0)
+        if self.r_scope == "tensor":
+            # one r per direction and tensor: theta_t +- eps r_{i,t} z_{i,t}
+            def r_of(i, p):
+                return a * (2.0 * uniform(seeds[i], f"kernel-r:{p.name}") - 1.0)
+
             points = []
             for i in range(len(seeds)):
                 points += [{i: eps}, {i: -eps}]

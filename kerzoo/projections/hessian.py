@@ -35,7 +35,7 @@ class ThreePoint(TwoPoint):
     defaults = {"directions": 1}
 
     def plan(self, step, seeds, eps):
-        return Plan(seeds, [{}] + super().plan(step, seeds, eps).points)
+        return Plan(seeds, [{}, *super().plan(step, seeds, eps).points])
 
     def coefficients(self, plan, losses, eps):
         return super().coefficients(plan, losses[1:], eps)
@@ -43,7 +43,7 @@ class ThreePoint(TwoPoint):
 
 def curvatures(points, losses) -> dict[int, tuple[float, float]]:
     """For each direction i evaluated at +s and -s beside the centre: (s, |L+ + L- - 2 L0| / (2 s^2))."""
-    center = [l for pt, l in zip(points, losses) if not pt]
+    center = [loss for pt, loss in zip(points, losses) if not pt]
     if not center:
         raise ValueError(
             "projection 'hessian' needs L(theta) at every step, and the estimator did not "
@@ -51,10 +51,10 @@ def curvatures(points, losses) -> dict[int, tuple[float, float]]:
         )
     l0 = center[0]
     plus, minus = {}, {}
-    for pt, l in zip(points, losses):
+    for pt, loss in zip(points, losses):
         if len(pt) == 1:
             ((i, s),) = pt.items()
-            (plus if s > 0 else minus)[i] = (s, l)
+            (plus if s > 0 else minus)[i] = (s, loss)
     out = {}
     for i, (s, lp) in plus.items():
         if i in minus and abs(minus[i][0] + s) <= 1e-12 * abs(s):
@@ -112,7 +112,7 @@ class Hessian(Projection):
         alpha = float(self.options["alpha"])
         if alpha == 0.0:
             return
-        for i, (s, h) in sorted(curvatures(plan.points, losses).items()):
+        for i, (_s, h) in sorted(curvatures(plan.points, losses).items()):
             for p in self.params:
                 w = self.w[p.name]
                 z = engine.fill_z(

@@ -23,6 +23,7 @@ hash of their trained parameters (replicated mode) and stop if they differ.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import math
 import os
@@ -228,10 +229,8 @@ class DataParallel:
     def close(self) -> None:
         """Leave the group together (a rank that leaves first can abort a peer's pending gloo I/O)."""
         if self.dist.is_initialized():
-            try:
+            with contextlib.suppress(Exception):  # a peer is gone: nothing to wait for
                 self.dist.barrier()
-            except Exception:  # a peer is gone: nothing to wait for
-                pass
             self.dist.destroy_process_group()
 
 

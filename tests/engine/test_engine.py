@@ -183,7 +183,6 @@ def test_restore_is_exact_in_float32_where_the_binade_does_not_change():
     theta = torch.randn(100_000) * 0.05
     back = theta.clone()
     engine.add_z(back, 1e-3, 3, 4)
-    moved_up = back.abs() > theta.abs()
     crossed = torch.floor(torch.log2(back.abs())) != torch.floor(torch.log2(theta.abs()))
     engine.add_z(back, -1e-3, 3, 4)
     same_binade = ~crossed

@@ -20,7 +20,7 @@ def test_compositions_with_several_directions_pass_conformance(spec, check):
 
 
 def test_run_check_names_an_unknown_check():
-    with pytest.raises(ValueError, match="'decrease'.*decreases_quadratic"):
+    with pytest.raises(ValueError, match=r"'decrease'.*decreases_quadratic"):
         run_check("decrease", "mezo")
 
 

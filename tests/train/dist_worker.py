@@ -7,13 +7,14 @@ Run on this rank. A TrainingError is printed as "ERROR <message>" and the next j
 
 import json
 import sys
+from pathlib import Path
 
 import torch
 
 from kerzoo.train import distributed
 from kerzoo.train.loop import Run, TrainingError
 
-jobs = json.loads(open(sys.argv[1]).read())
+jobs = json.loads(Path(sys.argv[1]).read_text())
 dp = None
 for job in jobs:
     dp = distributed.DataParallel(job["cfg"]["distributed"])

@@ -86,9 +86,9 @@ def test_model_device_resolves_and_a_missing_or_bad_device_is_named(monkeypatch)
         ModelError, match=r"model.device = 'cuda:1', but this torch .* sees no CUDA device"
     ):
         resolve_device("cuda:1")
-    with pytest.raises(ModelError, match="model.device = 'tpu' is not a device kerzoo trains on"):
+    with pytest.raises(ModelError, match=r"model.device = 'tpu' is not a device kerzoo trains on"):
         resolve_device("tpu")
-    with pytest.raises(ModelError, match="model.device = 'gpu!' is not a device"):
+    with pytest.raises(ModelError, match=r"model.device = 'gpu!' is not a device"):
         resolve_device("gpu!")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("LOCAL_RANK", "3")

@@ -23,7 +23,7 @@ def test_jsonl_and_csv_with_own_field_names(tmp_path):
 
 def test_bad_data_is_a_clear_error(tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n")
-    with pytest.raises(D.DataError, match="empty.jsonl' holds no example"):
+    with pytest.raises(D.DataError, match=r"empty.jsonl' holds no example"):
         D.load_examples(str(tmp_path / "empty.jsonl"))
     (tmp_path / "d.jsonl").write_text('{"sentence": "fine", "y": 1}\n')
     with pytest.raises(D.DataError, match="lacks the field\\(s\\) 'text', 'label'"):
@@ -34,7 +34,7 @@ def test_bad_data_is_a_clear_error(tmp_path):
     with pytest.raises(D.DataError, match="example 0 has label = 'positive', not an integer label"):
         D.load_examples(str(tmp_path / "named.csv"))
     (tmp_path / "broken.jsonl").write_text('{"text": "a", "label": 1}\n{"text": \n')
-    with pytest.raises(D.DataError, match="broken.jsonl:2: not a JSON object"):
+    with pytest.raises(D.DataError, match=r"broken.jsonl:2: not a JSON object"):
         D.load_examples(str(tmp_path / "broken.jsonl"))
     with pytest.raises(D.DataError, match="2 examples cannot give 5 held-out"):
         D.split([{"text": "a", "label": 0}] * 2, 5, 0)

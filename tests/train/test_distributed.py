@@ -252,9 +252,9 @@ def test_sharding_refuses_what_a_shard_cannot_do(make_cfg):
     rows = torch.nn.Parameter(torch.zeros(1, 3))
     with pytest.raises(ValueError, match="must be a block of whole rows"):
         optimizer("lozo", [rows], shards={rows: ("w", 2, (2, 3))})  # offset 2 is inside row 0
-    with pytest.raises(ValueError, match="clip = 1.0 clips by each tensor's norm"):
+    with pytest.raises(ValueError, match=r"clip = 1.0 clips by each tensor's norm"):
         optimizer("mezo", [flat], clip=1.0, shards={flat: ("w", 0)})
-    with pytest.raises(ConfigError, match="distributed.backend = 'mpi'"):
+    with pytest.raises(ConfigError, match=r"distributed.backend = 'mpi'"):
         make_cfg(distributed={"backend": "mpi"})
     assert distributed.world_from_env() == 1 and distributed.from_env(make_cfg()) is None
 

@@ -79,7 +79,7 @@ def test_a_kill_between_checkpoints_resumes_bit_exactly(make_cfg, tmp_path, monk
 
 def test_resuming_under_a_config_that_changes_the_run_is_refused(make_cfg):
     Run(make_cfg("a"), progress=False).train(stop_at=3)
-    with pytest.raises(TrainingError, match="another config \\(train.seed: 0 -> 7\\).*--fresh"):
+    with pytest.raises(TrainingError, match=r"another config \(train.seed: 0 -> 7\).*--fresh"):
         Run(make_cfg("a", train={"seed": 7}), progress=False)
     assert Run(make_cfg("a", train={"steps": 9}), progress=False).step == 3  # more steps: fine
     assert Run(make_cfg("a", train={"seed": 7}), resume=False, progress=False).step == 0
@@ -90,7 +90,7 @@ def test_a_corrupt_checkpoint_is_refused_and_kept(make_cfg):
     ck = Path(c["train"]["out"]) / CHECKPOINT
     ck.parent.mkdir(parents=True)
     ck.write_bytes(b"not a checkpoint")
-    with pytest.raises(TrainingError, match="checkpoint.pt' is corrupt or unreadable.*--fresh"):
+    with pytest.raises(TrainingError, match=r"checkpoint.pt' is corrupt or unreadable.*--fresh"):
         Run(c, progress=False)
     assert ck.read_bytes() == b"not a checkpoint"  # nothing lost
     torch.save({"weights": 1}, ck)
@@ -106,7 +106,7 @@ def test_a_nan_streak_stops_with_the_last_good_checkpoint_kept(make_cfg):
     with (
         pytest.warns(RuntimeWarning, match="non-finite"),
         pytest.raises(
-            TrainingError, match="2 steps in a row had a non-finite loss.*checkpoint.pt, is kept"
+            TrainingError, match=r"2 steps in a row had a non-finite loss.*checkpoint.pt, is kept"
         ),
     ):
         run.train()
@@ -119,13 +119,13 @@ def test_a_nan_streak_stops_with_the_last_good_checkpoint_kept(make_cfg):
 
 
 def test_a_missing_model_folder_is_a_clear_error(make_cfg, tmp_path):
-    with pytest.raises(ModelError, match="no-such-model.*config.json"):
+    with pytest.raises(ModelError, match=r"no-such-model.*config.json"):
         Run(make_cfg(model={"name": str(tmp_path / "no-such-model")}), progress=False)
 
 
 def test_an_optimizer_typo_is_a_config_error(make_cfg):
     with pytest.raises(
-        ConfigError, match="\\[optimizer\\].*unknown optimizer 'mezzo'; did you mean 'mezo'"
+        ConfigError, match=r"\[optimizer\].*unknown optimizer 'mezzo'; did you mean 'mezo'"
     ):
         Run(make_cfg(optimizer={"preset": "mezzo"}), progress=False)
 

@@ -17,7 +17,7 @@ def test_causal_lm_classification_on_label_words_trains(make_cfg, family):
 
 
 def test_a_label_word_of_several_tokens_is_refused_for_a_causal_lm(make_cfg):
-    with pytest.raises(TaskError, match="label word 'supercalifragilistic' is [2-9] tokens"):
+    with pytest.raises(TaskError, match=r"label word 'supercalifragilistic' is [2-9] tokens"):
         Run(
             make_cfg(family="opt", task={"label_words": ["terrible", "supercalifragilistic"]}),
             progress=False,
@@ -139,9 +139,9 @@ def test_lora_through_peft_trains_only_the_adapters(make_cfg):
     before = params(run)
     run.train()
     assert any(not torch.equal(before[k], v) for k, v in params(run).items())
-    with pytest.raises(ModelError, match="unknown LoRA option model.lora.rank"):
+    with pytest.raises(ModelError, match=r"unknown LoRA option model.lora.rank"):
         Run(make_cfg("b", model={"trainable": [], "lora": {"rank": 4}}), progress=False)
-    with pytest.raises(ModelError, match="linear layers are named .*query"):
+    with pytest.raises(ModelError, match=r"linear layers are named .*query"):
         Run(
             make_cfg("c", model={"trainable": [], "lora": {"r": 4, "target_modules": ["q_proj"]}}),
             progress=False,
