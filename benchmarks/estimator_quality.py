@@ -1,4 +1,4 @@
-"""Bias and variance of the estimators against eps and the number of directions (issue 8, question 1).
+"""Bias and variance of the estimators against eps and the number of directions.
 
 On a smooth function with a known gradient, f(x) = sum_i exp(c_i x_i) + (sum_i x_i)^4 / 4 in d
 dimensions, each estimator is driven through its own plan/coefficients interface (what the
@@ -188,7 +188,7 @@ def write_markdown(path: Path, r: dict, args) -> None:
     lines += [
         "",
         "Reading: the two-point estimator's bias falls as ε², KerZOO's (legendre3) as ε⁴ and legendre5's as "
-        "ε⁶, as ALGORITHMS.md states. The one-sided estimator's bias also falls as ε² here: its ε term, "
+        "ε⁶, as docs/algorithms.md (KerZOO) states. The one-sided estimator's bias also falls as ε² here: its ε term, "
         "(ε/2) z zᵀHz, is odd in z and vanishes in expectation for Gaussian z, though not per sample, so its "
         "variance grows with ε (middle panel) while the two-point's stays flat. KerZOO pays for its lower "
         "bias in variance: the kernel weight multiplies each difference, so at the same ε and q its variance "

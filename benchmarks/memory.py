@@ -1,4 +1,4 @@
-"""Peak memory of a ZO step against inference and first-order fine-tuning (issue 8, question 4).
+"""Peak memory of a ZO step against inference and first-order fine-tuning .
 
 Each mode runs in a fresh process on an OPT-shaped causal LM built from its config (random
 weights, every parameter trained, fp32 on the CPU; bf16/CUDA with --device cuda): inference (one

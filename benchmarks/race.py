@@ -1,4 +1,4 @@
-"""Convergence race on the default fine-tuning task (issue 8, question 2).
+"""Convergence race on the default fine-tuning task.
 
 Every method gets the same budget of training forward passes (mezo's 2,000 steps x 2 = 4,000 by
 default) on the default run (all-MiniLM-L6-v2, VADER word polarity, top two layers trained), for

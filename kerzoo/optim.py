@@ -1,6 +1,6 @@
 """ZOOptimizer: a torch.optim.Optimizer composed of an estimator, a projection and an update rule.
 
-One step (ALGORITHMS.md, Order of passes), for the estimator's points p_1 .. p_k:
+One step (docs/algorithms.md, Order of passes), for the estimator's points p_1 .. p_k:
 1. move theta to p_1 (theta + scale z), evaluate the closure;
 2. from each point to the next, restore and perturb in one fused pass, evaluate;
 3. restore and update in one pass across all directions (linear rules), or restore, then

@@ -1,4 +1,4 @@
-"""On-the-fly perturbation: W is never written while perturbed (ALGORITHMS.md, Rounding).
+"""On-the-fly perturbation: W is never written while perturbed (docs/algorithms.md, Rounding).
 
 While a point theta + sum_i c_i z_i is active, a forward pre-hook on every module that owns a
 trainable tensor W builds W' = W + sum_i c_i z_i into a transient of W's size and lets the

@@ -2,7 +2,7 @@
 
 z(seed, key, j) is a pure function of a seed, a parameter's key and an element's global flat
 index (Philox4x32-10, philox.py), so a perturbation is regenerated wherever it is needed and
-never stored. The ops apply it in place, in fused passes (ALGORITHMS.md, Order of passes).
+never stored. The ops apply it in place, in fused passes (docs/algorithms.md, Order of passes).
 """
 
 from __future__ import annotations

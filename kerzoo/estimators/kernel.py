@@ -1,4 +1,4 @@
-"""Built-in plugin: KerZOO's kernel-weighted two-point estimator (ALGORITHMS.md, KerZOO).
+"""Built-in plugin: KerZOO's kernel-weighted two-point estimator (docs/algorithms.md, KerZOO).
 
 For direction i, r_i ~ U[-a, a] (from the direction's seed) and
 

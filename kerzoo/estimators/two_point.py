@@ -1,4 +1,4 @@
-"""Built-in plugin: the two-point (central) and one-sided estimators (ALGORITHMS.md, MeZO)."""
+"""Built-in plugin: the two-point (central) and one-sided estimators (docs/algorithms.md, Two-point estimator)."""
 
 from __future__ import annotations
 

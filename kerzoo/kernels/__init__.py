@@ -1,4 +1,4 @@
-"""Kernels K(s) on s in [-1, 1] for KerZOO's kernel-weighted estimator (ALGORITHMS.md, KerZOO)."""
+"""Kernels K(s) on s in [-1, 1] for KerZOO's kernel-weighted estimator (docs/algorithms.md, KerZOO)."""
 
 from .base import PolynomialKernel
 from .moments import KernelMoments, kernel_moments, validate_kernel

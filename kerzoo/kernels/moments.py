@@ -1,6 +1,6 @@
 """Moment conditions of a kernel, checked by Gauss-Legendre quadrature.
 
-With s ~ U[-1, 1], a kernel of order beta must satisfy (ALGORITHMS.md, KerZOO)
+With s ~ U[-1, 1], a kernel of order beta must satisfy (docs/algorithms.md, KerZOO)
 
     E[s K(s)] = 1,   E[s^k K(s)] = 0 for odd k = 3, 5, ..., beta,
 

@@ -1,6 +1,6 @@
 """Built-in plugin: P-GAP's projected gradient-aligned perturbations ("aligned"); 1-D tensors dense.
 
-ALGORITHMS.md (P-GAP). Per 2-D weight W (m x n) with gradient G, a rank-r subspace U (m x r),
+docs/algorithms.md (P-GAP). Per 2-D weight W (m x n) with gradient G, a rank-r subspace U (m x r),
 V (n x r) from an estimated gradient, and directions Z = sqrt(mn)/r U C V^T whose r x r core is
 aligned with the projected gradient estimate H ~ U^T G V:
 

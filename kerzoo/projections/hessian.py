@@ -1,7 +1,7 @@
 """Built-in plugin: HiZOO's diagonal-Hessian preconditioned directions ("hessian"), and the
 "three-point" estimator that evaluates L(theta) beside the two-point pair.
 
-ALGORITHMS.md (HiZOO), as in HiZOO's paper (Zhao et al., ICLR 2025) and its code: a diagonal
+docs/algorithms.md (HiZOO), as in HiZOO's paper (Zhao et al., ICLR 2025) and its code: a diagonal
 Hessian estimate D (one full-size buffer per tensor, initialised to ``init``), directions
 Z_i = D^{-1/2} (.) z_i, and after each step, for every direction i with points theta +- s z_i
 and the centre L0 = L(theta):

@@ -1,6 +1,6 @@
 """Built-in plugin: low-rank directions for 2-D tensors (SubZero, LOZO); 1-D tensors stay dense.
 
-subspace (SubZero, ALGORITHMS.md): per 2-D tensor W (m x n), U (m x r) and V (n x r) with
+subspace (SubZero, docs/algorithms.md): per 2-D tensor W (m x n), U (m x r) and V (n x r) with
 orthonormal columns, from the QR of Gaussian matrices seeded by (refresh index, key), redrawn
 every T steps; per direction S_i ~ N(0, I_r) from (seed_i, key) and
     Z_i = sqrt(m n) / r * U S_i V^T,

@@ -1,6 +1,6 @@
 """Perturb a linear layer's output instead of its weight (``perturb="outputs"``).
 
-ALGORITHMS.md (SubZero): for y = x W^T + b and a low-rank direction W' = W + c U S V^T,
+docs/algorithms.md (SubZero): for y = x W^T + b and a low-rank direction W' = W + c U S V^T,
 
     y' = x W'^T + b = y + c ((x V) S^T) U^T,
 

@@ -7,7 +7,7 @@ checkpoint at step k continues exactly as the run that never stopped.
 
 The loss of a batch is one method, ``Run.batch_loss``: the examples go through ``self.shard``
 (identity here) and the task's (sum, weight) through ``self.reduce`` (identity here), so a
-data-parallel run (issue 7) replaces these two and every rank, using the same seeds, sees
+data-parallel run (docs/distributed.md) replaces these two and every rank, using the same seeds, sees
 the same loss. Evaluation goes through the same pair.
 """
 

@@ -1,7 +1,7 @@
 """The tasks: classification on label words (MeZO's setup), multiple choice, LM loss on an answer.
 
 Every task answers two questions about a list of examples, as sums so that shards add up
-(a data-parallel run all-reduces them, issue 7):
+(a data-parallel run all-reduces them, docs/distributed.md):
 - ``loss_sum(model, batch) -> (total, weight)``: the batch loss is total / weight;
 - ``score(model, batch) -> (right, count)``: the evaluation metric is right / count.
 

@@ -1,4 +1,4 @@
-"""Built-in plugin: the update rules of the ZO-SGD family and ZO-Adam (ALGORITHMS.md, Update rules)."""
+"""Built-in plugin: the update rules of the ZO-SGD family and ZO-Adam (docs/algorithms.md, Update rules)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Properties of the estimators (ALGORITHMS.md, Properties the tests can check), in float64."""
+"""Properties of the estimators (docs/algorithms.md, Properties the tests check), in float64."""
 
 import math
 
