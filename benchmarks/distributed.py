@@ -130,7 +130,8 @@ def main() -> None:
     meta = {
         "command": "python benchmarks/distributed.py"
         + (f" --steps {args.steps}" if args.steps != 60 else ""),
-        "machine": f"{platform.machine()} {os.cpu_count()}-core, torch {torch.__version__}, 1 thread per process",
+        "machine": f"{platform.machine()} {os.cpu_count()}-core, torch {torch.__version__}, 1 "
+        "thread per process",
         "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
         "trained_params": n,
         "first_order_bytes_per_step": 4 * n,
@@ -146,9 +147,9 @@ def main() -> None:
         f"Machine: {meta['machine']}; load average at the end {meta['load']}.",
         "",
         f"The default task (all-MiniLM-L6-v2, the top two layers: {n:,} trained parameters), mezo, "
-        f"{args.steps} steps per run; `kerzoo train` alone or under torchrun (gloo over loopback). Step time: "
-        "median after the first five steps. Bytes: the payload of one rank's collectives per training step, "
-        "from metrics.jsonl.",
+        f"{args.steps} steps per run; `kerzoo train` alone or under torchrun (gloo over loopback). "
+        "Step time: median after the first five steps. Bytes: the payload of one rank's "
+        "collectives per training step, from metrics.jsonl.",
         "",
         "| run | processes | global batch | step | examples / s | bytes per step per rank |",
         "|---|---|---|---|---|---|",
@@ -163,15 +164,15 @@ def main() -> None:
     zo = by["2 processes, batch 16"]["comm_bytes_per_step"]
     lines += [
         "",
-        f"- Speed-up from 1 to 2 processes: {s16:.2f}x at global batch 16, {s32:.2f}x at global batch 32 "
-        "(each process one thread, on a 2-core machine).",
+        f"- Speed-up from 1 to 2 processes: {s16:.2f}x at global batch 16, {s32:.2f}x at global "
+        "batch 32 (each process one thread, on a 2-core machine).",
         f"- Bytes per step: {zo:,.0f} (two all-reduces of a float64 (sum, weight) pair), against "
         f"{4 * n:,} for a first-order data-parallel step's fp32 gradient all-reduce: "
-        f"{4 * n / zo:,.0f}x less. At OPT-1.3B (1.3e9 parameters) the first-order figure is 5.2 GB a step; "
-        "the ZO figure stays 32 bytes.",
-        "- Sharded parameters trade those bytes for an all-gather of each trained tensor in every forward "
-        f"({by['2 processes, batch 16, sharded']['comm_bytes_per_step']:,.0f} bytes per step here): it saves "
-        "memory (each rank holds half of the trained weights), not time.",
+        f"{4 * n / zo:,.0f}x less. At OPT-1.3B (1.3e9 parameters) the first-order figure is 5.2 GB "
+        "a step; the ZO figure stays 32 bytes.",
+        "- Sharded parameters trade those bytes for an all-gather of each trained tensor in every "
+        f"forward ({by['2 processes, batch 16, sharded']['comm_bytes_per_step']:,.0f} bytes per "
+        "step here): it saves memory (each rank holds half of the trained weights), not time.",
         "",
     ]
     out.with_suffix(".md").write_text("\n".join(lines))

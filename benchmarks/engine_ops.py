@@ -44,7 +44,8 @@ def main():
                 "Gelem_per_s": args.numel / t / 1e9,
             }
             print(
-                f"{name:9} {op:28} {t * 1e3:8.2f} ms {moved / t / 1e9:8.1f} GB/s {args.numel / t / 1e9:7.1f} Gelem/s",
+                f"{name:9} {op:28} {t * 1e3:8.2f} ms {moved / t / 1e9:8.1f} GB/s "
+                f"{args.numel / t / 1e9:7.1f} Gelem/s",
                 flush=True,
             )
     write_json(rows, args.json)

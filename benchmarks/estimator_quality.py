@@ -158,19 +158,21 @@ def write_markdown(path: Path, r: dict, args) -> None:
     lines = [
         "# Estimator quality: bias and variance",
         "",
-        f"Command: `python benchmarks/estimator_quality.py --dim {args.dim} --directions {args.directions} "
-        f"--repeats {args.repeats}`  ",
-        f"Machine: {platform.machine()} {os.cpu_count()}-core VM, torch {torch.__version__} (float64 throughout).",
+        f"Command: `python benchmarks/estimator_quality.py --dim {args.dim} --directions "
+        f"{args.directions} --repeats {args.repeats}`  ",
+        f"Machine: {platform.machine()} {os.cpu_count()}-core VM, torch {torch.__version__} "
+        "(float64 throughout).",
         "",
-        f"Function: f(x) = Σ exp(c_i x_i) + (Σ x_i)⁴/4 in d = {r['dim']}, c from 0.5 to 1.5, x from −0.3 to 0.3; "
-        f"‖∇f‖ = {r['grad_norm']:.3f}. Each estimator runs through its own `plan` / `coefficients` (the "
-        "optimizer's path), z from kerzoo's engine. Bias: common random directions "
-        f"({args.directions}) against the ε → 0 limit on the same directions, and for KerZOO the exact "
-        "expectation over r (32-point Gauss–Legendre on the implementation's K_a); a = r_max = 0.5. Variance: "
-        "E‖g − E g‖² / ‖∇f‖², sampled over z and r.",
+        f"Function: f(x) = Σ exp(c_i x_i) + (Σ x_i)⁴/4 in d = {r['dim']}, c from 0.5 to 1.5, x "
+        f"from −0.3 to 0.3; ‖∇f‖ = {r['grad_norm']:.3f}. Each estimator runs through its own "
+        "`plan` / `coefficients` (the optimizer's path), z from kerzoo's engine. Bias: common "
+        f"random directions ({args.directions}) against the ε → 0 limit on the same directions, "
+        "and for KerZOO the exact expectation over r (32-point Gauss–Legendre on the "
+        "implementation's K_a); a = r_max = 0.5. Variance: E‖g − E g‖² / ‖∇f‖², sampled over z "
+        "and r.",
         "",
-        "| estimator | forwards per direction | bias slope (log-log in ε) | bias at ε = 0.4 / 0.1 / 0.025 | "
-        "variance at q = 1 (ε = 0.01) | variance ∝ q^k, k = |",
+        "| estimator | forwards per direction | bias slope (log-log in ε) | bias at ε = 0.4 / 0.1 "
+        "/ 0.025 | variance at q = 1 (ε = 0.01) | variance ∝ q^k, k = |",
         "|---|---|---|---|---|---|",
     ]
     fwd = {
@@ -182,19 +184,20 @@ def write_markdown(path: Path, r: dict, args) -> None:
     for name, e in r["estimators"].items():
         b = e["bias"]
         lines.append(
-            f"| {name} | {fwd[name]} | **{e['bias_slope']:.2f}** | {b[0]:.2e} / {b[2]:.2e} / {b[4]:.2e} | "
-            f"{e['variance_q'][0]:.1f} | {e['variance_q_slope']:.2f} |"
+            f"| {name} | {fwd[name]} | **{e['bias_slope']:.2f}** | {b[0]:.2e} / {b[2]:.2e} / "
+            f"{b[4]:.2e} | {e['variance_q'][0]:.1f} | {e['variance_q_slope']:.2f} |"
         )
     lines += [
         "",
-        "Reading: the two-point estimator's bias falls as ε², KerZOO's (legendre3) as ε⁴ and legendre5's as "
-        "ε⁶, as docs/algorithms.md (KerZOO) states. The one-sided estimator's bias also falls as ε² here: its ε term, "
-        "(ε/2) z zᵀHz, is odd in z and vanishes in expectation for Gaussian z, though not per sample, so its "
-        "variance grows with ε (middle panel) while the two-point's stays flat. KerZOO pays for its lower "
-        "bias in variance: the kernel weight multiplies each difference, so at the same ε and q its variance "
-        "is larger than the two-point estimator's by about E[(s K(s))²] for s ~ U[-1, 1] (the ratio in the "
-        "table). Variance falls as 1/q for every estimator. Whether the lower bias pays in fine-tuning, "
-        "where ε = 1e-3, is what the convergence race measures (race-cpu.md).",
+        "Reading: the two-point estimator's bias falls as ε², KerZOO's (legendre3) as ε⁴ and "
+        "legendre5's as ε⁶, as docs/algorithms.md (KerZOO) states. The one-sided estimator's bias "
+        "also falls as ε² here: its ε term, (ε/2) z zᵀHz, is odd in z and vanishes in expectation "
+        "for Gaussian z, though not per sample, so its variance grows with ε (middle panel) while "
+        "the two-point's stays flat. KerZOO pays for its lower bias in variance: the kernel "
+        "weight multiplies each difference, so at the same ε and q its variance is larger than "
+        "the two-point estimator's by about E[(s K(s))²] for s ~ U[-1, 1] (the ratio in the "
+        "table). Variance falls as 1/q for every estimator. Whether the lower bias pays in "
+        "fine-tuning, where ε = 1e-3, is what the convergence race measures (race-cpu.md).",
         "",
         "![bias and variance](estimator-quality.png)",
         "",

@@ -128,13 +128,14 @@ def main() -> None:
     lines = [
         "# Peak memory: ZO step, inference and first-order fine-tuning",
         "",
-        f"Command: `python benchmarks/memory.py --model {args.model} --batch {args.batch} --seq {args.seq} "
-        f"--device {args.device} --dtype {args.dtype}`  ",
+        f"Command: `python benchmarks/memory.py --model {args.model} --batch {args.batch} --seq "
+        f"{args.seq} --device {args.device} --dtype {args.dtype}`  ",
         f"Machine: {platform.machine()} {os.cpu_count()}-core VM, torch {torch.__version__}.",
         "",
-        f"{args.model} shapes built from its config (random weights, {weights / 2**20:.0f} MiB of {args.dtype} "
-        f"weights, every parameter trained), batch {args.batch} x {args.seq} tokens, LM loss; each mode in a "
-        f"fresh process, three steps (inference: six forwards under no_grad). Peak: {where}.",
+        f"{args.model} shapes built from its config (random weights, {weights / 2**20:.0f} MiB of "
+        f"{args.dtype} weights, every parameter trained), batch {args.batch} x {args.seq} tokens, "
+        "LM loss; each mode in a fresh process, three steps (inference: six forwards under "
+        f"no_grad). Peak: {where}.",
         "",
         "| mode | peak | vs inference | above inference |",
         "|---|---|---|---|",
@@ -145,11 +146,11 @@ def main() -> None:
         lines.append(f"| {mode} | {r['peak_bytes'] / 2**20:.0f} MiB | {ratio} | {above} |")
     lines += [
         "",
-        "ZO presets without optimizer state (mezo, kerzoo, subzero, lozo, pgap) hold what inference holds "
-        "plus their small state (rank-r factors; see projections-cpu); zo-sgd-mmt keeps one full-size "
-        "momentum buffer, hizoo one full-size fp32 Hessian diagonal, zo-adam two buffers. First-order "
-        "fine-tuning holds the activations for the backward pass, a gradient per parameter and, with "
-        "Adam, two more full-size states.",
+        "ZO presets without optimizer state (mezo, kerzoo, subzero, lozo, pgap) hold what "
+        "inference holds plus their small state (rank-r factors; see projections-cpu); zo-sgd-mmt "
+        "keeps one full-size momentum buffer, hizoo one full-size fp32 Hessian diagonal, zo-adam "
+        "two buffers. First-order fine-tuning holds the activations for the backward pass, a "
+        "gradient per parameter and, with Adam, two more full-size states.",
         "",
     ]
     out = Path(args.out)

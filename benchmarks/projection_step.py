@@ -186,19 +186,22 @@ def write_markdown(path: str, rows: dict, args) -> None:
     lines = [
         "# Projections: per-step time, held memory and bytes written",
         "",
-        f"Command: `python benchmarks/projection_step.py --steps {args.steps} --batch {args.batch} --seq {args.seq} "
-        f"--threads {args.threads} --out {args.out}`  ",
-        f"Machine: {platform.machine()} {os.cpu_count()}-core VM, torch {torch.__version__}, {args.threads} thread; "
-        f"load average at the end {' '.join(f'{x:.1f}' for x in os.getloadavg())}.",
+        f"Command: `python benchmarks/projection_step.py --steps {args.steps} --batch {args.batch} "
+        f"--seq {args.seq} --threads {args.threads} --out {args.out}`  ",
+        f"Machine: {platform.machine()} {os.cpu_count()}-core VM, torch {torch.__version__}, "
+        f"{args.threads} thread; load average at the end "
+        f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}.",
         "",
-        f"all-MiniLM-L6-v2, every parameter but the embeddings trained ({rows['trained_params'] / 1e6:.1f} M), "
-        f"batch {rows['batch']} x {rows['seq']} tokens, fp32. One forward: {rows['forward_s'] * 1e3:.0f} ms "
-        f"({rows['forward_cpu_s'] * 1e3:.0f} ms of CPU). Step: median of {args.steps} steps; CPU time (all threads) "
-        "is steadier than wall time on a shared machine, and is also given in forwards. Held: what the "
-        "projection and update keep between steps. Written: bytes written into parameter-sized buffers per "
+        "all-MiniLM-L6-v2, every parameter but the embeddings trained "
+        f"({rows['trained_params'] / 1e6:.1f} M), batch {rows['batch']} x {rows['seq']} tokens, "
+        f"fp32. One forward: {rows['forward_s'] * 1e3:.0f} ms ({rows['forward_cpu_s'] * 1e3:.0f} "
+        f"ms of CPU). Step: median of {args.steps} steps; CPU time (all threads) is steadier than "
+        "wall time on a shared machine, and is also given in forwards. Held: what the projection "
+        "and update keep between steps. Written: bytes written into parameter-sized buffers per "
         "step (and, with perturb='outputs', into layer outputs), counted from tensor sizes.",
         "",
-        "| preset | perturb | forwards | step | CPU | CPU in forwards | held | workspace | written (params / outputs) |",
+        "| preset | perturb | forwards | step | CPU | CPU in forwards | held | workspace | "
+        "written (params / outputs) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [

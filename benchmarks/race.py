@@ -112,8 +112,8 @@ def run_jobs(jobs: list[dict], workers: int) -> list[dict]:
         for result in pool.imap_unordered(one_run, jobs):
             last = result["curve"][-1]
             print(
-                f"  {result['method']:8s} lr={result['lr']:.0e} seed={result['seed']}: acc {last['acc']:.3f} "
-                f"after {last['forwards']} forwards, {last['seconds']:.0f} s",
+                f"  {result['method']:8s} lr={result['lr']:.0e} seed={result['seed']}: acc "
+                f"{last['acc']:.3f} after {last['forwards']} forwards, {last['seconds']:.0f} s",
                 flush=True,
             )
             done.append(result)
@@ -182,26 +182,27 @@ def write_markdown(path: Path, summary: dict, meta: dict) -> None:
         "# Convergence race on the default task",
         "",
         f"Command: `{meta['command']}`  ",
-        f"Machine: {meta['machine']}; {meta['workers']} runs at a time, {meta['threads']} thread each; "
-        f"load average at the end {meta['load']}.",
+        f"Machine: {meta['machine']}; {meta['workers']} runs at a time, {meta['threads']} thread "
+        f"each; load average at the end {meta['load']}.",
         "",
-        f"Every method gets {meta['forwards']:,} training forward passes ({meta['forwards'] // 2:,} mezo steps) on the default run "
-        f"(all-MiniLM-L6-v2, VADER word polarity, top two layers, batch 16, eps {meta.get('eps', 1e-3):g}), seeds "
-        f"{', '.join(map(str, meta['seeds']))}; held-out accuracy on 500 words every {meta['eval_forwards']} "
-        "forwards. "
+        f"Every method gets {meta['forwards']:,} training forward passes "
+        f"({meta['forwards'] // 2:,} mezo steps) on the default run (all-MiniLM-L6-v2, VADER word "
+        f"polarity, top two layers, batch 16, eps {meta.get('eps', 1e-3):g}), seeds "
+        f"{', '.join(map(str, meta['seeds']))}; held-out accuracy on 500 words every "
+        f"{meta['eval_forwards']} forwards. "
         + (
-            f"Learning rate per method: the best of its grid after {meta['tune_forwards']:,} forwards "
-            "on seed 0 (grids in `benchmarks/race.py`; tuning table below). "
+            f"Learning rate per method: the best of its grid after {meta['tune_forwards']:,} "
+            "forwards on seed 0 (grids in `benchmarks/race.py`; tuning table below). "
             if meta["tuning"]
             else "One learning rate for every method (no tuning). "
         )
-        + "Time is training time only (evaluations excluded): wall minutes, and CPU minutes of the run's "
-        "one thread, the steadier measure on a machine shared with other work.",
+        + "Time is training time only (evaluations excluded): wall minutes, and CPU minutes of "
+        "the run's one thread, the steadier measure on a machine shared with other work.",
         "",
         f"Target: the accuracy mezo ends at, mean over its seeds = **{target:.3f}**.",
         "",
-        "| method | lr | final accuracy (per seed) | mean | forwards to target | wall min to target | "
-        "CPU min to target | CPU ms per forward | reached |",
+        "| method | lr | final accuracy (per seed) | mean | forwards to target | wall min to "
+        "target | CPU min to target | CPU ms per forward | reached |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for method, row in summary["methods"].items():
@@ -228,8 +229,9 @@ def write_markdown(path: Path, summary: dict, meta: dict) -> None:
         )
     lines += [
         "",
-        "Against mezo (forwards and minutes to reach mezo's final accuracy; mean over the seeds that "
-        "reached it; a method that did not reach it in the budget needs more than all of it):",
+        "Against mezo (forwards and minutes to reach mezo's final accuracy; mean over the seeds "
+        "that reached it; a method that did not reach it in the budget needs more than all of "
+        "it):",
         "",
     ]
     for method, row in summary["methods"].items():
@@ -237,8 +239,8 @@ def write_markdown(path: Path, summary: dict, meta: dict) -> None:
             continue
         if row["forwards_to_target"] is None:
             lines.append(
-                f"- {method}: did not reach {target:.3f} within {meta['forwards']:,} forwards on any seed "
-                f"(mezo: {mezo['forwards_to_target']:,.0f})"
+                f"- {method}: did not reach {target:.3f} within {meta['forwards']:,} forwards on "
+                f"any seed (mezo: {mezo['forwards_to_target']:,.0f})"
             )
             continue
         df = row["forwards_to_target"] / mezo["forwards_to_target"] - 1

@@ -149,7 +149,8 @@ def measure(args, dtype_name: str) -> dict:
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| dtype | method | forwards | step | overhead over forwards | overhead / forwards | passes alone |",
+        "| dtype | method | forwards | step | overhead over forwards | overhead / forwards | "
+        "passes alone |",
         "|---|---|---|---|---|---|---|",
     ]
     for res in results:
@@ -160,7 +161,8 @@ def table(results: list[dict]) -> str:
             alone = f"{row['passes_alone_s'] * 1e3:.0f} ms" if "passes_alone_s" in row else "n/a"
             lines.append(
                 f"| {res['dtype']} | {key} | {row['forwards']} | {row['step_s'] * 1e3:.0f} ms | "
-                f"{row['overhead_s'] * 1e3:.0f} ms | {row['overhead_s'] / (row['forwards'] * f):.2f} | {alone} |"
+                f"{row['overhead_s'] * 1e3:.0f} ms | "
+                f"{row['overhead_s'] / (row['forwards'] * f):.2f} | {alone} |"
             )
     return "\n".join(lines)
 

@@ -94,14 +94,15 @@ class ZOOptimizer(torch.optim.Optimizer):
         }
         if shard_of and clip:
             raise ValueError(
-                f"clip = {clip} clips by each tensor's norm, which a shard does not know; use clip = 0 "
-                "with sharded parameters, or replicated data parallel (distributed.shard = false)"
+                f"clip = {clip} clips by each tensor's norm, which a shard does not know; use clip "
+                "= 0 with sharded parameters, or replicated data parallel (distributed.shard = "
+                "false)"
             )
         if shard_of and not projection.shardable:
             raise ValueError(
-                f"projection {projection.name!r} builds each direction from the whole matrix, so it "
-                "cannot perturb a flat shard; use an elementwise projection (dense, hessian) with "
-                "sharded parameters, or replicated data parallel (distributed.shard = false)"
+                f"projection {projection.name!r} builds each direction from the whole matrix, so "
+                "it cannot perturb a flat shard; use an elementwise projection (dense, hessian) "
+                "with sharded parameters, or replicated data parallel (distributed.shard = false)"
             )
         self.infos: list[ParamInfo] = []
         for gi, group in enumerate(self.param_groups):
@@ -196,8 +197,8 @@ class ZOOptimizer(torch.optim.Optimizer):
         """Re-apply a step from its record, with no forward pass (rebuilds the weights bit for bit)."""
         if record.get("step") != self._step:
             raise ValueError(
-                f"record is for step {record.get('step')} but the optimizer is at step {self._step}: "
-                "replay the records in order from the start"
+                f"record is for step {record.get('step')} but the optimizer is at step "
+                f"{self._step}: replay the records in order from the start"
             )
         for gi, group in enumerate(self.param_groups):
             group["lr"] = record["lr"][gi]
@@ -231,8 +232,8 @@ class ZOOptimizer(torch.optim.Optimizer):
             if not replaying:
                 self.skipped_steps += 1
                 warnings.warn(
-                    f"kerzoo: non-finite loss {losses[-1]} at step {step}: step skipped, parameters "
-                    f"restored ({self.skipped_steps} skipped so far)",
+                    f"kerzoo: non-finite loss {losses[-1]} at step {step}: step skipped, "
+                    f"parameters restored ({self.skipped_steps} skipped so far)",
                     RuntimeWarning,
                     stacklevel=3,
                 )

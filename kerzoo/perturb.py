@@ -163,9 +163,9 @@ class OnTheFly:
                 f" and {len(missed) - 5} more" if len(missed) > 5 else ""
             )
             warnings.warn(
-                f"kerzoo (perturb='onthefly'): {shown} were not perturbed during the forward: unused by "
-                "the loss, or read outside the forward of the module that owns them; in the second case "
-                "use perturb='inplace'",
+                f"kerzoo (perturb='onthefly'): {shown} were not perturbed during the forward: "
+                "unused by the loss, or read outside the forward of the module that owns them; in "
+                "the second case use perturb='inplace'",
                 RuntimeWarning,
                 stacklevel=7,
             )

@@ -104,7 +104,8 @@ def resolve(spec: Any, overrides: dict[str, Any] | None = None) -> Resolved:
             msgs.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise TypeError(
             f"unknown optimizer option(s) {', '.join(msgs)} for estimator {full['estimator']!r}, "
-            f"projection {full['projection']!r}, update {full['update']!r}; known options: {', '.join(known)}"
+            f"projection {full['projection']!r}, update {full['update']!r}; known options: "
+            f"{', '.join(known)}"
         )
     return Resolved(full, parts, part_options, options)
 
@@ -177,7 +178,8 @@ BUILTIN = (
         "subzero",
         {**MEZO, "projection": "subspace"},
         {"lr": 1e-6, "eps": 1e-3, "rank": 8, "refresh": 2000},
-        "SubZero: two-point estimate in random rank-8 subspaces of each matrix, redrawn every 2000 steps",
+        "SubZero: two-point estimate in random rank-8 subspaces of each matrix, redrawn every "
+        "2000 steps",
     ),
     Preset(
         "lozo",

@@ -46,7 +46,8 @@ def test_config_reference_is_generated_from_the_code():
     path = ROOT / "docs" / "config-reference.md"
     assert path.exists(), f"docs/config-reference.md is missing: run `{COMMAND}`"
     assert path.read_text(encoding="utf-8") == markdown(), (
-        f"docs/config-reference.md differs from the code (a key, default or preset changed): run `{COMMAND}`"
+        "docs/config-reference.md differs from the code (a key, default or preset changed): run "
+        f"`{COMMAND}`"
     )
 
 

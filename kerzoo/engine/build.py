@@ -85,7 +85,8 @@ def load_extension(verbose: bool = False, cuda: bool | None = None) -> None:
                 _state["cpu"] = "c++"
             except Exception as exc:  # compiler missing, build error...
                 why["cpu"] = (
-                    f"build failed: {type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+                    f"build failed: {type(exc).__name__}: "
+                    f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
                 )
                 errors.append(why["cpu"])
         want_cuda = torch.cuda.is_available() if cuda is None else cuda
@@ -99,7 +100,8 @@ def load_extension(verbose: bool = False, cuda: bool | None = None) -> None:
                 _state["cuda"] = "cuda"
             except Exception as exc:
                 why["cuda"] = (
-                    f"build failed: {type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+                    f"build failed: {type(exc).__name__}: "
+                    f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
                 )
                 errors.append(why["cuda"])
         if errors or not _state["cpu"]:

@@ -19,19 +19,20 @@ SCHEMAS = {
         "bool stochastic, int rounding_seed) -> ()"
     ),
     "restore_perturb": (
-        "restore_perturb(Tensor(a!) theta, float c_restore, int seed_restore, float c_new, int seed_new, "
-        "int key, int offset, int dist) -> ()"
+        "restore_perturb(Tensor(a!) theta, float c_restore, int seed_restore, float c_new, int "
+        "seed_new, int key, int offset, int dist) -> ()"
     ),
     "add_lowrank": "add_lowrank(Tensor(a!) theta, float c, Tensor u, Tensor s, Tensor v) -> ()",
     # the same passes over a list of tensors (one key and offset each): one call per pass
-    "fill_z_foreach": "fill_z_foreach(Tensor(a!)[] outs, int seed, int[] keys, int[] offsets, int dist) -> ()",
+    "fill_z_foreach": "fill_z_foreach(Tensor(a!)[] outs, int seed, int[] keys, int[] offsets, int "
+    "dist) -> ()",
     "add_z_multi_foreach": (
-        "add_z_multi_foreach(Tensor(a!)[] thetas, float[] coefs, int[] seeds, int[] keys, int[] offsets, int dist, "
-        "bool stochastic, int rounding_seed) -> ()"
+        "add_z_multi_foreach(Tensor(a!)[] thetas, float[] coefs, int[] seeds, int[] keys, int[] "
+        "offsets, int dist, bool stochastic, int rounding_seed) -> ()"
     ),
     "restore_perturb_foreach": (
-        "restore_perturb_foreach(Tensor(a!)[] thetas, float c_restore, int seed_restore, float c_new, int seed_new, "
-        "int[] keys, int[] offsets, int dist) -> ()"
+        "restore_perturb_foreach(Tensor(a!)[] thetas, float c_restore, int seed_restore, float "
+        "c_new, int seed_new, int[] keys, int[] offsets, int dist) -> ()"
     ),
 }
 

@@ -54,7 +54,8 @@ class KernelEstimator(Estimator):
             )
         if not 0 < self.r_min <= self.r_max:
             raise ValueError(
-                f"kernel estimator: need 0 < r_min <= r_max, got r_min={self.r_min}, r_max={self.r_max}"
+                f"kernel estimator: need 0 < r_min <= r_max, got r_min={self.r_min}, "
+                f"r_max={self.r_max}"
             )
 
     def radius(self, step: int) -> float:

@@ -40,8 +40,8 @@ class ParamInfo:
         per_row = math.prod(whole[1:])
         if tuple(self.tensor.shape[1:]) != whole[1:] or self.offset % max(per_row, 1):
             raise ValueError(
-                f"{self.name}: a shard of a {len(whole)}-D tensor must be a block of whole rows, got "
-                f"shape {tuple(self.tensor.shape)} at element offset {self.offset} of {whole}"
+                f"{self.name}: a shard of a {len(whole)}-D tensor must be a block of whole rows, "
+                f"got shape {tuple(self.tensor.shape)} at element offset {self.offset} of {whole}"
             )
         start = self.offset // max(per_row, 1)
         return slice(start, start + self.tensor.shape[0])

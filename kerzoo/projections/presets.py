@@ -16,8 +16,8 @@ PRESETS = (
         "pgap",
         {**TWO_POINT_SGD, "projection": "aligned"},
         {"lr": 1e-6, "eps": 1e-3, **PGAP},
-        "P-GAP: two-point estimate along directions aligned with a rank-8 gradient-subspace estimate, "
-        "re-estimated from 16 rank-1 probe steps every 200 steps",
+        "P-GAP: two-point estimate along directions aligned with a rank-8 gradient-subspace "
+        "estimate, re-estimated from 16 rank-1 probe steps every 200 steps",
     ),
     Preset(
         "hizoo",

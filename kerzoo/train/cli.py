@@ -41,12 +41,14 @@ def cmd_train(args) -> int:
         if parallel is not None:
             say(
                 f"data parallel: {parallel.world} ranks ({parallel.backend}), global batch "
-                f"{cfg['train']['batch_size']}, parameters {'sharded' if run.sharded else 'replicated'}"
+                f"{cfg['train']['batch_size']}, parameters "
+                f"{'sharded' if run.sharded else 'replicated'}"
             )
         say(
             f"kerzoo train: {cfg['model']['name']} ({run.kind}), training {run.trained:,} of "
-            f"{run.total_params:,} parameters; {len(run.train_set):,} training and {len(run.eval_set):,} "
-            f"held-out examples; optimizer {cfg['optimizer']}; output {run.out}/"
+            f"{run.total_params:,} parameters; {len(run.train_set):,} training and "
+            f"{len(run.eval_set):,} held-out examples; optimizer {cfg['optimizer']}; output "
+            f"{run.out}/"
         )
         if run.step:
             say(
@@ -88,11 +90,12 @@ def cmd_train(args) -> int:
     print(f"metrics:     {run.metrics_path}")
     print(f"plot:        {png}")
     print(
-        f"checkpoint:  {run.checkpoint_path} ({_size(run.checkpoint_path)}; run the same command to resume)"
+        f"checkpoint:  {run.checkpoint_path} ({_size(run.checkpoint_path)}; run the same command "
+        "to resume)"
     )
     print(
-        f"trajectory:  {run.traj_path} ({_size(run.traj_path)}); rebuild the weights from the base model with "
-        f"`kerzoo replay header {run.traj_path}`"
+        f"trajectory:  {run.traj_path} ({_size(run.traj_path)}); rebuild the weights from the base "
+        f"model with `kerzoo replay header {run.traj_path}`"
     )
     return 0
 
@@ -111,8 +114,8 @@ def cmd_replay(args) -> int:
         out = Path(args.out)
         torch.save(state, out)
         print(
-            f"replayed {n} steps in {time.perf_counter() - started:.1f} s; {len(state)} trained tensors "
-            f"written to {out} ({_size(out)}; the log is {_size(Path(args.log))})"
+            f"replayed {n} steps in {time.perf_counter() - started:.1f} s; {len(state)} trained "
+            f"tensors written to {out} ({_size(out)}; the log is {_size(Path(args.log))})"
         )
         if args.check:
             ck = load_checkpoint(Path(args.check))

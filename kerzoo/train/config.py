@@ -30,7 +30,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
         ),
         "dtype": (
             "float32",
-            "float32, float64, bfloat16 or float16 (low precision is perturbed on the fly: exact restores)",
+            "float32, float64, bfloat16 or float16 (low precision is perturbed on the fly: exact "
+            "restores)",
         ),
         "trainable": (
             [],
@@ -163,7 +164,8 @@ def _check_value(section: str, key: str, value: Any) -> Any:
     choices = CHOICES.get((section, key))
     if choices and value not in choices:
         raise ConfigError(
-            f"{section}.{key} = {value!r}{_suggest(value, choices)}: use one of {', '.join(choices)}"
+            f"{section}.{key} = {value!r}{_suggest(value, choices)}: use one of "
+            f"{', '.join(choices)}"
         )
     return value
 

@@ -135,8 +135,8 @@ class DataParallel:
         if n < self.world:
             raise TrainingError(
                 f"a batch of {n} example(s) cannot be split over {self.world} ranks: make "
-                "train.batch_size and the evaluation chunks (train.eval_batch_size, data.eval_size) "
-                f"at least {self.world}"
+                "train.batch_size and the evaluation chunks (train.eval_batch_size, "
+                f"data.eval_size) at least {self.world}"
             )
         return batch[self.rank * n // self.world : (self.rank + 1) * n // self.world]
 
@@ -187,9 +187,9 @@ class DataParallel:
             raise TrainingError(
                 f"the replicas diverged: after step {run.step} the ranks' {what} differ ("
                 + ", ".join(f"rank {r}: {s}" for r, s in enumerate(seen))
-                + "). Every rank must run "
-                "the same kerzoo, torch and engine backend (see `kerzoo info` on each node); the run "
-                f"is stopped and the last checkpoint, {run.checkpoint_path}, is kept"
+                + "). Every rank must run the same kerzoo, torch and engine backend (see `kerzoo "
+                "info` on each node); the run is stopped and the last checkpoint, "
+                f"{run.checkpoint_path}, is kept"
             )
 
     def check_same_software(self) -> None:
@@ -205,7 +205,8 @@ class DataParallel:
             raise TrainingError(
                 "the ranks run different software (kerzoo, torch, engine backend): "
                 + "; ".join(f"rank {r}: {s}" for r, s in enumerate(seen))
-                + ". Install the same versions on every node: the ranks must compute the same update"
+                + ". Install the same versions on every node: the ranks must compute the same "
+                "update"
             )
 
     def attach(self, run) -> tuple[Any, dict]:
@@ -315,6 +316,7 @@ def traffic_line(run) -> str:
         else sum(e["numel"] * 4 for e in run.parallel.sharded.entries.values())
     )
     return (
-        f"communication: {mean:,.0f} bytes per training step per rank (mean of {len(steps)}); a first-order "
-        f"data-parallel step all-reduces {grads:,} bytes of fp32 gradients ({grads / max(mean, 1):,.0f}x more)"
+        f"communication: {mean:,.0f} bytes per training step per rank (mean of {len(steps)}); a "
+        f"first-order data-parallel step all-reduces {grads:,} bytes of fp32 gradients "
+        f"({grads / max(mean, 1):,.0f}x more)"
     )

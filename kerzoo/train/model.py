@@ -49,12 +49,13 @@ def resolve_device(name: str) -> torch.device:
         device = None
     if device is None or device.type not in ("cpu", "cuda"):
         raise ModelError(
-            f"model.device = {name!r} is not a device kerzoo trains on: use auto, cpu, cuda or cuda:N"
+            f"model.device = {name!r} is not a device kerzoo trains on: use auto, cpu, cuda or "
+            "cuda:N"
         )
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelError(
-            f"model.device = {name!r}, but this torch ({torch.__version__}) sees no CUDA device: use "
-            "auto or cpu, or install a CUDA build of torch on a machine with a GPU"
+            f"model.device = {name!r}, but this torch ({torch.__version__}) sees no CUDA device: "
+            "use auto or cpu, or install a CUDA build of torch on a machine with a GPU"
         )
     if (
         device.type == "cuda"
@@ -122,8 +123,8 @@ def select_trainable(
     if not names:
         sample = ", ".join(n for n, _ in list(model.named_parameters())[:6])
         raise ModelError(
-            f"model.trainable = {list(include)!r} with model.exclude = {list(exclude)!r} selects no "
-            f"parameter; names look like: {sample}, ..."
+            f"model.trainable = {list(include)!r} with model.exclude = {list(exclude)!r} selects "
+            f"no parameter; names look like: {sample}, ..."
         )
     return names
 

@@ -150,7 +150,8 @@ class MultipleChoice(_Continuations, _Choices):
             options = ex["options"]
             if not isinstance(options, list) or len(options) < 2:
                 raise TaskError(
-                    f"multiple-choice example {i} needs a list of at least 2 options, got {options!r}"
+                    f"multiple-choice example {i} needs a list of at least 2 options, got "
+                    f"{options!r}"
                 )
             if not (isinstance(ex["label"], int) and 0 <= ex["label"] < len(options)):
                 raise TaskError(

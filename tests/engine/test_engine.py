@@ -302,10 +302,10 @@ def _run_with_broken_compiler(tmp_path, code, **env):
 
 def test_a_failed_build_falls_back_to_the_reference_with_one_warning(tmp_path):
     code = (
-        "import warnings, torch, kerzoo.engine as e\n"
-        "with warnings.catch_warnings(record=True) as w:\n"
-        "    warnings.simplefilter('always'); e.fill_z(torch.zeros(8), 1, 2); e.add_z(torch.zeros(8), 1., 1, 2)\n"
-        "print(len([x for x in w if 'reference' in str(x.message)]), e.info()[0]['cpu'])"
+        "import warnings, torch, kerzoo.engine as e\nwith warnings.catch_warnings(record=True) as "
+        "w:\n    warnings.simplefilter('always'); e.fill_z(torch.zeros(8), 1, 2); "
+        "e.add_z(torch.zeros(8), 1., 1, 2)\nprint(len([x for x in w if 'reference' in "
+        "str(x.message)]), e.info()[0]['cpu'])"
     )
     out = _run_with_broken_compiler(tmp_path, code)
     assert out.returncode == 0, out.stderr
