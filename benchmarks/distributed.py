@@ -1,4 +1,4 @@
-"""Data-parallel ZO on the CPU: bytes per step against first-order data parallel, and 1 -> 2 processes.
+"""Data-parallel ZO on the CPU: bytes per step against first-order data parallel; 1 -> 2 processes.
 
     python benchmarks/distributed.py [--steps 60] [--out docs/benchmarks/distributed-cpu]
 

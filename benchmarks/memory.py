@@ -1,13 +1,14 @@
-"""Peak memory of a ZO step against inference and first-order fine-tuning .
+"""Peak memory of a ZO step against inference and first-order fine-tuning.
 
 Each mode runs in a fresh process on an OPT-shaped causal LM built from its config (random
 weights, every parameter trained, fp32 on the CPU; bf16/CUDA with --device cuda): inference (one
 forward under no_grad), three steps of each ZO preset, and three steps of first-order SGD and
 Adam (backward through the whole model).
-Inference runs six forwards under no_grad (as many as three mezo steps). Reported: the peak resident set (VmHWM; on CUDA
-max_memory_allocated) and its ratio to inference.
+Inference runs six forwards under no_grad (as many as three mezo steps). Reported: the peak resident
+set (VmHWM; on CUDA max_memory_allocated) and its ratio to inference.
 
-    python benchmarks/memory.py --model opt-125m --batch 8 --seq 128 --out docs/benchmarks/memory-cpu
+    python benchmarks/memory.py --model opt-125m --batch 8 --seq 128 \\
+        --out docs/benchmarks/memory-cpu
 """
 
 from __future__ import annotations

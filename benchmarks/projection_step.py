@@ -1,6 +1,7 @@
 """Per-step time, held memory and bytes written of the projection presets beside mezo (CPU).
 
-    python benchmarks/projection_step.py [--steps 5] [--batch 16] [--seq 32] [--out docs/benchmarks/projections-cpu.json]
+    python benchmarks/projection_step.py [--steps 5] [--batch 16] [--seq 32]
+        [--out docs/benchmarks/projections-cpu.json]
 
 writes the JSON and, beside it, a Markdown table (.md).
 

@@ -34,7 +34,7 @@ DEFAULT_GRID = (3e-5, 1e-4, 3e-4)
 
 
 def one_run(job: dict) -> dict:
-    """One training run; returns its curve: (forwards, train seconds, eval accuracy) at each eval."""
+    """One training run; returns its curve: (forwards, train seconds, eval accuracy) per eval."""
     import torch
 
     from kerzoo.train import config as config_mod

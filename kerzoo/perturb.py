@@ -6,8 +6,8 @@ module's forward see W' (``p.data`` is swapped for the duration of that module's
 forward hook swaps W back. Only the update ever writes W, so leaving a point is exact in every
 dtype, and a skipped step leaves W bit-identical. Memory: a workspace the size of the largest
 module's own parameters (per dtype and device), reused by every forward (nested modules take
-the next slice; a fresh tensor when it is full). Work: one copy per tensor and one engine call per module
-per forward.
+the next slice; a fresh tensor when it is full). Work: one copy per tensor and one engine call per
+module per forward.
 
 Limits, checked where possible: a tensor must be read inside the forward of the module that
 owns it (true of torch and transformers layers, tied embeddings included). A tensor that no
@@ -50,7 +50,8 @@ class OnTheFly:
         self._point: dict[int, float] = {}
         self._seeds: Sequence[int] = ()
         self._factor: Factor = None
-        # (parameter, its real data, workspace key or None, elements taken from the workspace): a stack
+        # a stack of (parameter, its real data, workspace key or None, elements taken from the
+        # workspace)
         self._saved: list[tuple[torch.Tensor, torch.Tensor, tuple | None, int]] = []
         self._touched: set[int] = set()
         self._warned = False
@@ -75,16 +76,16 @@ class OnTheFly:
                 self.handles.append(m.register_forward_hook(self._post(len(owned))))
 
     def _transient(self, p: torch.Tensor) -> tuple[torch.Tensor, tuple | None]:
-        """A copy of p's data in the reused workspace (a stack: nested modules take the next slice), or a
-        fresh tensor when the workspace is full. Reuse spares the page faults of a fresh allocation."""
+        """A copy of p's data in the reused workspace (a stack: nested modules take the next slice),
+        or a fresh tensor when the workspace is full. Reuse spares a fresh allocation's page faults.
+        """
         k, n = (p.dtype, p.device), p.numel()
         top = self._top.get(k, 0)
         if top + n > self._ws_size.get(k, 0):
             return p.data.clone(), None
         out = self._views.get((k, top, p.shape))
-        if (
-            out is None
-        ):  # slicing and viewing cost more than the copy for small tensors: once per place and shape
+        # slicing and viewing cost more than the copy for small tensors: once per place and shape
+        if out is None:
             if k not in self._ws:
                 self._ws[k] = torch.empty(self._ws_size[k], dtype=p.dtype, device=p.device)
             out = self._views[(k, top, p.shape)] = self._ws[k][top : top + n].view(p.shape)
@@ -119,8 +120,8 @@ class OnTheFly:
         return hook
 
     def _release_if_aliased(self, output: object) -> None:
-        """An output that is a view of a transient (a module returning its own weight, say) keeps that
-        buffer: the workspace is handed over to it and a new one is made for later forwards."""
+        """An output that is a view of a transient (a module returning its own weight, say) keeps
+        that buffer: the workspace is handed over to it and a new one is made for later forwards."""
         stack, ptrs = [output], {t.untyped_storage().data_ptr(): k for k, t in self._ws.items()}
         while stack and ptrs:
             o = stack.pop()
@@ -171,7 +172,7 @@ class OnTheFly:
             )
 
     def memory_bytes(self) -> int:
-        """Bytes held between steps: the workspace, at most the largest module's own tensors per dtype."""
+        """Bytes held between steps: the workspace, the largest module's tensors per dtype."""
         return sum(t.numel() * t.element_size() for t in self._ws.values())
 
     def remove(self) -> None:

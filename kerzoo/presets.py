@@ -1,9 +1,9 @@
 """Named optimizers: presets composed of named parts, and the resolution of a spec into one.
 
 A spec is a preset name, or a dict of parts and options:
-``{"estimator": "kernel", "kernel": "legendre3", "projection": "dense", "update": "sgd", "lr": 1e-6}``.
-Each option is routed to the part whose defaults name it; an option no part knows is an error
-that names it and its closest known option.
+``{"estimator": "kernel", "kernel": "legendre3", "projection": "dense", "update": "sgd", "lr":
+1e-6}``. Each option is routed to the part whose defaults name it; an option no part knows is an
+error that names it and its closest known option.
 """
 
 from __future__ import annotations

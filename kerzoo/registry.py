@@ -14,7 +14,7 @@ from typing import Any
 
 
 class UnknownNameError(KeyError):
-    """A name that no plugin registered. A KeyError, so `name in registry` style code still works."""
+    """A name that no plugin registered: a KeyError, so `name in registry` style code works."""
 
     def __init__(self, kind: str, name: str, known: list[str]):
         self.kind, self.name = kind, name

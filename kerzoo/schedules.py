@@ -1,4 +1,5 @@
-"""Named learning-rate schedules with warm-up, as torch LR schedulers (docs/algorithms.md, Schedules).
+"""Named learning-rate schedules with warm-up, as torch LR schedulers (docs/algorithms.md,
+Schedules).
 
     sched = kerzoo.schedule("cosine", opt, total_steps=20_000, warmup=500)
     ... opt.step(closure); sched.step()

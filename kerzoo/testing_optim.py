@@ -50,7 +50,8 @@ def optimizer_names() -> list[str]:
 
 
 def parametrize_conformance(specs: Any = None):
-    """A pytest parametrisation over (spec, check) for ``specs`` (default: every registered optimizer):
+    """A pytest parametrisation over (spec, check) for ``specs`` (default: every registered
+    optimizer):
 
         from kerzoo.testing import parametrize_conformance, run_check
 
@@ -189,7 +190,8 @@ def check_replay_rebuilds_weights(spec: Any, steps: int = 5, **overrides: Any) -
 
 
 def check_optimizer(spec: Any, **overrides: Any) -> None:
-    """Run every conformance check on ``spec`` (a preset name or a dict); raise AssertionError on failure."""
+    """Run every conformance check on ``spec`` (a preset name or a dict); raise AssertionError
+    on failure."""
     for name in CHECKS:
         globals()[f"check_{name}"](spec, **overrides)
 

@@ -147,7 +147,7 @@ def restore_perturb(
     offset: int = 0,
     dist: str = "gaussian",
 ) -> None:
-    """Restore then perturb in one pass: bit-identical to two add_z calls, half the memory traffic."""
+    """Restore then perturb in one pass: bit-identical to two add_z calls, half their traffic."""
     _check(theta)
     _ints(seed_restore, key, offset)
     _ints(seed_new, key, offset)

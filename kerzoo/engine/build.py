@@ -105,7 +105,11 @@ def load_extension(verbose: bool = False, cuda: bool | None = None) -> None:
                 )
                 errors.append(why["cuda"])
         if errors or not _state["cpu"]:
-            msg = f"kerzoo: the compiled engine is not available ({'; '.join(errors) or why.get('cpu')}); using the pure-torch reference"
+            reason = "; ".join(errors) or why.get("cpu")
+            msg = (
+                f"kerzoo: the compiled engine is not available ({reason}); "
+                "using the pure-torch reference"
+            )
             if _flag("KERZOO_REQUIRE_EXT"):
                 raise RuntimeError(msg + " and KERZOO_REQUIRE_EXT=1 forbids it")
             warnings.warn(msg, RuntimeWarning, stacklevel=3)

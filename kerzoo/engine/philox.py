@@ -1,4 +1,5 @@
-"""Philox4x32-10 in plain torch: the reference of the counter-based generator (docs/algorithms.md, Random numbers).
+"""Philox4x32-10 in plain torch: the reference counter-based generator (docs/algorithms.md,
+Random numbers).
 
 z(seed, key, j) for element j (flat, global index) of the tensor named by ``key``:
 - Philox key (k0, k1) = (seed & 0xFFFFFFFF, seed >> 32);

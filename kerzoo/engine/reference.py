@@ -27,7 +27,8 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _coef(c: float, dtype: torch.dtype) -> float:
     """The coefficient as the compiled kernels hold it: float32 unless the tensor is float64.
-    With it, c * z is exact in float64, so theta + c z is rounded once, like a fused multiply-add."""
+    With it, c * z is exact in float64, so theta + c z is rounded once, like a fused multiply-add.
+    """
     return c if dtype == torch.float64 else float(torch.tensor(c, dtype=torch.float32))
 
 

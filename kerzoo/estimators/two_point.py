@@ -1,4 +1,7 @@
-"""Built-in plugin: the two-point (central) and one-sided estimators (docs/algorithms.md, Two-point estimator)."""
+"""Built-in plugin: the two-point (central) and one-sided estimators.
+
+The math: docs/algorithms.md, Two-point estimator.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from .base import Estimator, Plan
 
 
 class TwoPoint(Estimator):
-    """Central difference g_i = [L(theta + eps z_i) - L(theta - eps z_i)] / (2 eps), averaged over q."""
+    """Central difference g_i = [L(theta + eps z_i) - L(theta - eps z_i)] / (2 eps), mean over q."""
 
     name = "two-point"
     defaults = {"directions": 1}

@@ -1,4 +1,7 @@
-"""Kernels K(s) on s in [-1, 1] for KerZOO's kernel-weighted estimator (docs/algorithms.md, KerZOO)."""
+"""Kernels K(s) on s in [-1, 1] for KerZOO's kernel-weighted estimator.
+
+The math: docs/algorithms.md, KerZOO.
+"""
 
 from .base import PolynomialKernel
 from .moments import KernelMoments, kernel_moments, validate_kernel

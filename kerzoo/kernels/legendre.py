@@ -1,4 +1,4 @@
-"""Built-in plugin: the Legendre family of kernels of orders 1, 3 and 5 (docs/algorithms.md, KerZOO)."""
+"""Built-in plugin: the Legendre kernels of orders 1, 3 and 5 (docs/algorithms.md, KerZOO)."""
 
 from fractions import Fraction as F
 

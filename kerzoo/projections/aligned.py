@@ -158,7 +158,7 @@ class Aligned(LowRankDirections):
         ]
 
     def factors(self, p, coefs, seeds):
-        """(c, U, S, V) of sum_i coefs[i] Z_i over the rows ``p`` holds (all of them unless p is a shard)."""
+        """(c, U, S, V) of sum_i coefs[i] Z_i over the rows ``p`` holds (all, unless a shard)."""
         if len(p.whole_shape) != 2:
             return None
         rows = p.rows()

@@ -35,7 +35,7 @@ class ParamInfo:
         return tuple(self.shape) if self.shape is not None else tuple(self.tensor.shape)
 
     def rows(self) -> slice:
-        """The rows of the whole tensor that ``tensor`` holds (a shard of a matrix is a block of rows)."""
+        """The rows of the whole tensor that ``tensor`` holds (a shard of a matrix: whole rows)."""
         whole = self.whole_shape
         per_row = math.prod(whole[1:])
         if tuple(self.tensor.shape[1:]) != whole[1:] or self.offset % max(per_row, 1):
@@ -50,8 +50,9 @@ class ParamInfo:
 class Projection:
     name: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
-    # True when the projection gives a shard (ParamInfo.offset, .shape) exactly its slice of the whole
-    # tensor's direction: elementwise projections for any flat slice, low-rank ones for blocks of rows
+    # True when the projection gives a shard (ParamInfo.offset, .shape) exactly its slice of the
+    # whole tensor's direction: elementwise projections for any flat slice, low-rank ones for
+    # blocks of rows
     shardable: ClassVar[bool] = False
 
     def __init__(self, **options: Any):
@@ -80,7 +81,7 @@ class Projection:
     def move(
         self, p: ParamInfo, target: torch.Tensor, restore: tuple[float, int], new: tuple[float, int]
     ) -> None:
-        """target += restore[0] Z(restore[1]), rounded, then += new[0] Z(new[1]): from one point to the next."""
+        """target += restore[0] Z(restore[1]), rounded, then += new[0] Z(new[1]): point to point."""
         self.add(p, target, [restore[0]], [restore[1]])
         self.add(p, target, [new[0]], [new[1]])
 

@@ -31,7 +31,7 @@ class Dense(Projection):
             target, restore[0], restore[1], new[0], new[1], p.key, p.offset, self.options["dist"]
         )
 
-    # the same passes over many tensors: one engine call per device, bit for bit the per-tensor result
+    # the same passes over many tensors: one engine call per device, bit for bit per-tensor's
     def add_many(self, items, coefs, seeds, rounding="nearest", rounding_seed=0):
         add_dense_many(items, coefs, seeds, self.options["dist"], rounding, rounding_seed)
 

@@ -42,7 +42,7 @@ class ThreePoint(TwoPoint):
 
 
 def curvatures(points, losses) -> dict[int, tuple[float, float]]:
-    """For each direction i evaluated at +s and -s beside the centre: (s, |L+ + L- - 2 L0| / (2 s^2))."""
+    """Each direction i evaluated at +-s beside the centre: (s, |L+ + L- - 2 L0| / (2 s^2))."""
     center = [loss for pt, loss in zip(points, losses) if not pt]
     if not center:
         raise ValueError(
@@ -105,7 +105,7 @@ class Hessian(Projection):
             target.copy_(target.to(step.dtype).add_(step))
 
     def move(self, p, target, restore, new):
-        """Restore and perturb in one pass: w is fixed within a step, so w (.) (c1 z1 + c2 z2) is one pass."""
+        """Restore and perturb: w is fixed within a step, so w (.) (c1 z1 + c2 z2) is one pass."""
         self.add(p, target, [restore[0], new[0]], [restore[1], new[1]])
 
     def end_step(self, step, seeds, plan, losses, coefs):

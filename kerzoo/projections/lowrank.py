@@ -54,7 +54,7 @@ class LowRankDirections(Projection):
             )
 
     def move(self, p, target, restore, new):
-        """Restore and perturb in one pass: both directions share the bases, so their sum is one low-rank term."""
+        """Restore and perturb in one pass: the two share the bases, so their sum is one term."""
         self.add(p, target, [restore[0], new[0]], [restore[1], new[1]])
 
     def add_many(self, items, coefs, seeds, rounding="nearest", rounding_seed=0):

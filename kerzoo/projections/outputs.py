@@ -32,8 +32,8 @@ class OutputPerturbation(OnTheFly):
             tuple[int, tuple | None]
         ] = []  # per active forward: (tensors swapped, factors)
         super().__init__(module, infos, projection)
-        # the transient workspace: the largest module's tensors that still need one (a projection that
-        # gives low-rank factors gives them for 2-D tensors, so a Linear weight needs none)
+        # the transient workspace: the largest module's tensors that still need one (a projection
+        # that gives low-rank factors gives them for 2-D tensors, so a Linear weight needs none)
         lowrank = type(projection).factors is not Projection.factors
         self._ws_size = {}
         for m in module.modules():

@@ -49,7 +49,8 @@ def load_examples(
     fields: dict[str, str] | None = None,
     require_label: bool = True,
 ) -> list[dict]:
-    """Read examples from ``source``: a built-in name, a .jsonl/.csv file, or a saved HF dataset folder.
+    """Read examples from ``source``: a built-in name, a .jsonl/.csv file, or a saved HF dataset
+    folder.
 
     Each example gets "text" and "label" (an int); ``fields`` maps more names to source fields,
     e.g. {"options": "choices"} for multiple choice or {"answer": "target"} for an LM loss; with

@@ -10,10 +10,10 @@ applies the same update, so replicas stay identical without ever sending a weigh
 
 With ``distributed.shard = true`` (ZeRO-3 style) each rank keeps only its block of rows of each
 trained tensor (elements [a, b) of the flattened tensor) and perturbs and updates only that
-block, with the engine's global element offset a, so its perturbation is exactly the slice of the unsharded
-one. A module's forward gathers its trained tensors from the ranks and frees them after.
-Shards are blocks of whole rows, so every built-in projection shards: the elementwise ones
-(dense, hessian) see a flat slice, the low-rank ones (subspace, lowrank, aligned) their rows of U.
+block, with the engine's global element offset a, so its perturbation is exactly the slice of the
+unsharded one. A module's forward gathers its trained tensors from the ranks and frees them after.
+Shards are blocks of whole rows, so every built-in projection shards: the elementwise ones (dense,
+hessian) see a flat slice, the low-rank ones (subspace, lowrank, aligned) their rows of U.
 
 Failures: every collective is wrapped, so a rank that died or hung (``distributed.timeout``)
 ends the run on the others with a TrainingError naming the step and the checkpoint, which is
@@ -89,7 +89,7 @@ class DataParallel:
         self.eval_bytes = 0  # the same, of evaluations
         self.run = None
 
-    # -- the collectives, each wrapped so that a dead peer ends the run with a clear message --------
+    # -- the collectives, each wrapped so that a dead peer ends the run with a clear message --
     def _failed(self, what: str, exc: BaseException) -> TrainingError:
         run = self.run
         step = run.step if run is not None else 0
@@ -128,7 +128,7 @@ class DataParallel:
             raise self._failed(what, exc) from None
         return out
 
-    # -- the Run's hooks -------------------------------------------------------------------------------
+    # -- the Run's hooks ---------------------------------------------------------------------------
     def shard(self, batch: list) -> list:
         """This rank's contiguous slice of ``batch``."""
         n = len(batch)
@@ -141,8 +141,8 @@ class DataParallel:
         return batch[self.rank * n // self.world : (self.rank + 1) * n // self.world]
 
     def reduce(self, total, weight):
-        # the loss sum may live on the model's device and the weight be a Python number: both go to the
-        # collective's device (NCCL: this rank's GPU) before they are stacked
+        # the loss sum may live on the model's device and the weight be a Python number: both go to
+        # the collective's device (NCCL: this rank's GPU) before they are stacked
         t = torch.stack(
             [
                 torch.as_tensor(x, dtype=torch.float64, device=self.device).reshape(())
@@ -174,7 +174,7 @@ class DataParallel:
         return counted
 
     def check_replicas(self, run) -> None:
-        """Stop when the ranks' trained parameters differ (replicated) or their optimizer steps do."""
+        """Stop when the ranks' trained parameters (replicated) or their optimizer steps differ."""
         from .replay import fingerprint
 
         trained = {
@@ -210,7 +210,7 @@ class DataParallel:
             )
 
     def attach(self, run) -> tuple[Any, dict]:
-        """Set the Run's hooks; return what the optimizer is built over and extra optimizer options."""
+        """Set the Run's hooks; return what the optimizer is built over and its extra options."""
         self.run = run
         run.shard, run.reduce = self.shard, self.reduce
         run.evaluate = self._counted_apart(run.evaluate)
@@ -228,7 +228,7 @@ class DataParallel:
         return self.sharded.full_state() if self.sharded else trainable_state(run.model)
 
     def close(self) -> None:
-        """Leave the group together (a rank that leaves first can abort a peer's pending gloo I/O)."""
+        """Leave the group together (a rank leaving first can abort a peer's pending gloo I/O)."""
         if self.dist.is_initialized():
             with contextlib.suppress(Exception):  # a peer is gone: nothing to wait for
                 self.dist.barrier()
@@ -237,9 +237,9 @@ class DataParallel:
 
 class ShardedParams:
     """ZeRO-3-style shards of the trained tensors along their first dimension: rank r keeps rows
-    [r c, (r + 1) c) (c = ceil(rows / world)), a block of whole rows, so elementwise projections see a flat
-    slice and low-rank ones their rows of U. A module's forward pre-hook gathers its tensors, its forward
-    hook frees them."""
+    [r c, (r + 1) c) (c = ceil(rows / world)), a block of whole rows, so elementwise projections see
+    a flat slice and low-rank ones their rows of U. A module's forward pre-hook gathers its tensors,
+    its forward hook frees them."""
 
     def __init__(self, model: torch.nn.Module, dp: DataParallel):
         self.dp = dp
@@ -303,7 +303,7 @@ class ShardedParams:
 
 
 def traffic_line(run) -> str:
-    """Bytes per step this rank communicated, beside what a first-order data-parallel step all-reduces."""
+    """Bytes per step this rank sent, beside what a first-order data-parallel step all-reduces."""
     from .loop import read_jsonl
 
     steps = [r["comm_bytes"] for r in read_jsonl(run.metrics_path) if "comm_bytes" in r]

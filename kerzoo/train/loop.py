@@ -7,8 +7,8 @@ checkpoint at step k continues exactly as the run that never stopped.
 
 The loss of a batch is one method, ``Run.batch_loss``: the examples go through ``self.shard``
 (identity here) and the task's (sum, weight) through ``self.reduce`` (identity here), so a
-data-parallel run (docs/distributed.md) replaces these two and every rank, using the same seeds, sees
-the same loss. Evaluation goes through the same pair.
+data-parallel run (docs/distributed.md) replaces these two and every rank, using the same seeds,
+sees the same loss. Evaluation goes through the same pair.
 """
 
 from __future__ import annotations
@@ -89,8 +89,8 @@ def _truncate_jsonl(path: Path, step: int) -> None:
 
 
 class Run:
-    """A training run. ``parallel`` (a distributed.DataParallel) makes it one rank of a data-parallel run:
-    it sets the shard/reduce hooks, and only rank 0 writes files."""
+    """A training run. ``parallel`` (a distributed.DataParallel) makes it one rank of a
+    data-parallel run: it sets the shard/reduce hooks, and only rank 0 writes files."""
 
     def __init__(self, cfg: dict, resume: bool = True, progress: bool = True, parallel: Any = None):
         import kerzoo
@@ -238,7 +238,9 @@ class Run:
 
     # -- the loss and the metric: the two places a data-parallel run hooks into ----------------
     def batch(self, step: int) -> list[list[dict]]:
-        """The micro-batches of ``step``: a sample seeded by (seed, "batch", step), without replacement."""
+        """The micro-batches of ``step``: a sample without replacement, seeded by its step.
+
+        The seed is (seed, "batch", step)."""
         t = self.cfg["train"]
         n = min(t["batch_size"] * t["grad_accum"], len(self.train_set))
         rng = random.Random(derive(t["seed"], "batch", step))
@@ -295,7 +297,7 @@ class Run:
             g["lr"] = lr * f
 
     def train(self, stop_at: int | None = None) -> dict:
-        """Steps until train.steps (or ``stop_at``); returns the eval accuracy at the start and the end."""
+        """Steps until train.steps (or ``stop_at``); returns the eval accuracy at start and end."""
         t = self.cfg["train"]
         total = t["steps"]
         end = total if stop_at is None else min(total, stop_at)

@@ -38,7 +38,8 @@ def resolve_path(name: str) -> str:
 
 
 def resolve_device(name: str) -> torch.device:
-    """model.device as a torch.device: auto is CUDA when torch has it (cuda:LOCAL_RANK under torchrun)."""
+    """model.device as a torch.device: auto is CUDA when torch has it (cuda:LOCAL_RANK under
+    torchrun)."""
     if name == "auto":
         if not torch.cuda.is_available():
             return torch.device("cpu")
@@ -111,7 +112,8 @@ def load_model(cfg: dict, device: torch.device | None = None):
 def select_trainable(
     model: torch.nn.Module, include: list[str], exclude: list[str] = ()
 ) -> list[str]:
-    """Train a parameter iff its name contains one of ``include`` (any, when empty) and none of ``exclude``."""
+    """Train a parameter iff its name contains one of ``include`` (any, when empty) and none of
+    ``exclude``."""
     names = []
     for name, p in model.named_parameters():
         on = (not include or any(x in name for x in include)) and not any(

@@ -142,7 +142,7 @@ class _Continuations:
 
 
 class MultipleChoice(_Continuations, _Choices):
-    """Each option scored by its mean token log-likelihood after the prompt; cross-entropy over options."""
+    """Options scored by mean token log-likelihood after the prompt; cross-entropy over options."""
 
     def __init__(self, cfg, tokenizer, kind, examples):
         super().__init__(cfg, tokenizer, kind, "multiple_choice")

@@ -25,7 +25,7 @@ class UpdateContext:
     projection: Projection
     groups: list[dict[str, Any]]
     state: Callable[[ParamInfo], dict]  # per-tensor state (saved in state_dict)
-    # L(theta + sum_i c_i scale(p) z_i), scale(p) optional per tensor (e.g. ctx.lr); None when replaying
+    # L(theta + sum_i c_i scale(p) z_i), scale(p) optional per tensor (e.g. ctx.lr); None in replay
     evaluate_at: Callable[..., float | None]
     record: dict[str, Any] = field(default_factory=dict)  # what the rule chose, for replay
     factor: Callable[[int, ParamInfo], float] | None = None  # the plan's per-tensor update factor
@@ -34,7 +34,7 @@ class UpdateContext:
         return float(self.groups[p.group]["lr"])
 
     def for_tensor(self, p: ParamInfo, coefs: Sequence[float]) -> list[float]:
-        """Per-direction coefficients as they apply to tensor p (times the plan's factor, if any)."""
+        """Per-direction coefficients as they apply to tensor p (times the plan's factor if any)."""
         if self.factor is None:
             return list(coefs)
         return [c * self.factor(i, p) for i, c in enumerate(coefs)]

@@ -1,4 +1,7 @@
-"""Built-in plugin: the update rules of the ZO-SGD family and ZO-Adam (docs/algorithms.md, Update rules)."""
+"""Built-in plugin: the update rules of the ZO-SGD family and ZO-Adam.
+
+The math: docs/algorithms.md, Update rules.
+"""
 
 from __future__ import annotations
 

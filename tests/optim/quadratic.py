@@ -28,7 +28,7 @@ class TwoTensors(torch.nn.Module):
 
 def mean_step_over_seeds(model: TwoTensors, make_optimizer, lr: float, n: int):
     """(mean, standard error) over seeds 0..n-1 of -(theta_1 - theta_0) / lr, one step from the same
-    start each time; ``make_optimizer(seed)`` builds the optimizer. The last optimizer is returned too."""
+    start each time; ``make_optimizer(seed)`` builds the optimizer. The last one is returned too."""
     start = [p.detach().clone() for p in model.parameters()]
     est = []
     for s in range(n):

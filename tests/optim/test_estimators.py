@@ -54,10 +54,10 @@ def _slope(epsilons, biases):
 
 @pytest.mark.parametrize("kernel,expected", [("legendre3", 4.0), ("legendre5", 6.0)])
 def test_bias_falls_as_eps2_for_two_point_and_eps4_for_kerzoo(kernel, expected):
-    """An order-beta kernel cancels the odd terms up to eps^(beta-1): legendre5's bias falls as eps^6.
-    f(x) = sum exp(c_i x_i) + (sum x)^4 / 4. Common random numbers: the same z for every eps,
-    and the expectation over r computed exactly by Gauss-Legendre, so the slopes are resolved.
-    The bias is measured against the eps -> 0 limit on the same directions."""
+    """An order-beta kernel cancels the odd terms up to eps^(beta-1): legendre5's bias falls as
+    eps^6. f(x) = sum exp(c_i x_i) + (sum x)^4 / 4. Common random numbers: the same z for every eps,
+    and the expectation over r computed exactly by Gauss-Legendre, so the slopes are resolved. The
+    bias is measured against the eps -> 0 limit on the same directions."""
     d = 5
     c = torch.linspace(0.5, 1.5, d, dtype=torch.float64)
     x = torch.linspace(-0.3, 0.3, d, dtype=torch.float64)

@@ -62,8 +62,8 @@ def test_on_the_fly_warns_once_about_a_tensor_no_forward_perturbed():
 
 
 def test_on_the_fly_perturbs_a_tied_weight_in_every_module_that_reads_it():
-    """Tied weights (one Parameter in two modules) are one trainable tensor: both reads see W + eps z,
-    so on the fly and in place see the same losses."""
+    """Tied weights (one Parameter in two modules) are one trainable tensor: both reads see
+    W + eps z, so on the fly and in place see the same losses."""
     ids = torch.tensor([0, 1, 2, 3])
     losses = []
     for mode in ("onthefly", "inplace"):
@@ -159,7 +159,7 @@ def test_schedule_errors_name_the_bad_value():
 
 
 class Returns(torch.nn.Module):
-    """A module whose output is a view of its own weight (as a learned prompt or cls token can be)."""
+    """A module whose output is a view of its own weight (as a learned prompt or cls token is)."""
 
     def __init__(self, n):
         super().__init__()

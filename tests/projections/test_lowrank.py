@@ -29,7 +29,7 @@ def test_seeded_bases_have_orthonormal_columns(rows, r, seed):
 
 @pytest.mark.parametrize("kind,options", [("subspace", {"rank": 4}), ("lowrank", {"rank": 2})])
 def test_second_moment_of_z_equals_a_dense_gaussians(kind, options):
-    """E[Z (.) Z] = 1 per element, as for dense z: the scaling sqrt(mn)/r (or 1/sqrt(r)) is right."""
+    """E[Z (.) Z] = 1 per element, as for dense z: the scale sqrt(mn)/r (or 1/sqrt(r)) is right."""
     p = info((24, 16))
     proj = make(kind, [p], **options, **{proj_period(kind): 1})
     samples = []

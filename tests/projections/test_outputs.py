@@ -1,4 +1,4 @@
-"""perturb="outputs": a linear layer's output gets + c (x V) S^T U^T instead of its weight a transient."""
+"""perturb="outputs": a linear layer's output gets + c (x V) S^T U^T; its weight, no transient."""
 
 import pytest
 import torch

@@ -8,7 +8,7 @@ import kerzoo
 import kerzoo.testing as kt
 from kerzoo.testing import CHECKS
 
-# (the presets with their defaults are in tests/optim/test_conformance.py, over every registered name)
+# (the presets with their defaults: tests/optim/test_conformance.py, over every registered name)
 FAST_STATE = [
     {"preset": "subzero", "refresh": 2, "rank": 2},
     {"preset": "lozo", "nu": 2, "rank": 2},

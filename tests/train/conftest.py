@@ -88,7 +88,7 @@ SMALL = {
 
 @pytest.fixture
 def make_cfg(tmp_path, tiny_models):
-    """make_cfg(folder_name, family="bert", **sections) -> a validated config writing to tmp_path/name."""
+    """make_cfg(name, family="bert", **sections) -> a validated config writing to tmp_path/name."""
 
     def make(name="run", family="bert", **over):
         raw = json.loads(json.dumps(SMALL))

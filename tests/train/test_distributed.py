@@ -81,8 +81,9 @@ def losses(cfg) -> list:
 
 
 def assert_close_runs(a, b):
-    """Same trajectory up to the order of a float sum: each rank's partial loss sums add in another order,
-    and (L+ - L-) / 2 eps amplifies that rounding; so parameters agree to 1 % of how far training moved them."""
+    """Same trajectory up to the order of a float sum: each rank's partial loss sums add in another
+    order, and (L+ - L-) / 2 eps amplifies that rounding; so parameters agree to 1 % of how far
+    training moved them."""
     from kerzoo.train.model import load_model, trainable_state
 
     start = {
@@ -138,7 +139,7 @@ def test_two_ranks_of_batch_8_follow_one_rank_of_batch_16_for_every_kind_of_opti
         assert all(m["comm_bytes"] == 16 * forwards for m in steps), (two["optimizer"], steps)
 
 
-def test_sharded_parameters_follow_the_unsharded_run_for_dense_hessian_and_low_rank_and_drift_is_caught(
+def test_sharded_parameters_follow_the_unsharded_run_for_dense_hessian_low_rank_and_drift_is_caught(
     make_cfg, tmp_path
 ):
     over = {"optimizer": {"preset": "mezo", "lr": 1e-3, "weight_decay": 0.1}, **BATCH16}
@@ -272,8 +273,9 @@ def test_sharding_refuses_what_a_shard_cannot_do(make_cfg):
     ],
 )
 def test_blocks_of_rows_step_exactly_as_their_rows_of_the_whole_matrix(name, options):
-    """Three optimizers fed the same losses: one over a 10 x 7 matrix, two over its rows 0-4 and 5-9 as
-    shards. Every step's directions, updates and learned state (Hessian, subspaces, P-GAP's estimate) agree."""
+    """Three optimizers fed the same losses: one over a 10 x 7 matrix, two over its rows 0-4 and 5-9
+    as shards. Every step's directions, updates and learned state (Hessian, subspaces, P-GAP's
+    estimate) agree."""
     from kerzoo import optimizer
 
     torch.manual_seed(0)

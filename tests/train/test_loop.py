@@ -52,7 +52,8 @@ class Killed(BaseException):
 
 def test_a_kill_between_checkpoints_resumes_bit_exactly(make_cfg, tmp_path, monkeypatch):
     """Killed in step 5 (checkpoint at 3, logs already at 4, a log line cut short): the resumed
-    run drops what came after the checkpoint and ends with the weights of a run that never stopped."""
+    run drops what came after the checkpoint and ends with the weights of a run that never stopped.
+    """
     straight = Run(make_cfg("a"), progress=False)
     straight.train()
     run = Run(make_cfg("b"), progress=False)

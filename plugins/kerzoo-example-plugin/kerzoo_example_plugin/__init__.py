@@ -34,10 +34,11 @@ def kerzoo_register_kernels(register):
 
 
 class Richardson(Estimator):
-    """Richardson-extrapolated central difference: [4 D(eps/2) - D(eps)] / 3; bias O(eps^4), 4 forwards.
+    """Richardson-extrapolated central difference [4 D(eps/2) - D(eps)] / 3: bias O(eps^4).
 
     With D(h) = [L(theta + h z) - L(theta - h z)] / (2h) = z.grad + (h^2/6) L'''[z,z,z] + O(h^4),
-    the combination cancels the h^2 term: another route to KerZOO's bias order, without a kernel.
+    the combination cancels the h^2 term: another route to KerZOO's bias order, without a kernel
+    (4 forwards per direction).
     """
 
     name = "richardson"
@@ -65,7 +66,7 @@ def kerzoo_register_estimators(register):
 
 
 class Sparse(Projection):
-    """Sparse directions: Z_i = m_i * z_i / sqrt(density), a fresh random mask m_i for each direction.
+    """Sparse directions Z_i = m_i * z_i / sqrt(density), a fresh random mask m_i per direction.
 
     m_i keeps each element with probability ``density`` (|u| < t for a Gaussian u, seeded by the
     direction), so E[Z * Z] = 1 per element, as for MeZO's dense z. Nothing is held between steps:
