@@ -13,7 +13,6 @@ restore is exact in every dtype.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -21,16 +20,15 @@ from typing import Any
 
 import torch
 
-from . import engine
+from . import checks, engine, perturb as perturbers
 from .estimators.base import Estimator, Plan
-from .perturb import OnTheFly, point_coefficients
+from .perturb import Perturber, Rows, Table
 from .projections.base import ParamInfo, Projection
-from .projections.outputs import OutputPerturbation
 from .seeds import derive, direction_seeds
 from .updates.base import Update, UpdateContext
 
 Closure = Callable[[], Any]
-LOW_PRECISION = (torch.float16, torch.bfloat16)
+LOW_PRECISION = checks.LOW_PRECISION
 
 
 class ZOOptimizer(torch.optim.Optimizer):
@@ -67,7 +65,8 @@ class ZOOptimizer(torch.optim.Optimizer):
                 f"perturb must be 'auto', 'inplace', 'onthefly' or 'outputs', got {perturb!r}"
             )
         if isinstance(params, torch.nn.Module):
-            if module is not None and module is not params:
+            params = checks.unwrap(params) if perturb == "inplace" else params
+            if module is not None and checks.unwrap(module) is not params:
                 raise ValueError(
                     "pass the module once: as params, or as module= beside param groups"
                 )
@@ -77,6 +76,8 @@ class ZOOptimizer(torch.optim.Optimizer):
                 raise ValueError(
                     "the module has no parameter with requires_grad=True: nothing to train"
                 )
+        if module is not None and perturb == "inplace":
+            module = checks.unwrap(module)  # in place works on a compiled model's own tensors
         names = {id(p): n for n, p in module.named_parameters()} if module is not None else {}
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "eps": eps})
         self.estimator, self.projection, self.update_rule = estimator, projection, update
@@ -129,68 +130,28 @@ class ZOOptimizer(torch.optim.Optimizer):
             else ("onthefly" if module is not None and low else "inplace")
         )
         self.stochastic_rounding = low if stochastic_rounding is None else bool(stochastic_rounding)
-        hooks = (
-            OutputPerturbation if self.mode == "outputs" else OnTheFly
-        )  # outputs: low-rank nn.Linear
-        self._hooks = hooks(module, self.infos, projection) if self.mode != "inplace" else None
+        checks.before_build(self, module, perturb)
+        self.module = module
+        self.perturber: Perturber = perturbers.make(self.mode, module, self.infos, projection)
         self._step = 0
         self.skipped_steps = 0
         self.last_record: dict[str, Any] | None = None
 
-    # -- moving the parameters between points --------------------------------------------
-    _seeds_of = staticmethod(point_coefficients)
-
-    def _goto(
-        self, current: dict[int, float], target: dict[int, float], seeds: list[int], factor=None
-    ) -> None:
-        """Move in-place parameters from theta + current to theta + target."""
-        if current == target:
-            return
-        restore = {i: -c for i, c in current.items()}
-        passes: dict[tuple, list] = {}  # tensors whose coefficients agree move in one call
-        for info in self.infos:
-            rc, rs = self._seeds_of(restore, seeds, factor, info)
-            nc, ns = self._seeds_of(target, seeds, factor, info)
-            passes.setdefault((tuple(rc), tuple(rs), tuple(nc), tuple(ns)), []).append(
-                (info, info.tensor)
-            )
-        for (rc, rs, nc, ns), items in passes.items():
-            if len(rc) == 1 and len(nc) == 1:
-                self.projection.move_many(items, (rc[0], rs[0]), (nc[0], ns[0]))
-            else:
-                if rc:
-                    self.projection.add_many(items, list(rc), list(rs))
-                if nc:
-                    self.projection.add_many(items, list(nc), list(ns))
-
-    def _evaluate(
-        self,
-        closures: Sequence[Closure] | None,
-        point: dict[int, float],
-        seeds: list[int],
-        current: dict[int, float],
-        factor=None,
-    ) -> tuple[float | None, dict[int, float]]:
-        """Loss at theta + point (None when replaying); returns it and the new in-place point."""
-        if self.mode == "inplace":
-            self._goto(current, point, seeds, factor)
-            current = dict(point)
-        if closures is None:
-            return None, current
-        at = (
-            self._hooks.at(point, seeds, factor)
-            if self._hooks is not None
-            else contextlib.nullcontext()
-        )
-        with at, torch.no_grad():
-            values = [float(c()) for c in closures]
-        return sum(values) / len(values), current
-
     # -- the step -------------------------------------------------------------------------
+    def _evaluate(self, closures: Sequence[Closure] | None, rows: Rows) -> float | None:
+        """Loss at theta + rows; None when replaying (in place, the parameters move as they did)."""
+        if closures is None:
+            self.perturber.replay_at(rows)
+            return None
+        with self.perturber.at(rows), checks.forward_mode(self.module):
+            values = [checks.loss_value(c()) for c in closures]
+        return sum(values) / len(values)
+
     def step(self, closure: Closure | Sequence[Closure] | None = None) -> float:  # type: ignore[override]
         if closure is None:
             raise ValueError("a ZO optimizer needs a closure: opt.step(lambda: loss_of(batch))")
         closures = list(closure) if isinstance(closure, (list, tuple)) else [closure]
+        checks.compiled_model(self)
         return self._run_step(closures, record=None)
 
     def replay(self, record: dict[str, Any]) -> None:
@@ -205,20 +166,33 @@ class ZOOptimizer(torch.optim.Optimizer):
             group["eps"] = record.get("eps", [self.eps] * len(self.param_groups))[gi]
         self._run_step(None, record=record)
 
+    def table(self, plan: Plan) -> Table:
+        """The step's coefficient table: per-group eps and the estimator's per-tensor factors.
+
+        Per-group eps: group k moves by rho_k = eps_k / eps times the plan's scales and its
+        estimate is divided by rho_k, so E[g] is still the gradient:
+        (L+ - L-)/(2 eps) ~ sum_k rho_k <grad_k, z_k>."""
+        rho = [float(g["eps"]) / self.eps for g in self.param_groups]
+        if any(not r > 0 for r in rho):
+            raise ValueError(
+                f"every group's eps must be > 0, got {[g['eps'] for g in self.param_groups]}"
+            )
+        factors = self.estimator.tensor_factors(plan, self.infos)
+        return Table(self.infos, plan.seeds, rho, factors)
+
     @torch.no_grad()
     def _run_step(self, closures: Sequence[Closure] | None, record: dict[str, Any] | None) -> float:
         step = self._step
         seeds = direction_seeds(self.seed, step, self.estimator.directions)
-        plan: Plan = self._group_eps(self.estimator.plan(step, seeds, self.eps))
+        plan: Plan = self.estimator.plan(step, seeds, self.eps)
+        plan.table = table = self.table(plan)
         self.projection.begin_step(step)
         losses: list[float] = []
-        current: dict[int, float] = {}
         replaying = closures is None
         skipped = bool(record and record.get("skipped"))
         evaluated = plan.points if not skipped else plan.points[: len(record.get("losses", []))]
-        pf = plan.perturb_factor
         for point in evaluated:
-            loss, current = self._evaluate(closures, point, seeds, current, pf)
+            loss = self._evaluate(closures, table.point(point))
             if not replaying:
                 losses.append(loss)
                 if not math.isfinite(loss):
@@ -227,7 +201,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         if replaying:
             losses = list(record.get("losses", []))
         if skipped:
-            self._goto(current, {}, seeds, pf) if self.mode == "inplace" else None
+            self.perturber.settle()
             self._finish(step, seeds, [], losses, skipped=True)
             if not replaying:
                 self.skipped_steps += 1
@@ -243,8 +217,10 @@ class ZOOptimizer(torch.optim.Optimizer):
             if replaying
             else self.estimator.coefficients(plan, losses, self.eps)
         )
+        if not replaying:
+            checks.coefficients(self, coefs, step)
         rule_record = self._update(
-            step, seeds, coefs, current, closures, record.get("update") if record else None, plan
+            step, coefs, closures, record.get("update") if record else None, table
         )
         self.projection.end_step(step, seeds, plan, losses, coefs)
         self._finish(
@@ -252,93 +228,60 @@ class ZOOptimizer(torch.optim.Optimizer):
         )
         return sum(losses) / len(losses) if losses else float("nan")
 
-    def _group_eps(self, plan: Plan) -> Plan:
-        """Per-group eps: group k moves by rho_k = eps_k / eps times the plan's scales and its
-        estimate is divided by rho_k, so E[g] is still the gradient:
-        (L+ - L-)/(2 eps) ~ sum_k rho_k <grad_k, z_k>."""
-        rho = [float(g["eps"]) / self.eps for g in self.param_groups]
-        if any(not r > 0 for r in rho):
-            raise ValueError(
-                f"every group's eps must be > 0, got {[g['eps'] for g in self.param_groups]}"
-            )
-        if all(r == 1.0 for r in rho):
-            return plan
-        pf, uf = plan.perturb_factor, plan.update_factor
-        plan.perturb_factor = lambda i, p: (pf(i, p) if pf else 1.0) * rho[p.group]
-        plan.update_factor = lambda i, p: (uf(i, p) if uf else 1.0) / rho[p.group]
-        return plan
+    def _clip(self, coefs: Sequence[float], table: Table) -> None:
+        """Per-tensor clipping: the estimate of tensor t is scaled by min(1, clip / ||g_t||).
+        Measuring ||g_t|| builds g_t once, a temporary the tensor's size."""
+        scale = []
+        for t, info in enumerate(self.infos):
+            cs = table.estimate_coefs(t, coefs, clipped=False)
+            norm = float(self.projection.materialize(info, cs, table.seeds).norm())
+            scale.append(min(1.0, self.clip / norm) if norm > 0 else 1.0)
+        table.set_clip(scale)
 
-    def _clipped(self, coefs, seeds, uf):
-        """The update factor with per-tensor clipping: the estimate of tensor t is scaled by
-        min(1, clip / ||g_t||). Measuring ||g_t|| builds g_t once, a temporary the tensor's size."""
-        scale = {}
+    def _decay(self) -> None:
+        """Decoupled weight decay, not on biases and norms (1-D tensors), as in MeZO."""
+        decay: dict[float, list[torch.Tensor]] = {}
         for info in self.infos:
-            cs, ss = self._seeds_of(dict(enumerate(coefs)), seeds, uf, info)
-            norm = float(self.projection.materialize(info, cs, ss).norm())
-            scale[id(info)] = min(1.0, self.clip / norm) if norm > 0 else 1.0
-        return lambda i, p: (uf(i, p) if uf else 1.0) * scale[id(p)]
-
-    def _update(
-        self, step, seeds, coefs, current, closures, replay_rule, plan: Plan
-    ) -> dict[str, Any]:
-        pf, uf = plan.perturb_factor, plan.update_factor
-        if self.clip:
-            uf = self._clipped(coefs, seeds, uf)
-        rounding = "stochastic" if self.stochastic_rounding else "nearest"
-        linear = [self.update_rule.linear(coefs, float(g["lr"])) for g in self.param_groups]
-        decay: dict[
-            float, list[torch.Tensor]
-        ] = {}  # decoupled weight decay, not on biases and norms
-        for info in self.infos:
-            wd, lr = (
-                self.param_groups[info.group]["weight_decay"],
-                self.param_groups[info.group]["lr"],
-            )
-            if wd and len(info.whole_shape) > 1:  # biases and norms (1-D) do not decay, as in MeZO
+            group = self.param_groups[info.group]
+            wd, lr = group["weight_decay"], group["lr"]
+            if wd and len(info.whole_shape) > 1:
                 decay.setdefault(1.0 - lr * wd, []).append(info.tensor)
         for scale, tensors in decay.items():
             torch._foreach_mul_(tensors, scale)
+
+    def _update(self, step, coefs, closures, replay_rule, table: Table) -> dict[str, Any]:
+        if self.clip:
+            self._clip(coefs, table)
+        rounding = "stochastic" if self.stochastic_rounding else "nearest"
+        linear = [self.update_rule.linear(coefs, float(g["lr"])) for g in self.param_groups]
+        self._decay()
         if all(c is not None for c in linear):
-            restore = {i: -c for i, c in current.items()}
-            passes: dict[tuple, list] = {}
-            for info in self.infos:
-                restore_c, restore_s = self._seeds_of(restore, seeds, pf, info)
-                update_c, _ = self._seeds_of(dict(enumerate(linear[info.group])), seeds, uf, info)
-                key = (tuple(restore_c + update_c), tuple(restore_s + seeds))
-                passes.setdefault(key, []).append((info, info.tensor))
-            rounding_seed = derive(self.seed, step, "rounding")
-            for (cs, ss), items in passes.items():
-                self.projection.add_many(
-                    items, list(cs), list(ss), rounding=rounding, rounding_seed=rounding_seed
-                )
+            if len(set(map(tuple, linear))) == 1:
+                rows = table.estimate(linear[0])
+            else:  # each group its own lr: per tensor, its group's coefficients
+                per_group = [table.estimate(c) for c in linear]
+                rows = _pick(per_group, [i.group for i in self.infos])
+            self.perturber.update(rows, rounding, derive(self.seed, step, "rounding"))
             return {}
-        if self.mode == "inplace":
-            self._goto(current, {}, seeds, pf)
-        here: dict[int, float] = {}
+        self.perturber.settle()
 
         def evaluate_at(
             cs: Sequence[float], scale: Callable[[ParamInfo], float] | None = None
         ) -> float | None:
             """L(theta + sum_i cs[i] * factor(i, p) * scale(p) z_i); scale: e.g. each group's lr."""
-            nonlocal here
-            f = uf if scale is None else (lambda i, p: (uf(i, p) if uf else 1.0) * scale(p))
-            loss, here = self._evaluate(
-                closures, {i: c for i, c in enumerate(cs) if c != 0.0}, seeds, here, f
-            )
-            if self.mode == "inplace":
-                self._goto(here, {}, seeds, f)
-                here = {}
+            loss = self._evaluate(closures, table.estimate(cs, scale, skip_zero=True))
+            self.perturber.settle()
             return loss
 
         ctx = UpdateContext(
             self.infos,
             coefs,
-            seeds,
+            table.seeds,
             self.projection,
             self.param_groups,
             lambda p: self.state[p.tensor],
             evaluate_at,
-            factor=uf,
+            table=table,
         )
         self.update_rule.apply(ctx, replay=replay_rule)
         return ctx.record
@@ -387,10 +330,19 @@ class ZOOptimizer(torch.optim.Optimizer):
         return self._step
 
     def close(self) -> None:
-        """Remove the on-the-fly hooks from the module."""
-        if self._hooks is not None:
-            self._hooks.remove()
-            self._hooks = None
+        """Remove the on-the-fly hooks from the module (the optimizer then perturbs in place)."""
+        self.perturber.remove()
+        self.mode = "inplace"
+        self.perturber = perturbers.InPlace(self.infos, self.projection)
+
+
+def _pick(per_group: Sequence[Rows], groups: Sequence[int]) -> Rows:
+    """Rows whose tensor t takes its row from per_group[groups[t]]."""
+    entries: dict[tuple, int] = {}
+    of = []
+    for t, g in enumerate(groups):
+        of.append(entries.setdefault(per_group[g][t], len(entries)))
+    return Rows(list(entries), of)
 
 
 def make_optimizer(spec: Any, params: Any, **overrides: Any) -> ZOOptimizer:

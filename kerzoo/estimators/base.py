@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -11,15 +11,14 @@ from typing import Any, ClassVar
 class Plan:
     """One step's evaluation points. ``points[k]`` maps direction index -> scale; ``{}`` is theta.
 
-    Optional per-tensor factors: at a point, tensor p moves by scale * perturb_factor(i, p) * z_i,
-    and the estimate for p is sum_i g_i * update_factor(i, p) * z_i (KerZOO with one r per tensor).
+    ``table`` is set by the optimizer: the step's coefficient table (kerzoo.perturb.Table), which
+    projections read in ``end_step`` for the estimate as it applies to each tensor.
     """
 
     seeds: list[int]
     points: list[dict[int, float]]
     extra: dict[str, Any] = field(default_factory=dict)
-    perturb_factor: Callable[[int, Any], float] | None = None
-    update_factor: Callable[[int, Any], float] | None = None
+    table: Any = None
 
 
 class Estimator:
@@ -48,3 +47,12 @@ class Estimator:
 
     def coefficients(self, plan: Plan, losses: list[float], eps: float) -> list[float]:
         raise NotImplementedError
+
+    # Optional: per-tensor factors (KerZOO with one r per tensor). Return None (the default), or
+    # one (perturb, update) pair of per-direction factor lists per tensor, in ``params`` order: at
+    # a point, tensor p moves by scale * perturb[i] * z_i, and its estimate is
+    # sum_i g_i * update[i] * z_i. Called once per step, after ``plan``.
+    def tensor_factors(
+        self, plan: Plan, params: Sequence[Any]
+    ) -> list[tuple[Sequence[float], Sequence[float]]] | None:
+        return None

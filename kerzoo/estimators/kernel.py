@@ -67,26 +67,27 @@ class KernelEstimator(Estimator):
 
     def plan(self, step, seeds, eps):
         a = self.radius(step)
-        if self.r_scope == "tensor":
-            # one r per direction and tensor: theta_t +- eps r_{i,t} z_{i,t}
-            def r_of(i, p):
-                return a * (2.0 * uniform(seeds[i], f"kernel-r:{p.name}") - 1.0)
-
+        if self.r_scope == "tensor":  # the r_{i,t} are the tensors' factors (tensor_factors)
             points = []
             for i in range(len(seeds)):
                 points += [{i: eps}, {i: -eps}]
-            return Plan(
-                seeds,
-                points,
-                {"a": a},
-                perturb_factor=r_of,
-                update_factor=lambda i, p: self.weight(r_of(i, p), a),
-            )
+            return Plan(seeds, points, {"a": a})
         r = [a * (2.0 * uniform(s, "kernel-r") - 1.0) for s in seeds]
         points = []
         for i, ri in enumerate(r):
             points += [{i: eps * ri}, {i: -eps * ri}]
         return Plan(seeds, points, {"r": r, "a": a})
+
+    def tensor_factors(self, plan, params):
+        """r_scope="tensor": tensor t moves by eps r_{i,t} z_{i,t}, and its estimate is weighted
+        by K_a(r_{i,t}); r_{i,t} ~ U[-a, a] from direction i's seed and t's name."""
+        if self.r_scope != "tensor":
+            return None
+        a, out = plan.extra["a"], []
+        for p in params:
+            r = [a * (2.0 * uniform(s, f"kernel-r:{p.name}") - 1.0) for s in plan.seeds]
+            out.append((r, [self.weight(ri, a) for ri in r]))
+        return out
 
     def weight(self, r: float, a: float) -> float:
         """K_a(r) = (C / a) K(r / a)."""

@@ -174,9 +174,11 @@ class Aligned(LowRankDirections):
 
     # -- learning the subspace from the step's estimate -----------------------------------
     def end_step(self, step, seeds, plan, losses, coefs):
-        factor = getattr(plan, "update_factor", None)
+        table = getattr(plan, "table", None)
+        index = {id(i.tensor): t for t, i in enumerate(table.infos)} if table is not None else {}
         for p in self.matrices:
-            cs = [c * factor(i, p) if factor else c for i, c in enumerate(coefs)]
+            t = index.get(id(p.tensor))
+            cs = list(coefs) if t is None else table.estimate_coefs(t, coefs, clipped=False)
             if self.probing:
                 self.sketch_coefs.setdefault(p.name, []).extend(cs)
                 continue

@@ -54,6 +54,9 @@ class Projection:
     # whole tensor's direction: elementwise projections for any flat slice, low-rank ones for
     # blocks of rows
     shardable: ClassVar[bool] = False
+    # True when end_step needs the loss at theta itself: the optimizer refuses, when it is built,
+    # an estimator whose points do not include theta ({})
+    needs_center: ClassVar[bool] = False
 
     def __init__(self, **options: Any):
         from ..registry import unknown_options

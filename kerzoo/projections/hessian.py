@@ -68,6 +68,7 @@ class Hessian(Projection):
     name = "hessian"
     defaults = {"alpha": 1e-8, "init": 1.0, "dist": "gaussian"}
     shardable = True
+    needs_center = True  # learns from L(theta): checked against the estimator at build
 
     def __init__(self, **options):
         super().__init__(**options)

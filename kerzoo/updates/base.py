@@ -28,16 +28,21 @@ class UpdateContext:
     # L(theta + sum_i c_i scale(p) z_i), scale(p) optional per tensor (e.g. ctx.lr); None in replay
     evaluate_at: Callable[..., float | None]
     record: dict[str, Any] = field(default_factory=dict)  # what the rule chose, for replay
-    factor: Callable[[int, ParamInfo], float] | None = None  # the plan's per-tensor update factor
+    # the step's coefficient table (kerzoo.perturb.Table): per-tensor update factors and clipping
+    table: Any = None
+
+    def __post_init__(self) -> None:
+        self._index = {id(p): t for t, p in enumerate(self.params)}
 
     def lr(self, p: ParamInfo) -> float:
         return float(self.groups[p.group]["lr"])
 
     def for_tensor(self, p: ParamInfo, coefs: Sequence[float]) -> list[float]:
-        """Per-direction coefficients as they apply to tensor p (times the plan's factor if any)."""
-        if self.factor is None:
+        """Per-direction coefficients as they apply to tensor p: times its update factors
+        (per-tensor estimator factors, per-group eps, clipping) from the step's table."""
+        if self.table is None:
             return list(coefs)
-        return [c * self.factor(i, p) for i, c in enumerate(coefs)]
+        return self.table.estimate_coefs(self._index[id(p)], coefs)
 
     def add(self, p: ParamInfo, coefs: Sequence[float]) -> None:
         """p += sum_i coefs[i] z_i."""

@@ -152,10 +152,10 @@ def test_one_r_per_tensor_perturbs_tensors_by_different_radii():
     est = KernelEstimator(r_scope="tensor")
     plan = est.plan(0, [11], 1e-3)
     a, b = (type("P", (), {"name": n})() for n in ("layer.0.w", "layer.1.w"))
-    assert plan.perturb_factor(0, a) != plan.perturb_factor(0, b)
-    assert abs(plan.perturb_factor(0, a)) <= est.radius(0)
-    assert plan.update_factor(0, a) == pytest.approx(
-        est.weight(plan.perturb_factor(0, a), est.radius(0))
-    )
+    (ra, wa), (rb, _) = est.tensor_factors(plan, [a, b])
+    assert ra[0] != rb[0]
+    assert abs(ra[0]) <= est.radius(0)
+    assert wa[0] == pytest.approx(est.weight(ra[0], est.radius(0)))
+    assert KernelEstimator().tensor_factors(KernelEstimator().plan(0, [11], 1e-3), [a]) is None
     with pytest.raises(ValueError, match="r_scope"):
         KernelEstimator(r_scope="layer")

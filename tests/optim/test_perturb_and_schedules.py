@@ -192,6 +192,7 @@ def test_on_the_fly_workspace_is_reused_and_bounded_by_the_largest_module():
     for _ in range(3):
         opt.step(lambda: model(X).pow(2).mean())
     largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
-    assert opt._hooks.memory_bytes() == largest * 8
+    assert opt.perturber.memory_bytes() == largest * 8
     opt.close()
-    assert opt._hooks is None
+    assert opt.mode == "inplace" and opt.perturber.memory_bytes() == 0
+    assert all(not m._forward_pre_hooks for m in model.modules())

@@ -61,9 +61,13 @@ def test_curvature_is_the_second_difference_over_two_s_squared():
 
 def test_hessian_without_the_centre_point_says_which_estimator_to_use():
     model = Separable([1.0, 2.0])
-    opt = kerzoo.optimizer({"projection": "hessian", "alpha": 0.1}, model)
-    with pytest.raises(ValueError, match="three-point"):
-        opt.step(model)
+    before = [p.detach().clone() for p in model.parameters()]
+    # refused when the optimizer is built, before any weight moves
+    with pytest.raises(
+        ValueError, match=r"estimator .two-point. does not evaluate it.*three-point"
+    ):
+        kerzoo.optimizer({"projection": "hessian", "alpha": 0.1}, model)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
 def test_memory_held_is_one_float32_buffer_per_tensor():

@@ -82,10 +82,10 @@ def test_no_workspace_is_made_for_low_rank_linear_weights():
     model = MLP()
     opt = kerzoo.optimizer("subzero", model, lr=0.0, rank=2, perturb="outputs")
     opt.step(model)
-    workspace = sum(t.numel() for t in opt._hooks._ws.values())
+    workspace = sum(t.numel() for t in opt.perturber._ws.values())
     assert workspace == 5  # a's bias only: neither 5 x 6 nor 3 x 5 weight is ever copied
     dense = kerzoo.optimizer("mezo", model, lr=0.0, perturb="outputs")
     dense.step(model)
     assert (
-        sum(t.numel() for t in dense._hooks._ws.values()) == 5 * 6 + 5
+        sum(t.numel() for t in dense.perturber._ws.values()) == 5 * 6 + 5
     )  # dense z: the transient is needed

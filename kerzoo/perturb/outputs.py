@@ -12,20 +12,22 @@ W is never written while perturbed, so the restore is exact in every dtype.
 
 Applies to every ``torch.nn.Linear`` whose weight's direction is low-rank (the projection's
 ``factors`` gives (c, U, S, V)); other tensors (biases, norms, embeddings, a dense projection)
-get the on-the-fly transient of kerzoo.perturb. The added term is computed in float32 (float64
-for float64 outputs) and rounded once into the output's dtype.
+get the on-the-fly transient of kerzoo.perturb.onthefly. The added term is computed in float32
+(float64 for float64 outputs) and rounded once into the output's dtype.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..perturb import OnTheFly, point_coefficients
-from .base import Projection
+from ..projections.base import Projection
+from .onthefly import _COMPILED, OnTheFly
 
 
 class OutputPerturbation(OnTheFly):
     """On-the-fly hooks that perturb nn.Linear outputs by their low-rank direction."""
+
+    mode = "outputs"
 
     def __init__(self, module, infos, projection):
         self._stack: list[
@@ -39,7 +41,7 @@ class OutputPerturbation(OnTheFly):
         for m in module.modules():
             need: dict[tuple, int] = {}
             for p in m._parameters.values():
-                if p is None or id(p) not in self.infos:
+                if p is None or id(p) not in self.index:
                     continue
                 if lowrank and isinstance(m, torch.nn.Linear) and p is m.weight:
                     continue
@@ -49,12 +51,15 @@ class OutputPerturbation(OnTheFly):
 
     def _pre(self, owned):
         def hook(module, args):
-            if not self._point:
+            rows = self._rows
+            if rows is None:
                 return
+            if torch.compiler.is_compiling():
+                raise RuntimeError(_COMPILED)
             factors, swapped = None, 0
             for p in owned:
-                info = self.infos[id(p)]
-                cs, ss = point_coefficients(self._point, self._seeds, self._factor, info)
+                info = self.infos[self.index[id(p)]]
+                cs, ss = map(list, rows[self.index[id(p)]])
                 if isinstance(module, torch.nn.Linear) and p is module.weight:
                     factors = self.projection.factors(info, cs, ss)
                     if factors is not None:
@@ -72,7 +77,7 @@ class OutputPerturbation(OnTheFly):
 
     def _post(self, count):
         def hook(module, args, output):
-            if not self._point or not self._stack:
+            if self._rows is None or not self._stack:
                 return None
             swapped, factors = self._stack.pop()
             self._release_if_aliased(output)

@@ -19,53 +19,44 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
-from .projections.base import ParamInfo, Projection
+from ..projections.base import ParamInfo, Projection
+from .base import Perturber
+from .table import Rows
 
-Factor = Callable[[int, ParamInfo], float] | None
-
-
-def point_coefficients(
-    point: dict[int, float],
-    seeds: Sequence[int],
-    factor: Factor = None,
-    info: ParamInfo | None = None,
-) -> tuple[list[float], list[int]]:
-    """Coefficients and seeds of ``point`` ({direction: scale}) for one tensor, times the factor."""
-    idx = sorted(point)
-    if factor is None:
-        return [point[i] for i in idx], [seeds[i] for i in idx]
-    return [point[i] * factor(i, info) for i in idx], [seeds[i] for i in idx]
+_COMPILED = (
+    "kerzoo: perturb='onthefly' (or 'outputs') is running inside a compiled model; its hooks swap "
+    "each layer's weight, which a compiled graph does not see. Build the optimizer with "
+    "perturb='inplace' for a compiled model, or call the uncompiled model in the closure"
+)
 
 
-class OnTheFly:
+class OnTheFly(Perturber):
     """Hooks that show each module's forward W + sum c_i z_i while a point is active."""
 
-    def __init__(self, module: torch.nn.Module, infos: Sequence[ParamInfo], projection: Projection):
-        self.projection = projection
-        self.infos = {id(i.tensor): i for i in infos}
-        self._point: dict[int, float] = {}
-        self._seeds: Sequence[int] = ()
-        self._factor: Factor = None
+    mode = "onthefly"
+    exact_restore = True
+
+    def __init__(self, module: torch.nn.Module, infos: list[ParamInfo], projection: Projection):
+        super().__init__(infos, projection)
+        self.index = {id(i.tensor): t for t, i in enumerate(self.infos)}
+        self._rows: Rows | None = None
         # a stack of (parameter, its real data, workspace key or None, elements taken from the
         # workspace)
         self._saved: list[tuple[torch.Tensor, torch.Tensor, tuple | None, int]] = []
         self._touched: set[int] = set()
         self._warned = False
-        self._ws_size: dict[
-            tuple, int
-        ] = {}  # (dtype, device) -> elements: the largest module's own tensors
+        # (dtype, device) -> elements: the largest module's own tensors
+        self._ws_size: dict[tuple, int] = {}
         self._ws: dict[tuple, torch.Tensor] = {}
         self._top: dict[tuple, int] = {}
-        self._views: dict[
-            tuple, torch.Tensor
-        ] = {}  # (dtype, device, start, shape) -> that view of the workspace
+        # (dtype, device, start, shape) -> that view of the workspace
+        self._views: dict[tuple, torch.Tensor] = {}
         self.handles = []
         for m in module.modules():
-            owned = [p for p in m._parameters.values() if p is not None and id(p) in self.infos]
+            owned = [p for p in m._parameters.values() if p is not None and id(p) in self.index]
             if owned:
                 need: dict[tuple, int] = {}
                 for p in owned:
@@ -95,25 +86,29 @@ class OnTheFly:
 
     def _pre(self, owned: list[torch.Tensor]):
         def hook(module, args):
-            if not self._point:
+            rows = self._rows
+            if rows is None:
                 return
-            passes: dict[tuple, list] = {}
+            if torch.compiler.is_compiling():
+                raise RuntimeError(_COMPILED)
+            passes: dict[int, list] = {}
             for p in owned:
-                info = self.infos[id(p)]
+                t = self.index[id(p)]
                 transient, k = self._transient(p)
-                cs, ss = point_coefficients(self._point, self._seeds, self._factor, info)
-                passes.setdefault((tuple(cs), tuple(ss)), []).append((info, transient))
+                passes.setdefault(rows.of[t], []).append((self.infos[t], transient))
                 self._saved.append((p, p.data, k, p.numel()))
                 p.data = transient
                 self._touched.add(id(p))
-            for (cs, ss), items in passes.items():
-                self.projection.add_many(items, list(cs), list(ss))
+            for e, items in passes.items():
+                cs, ss = rows.entries[e]
+                if cs:
+                    self.projection.add_many(items, list(cs), list(ss))
 
         return hook
 
     def _post(self, count: int):
         def hook(module, args, output):
-            if self._point:
+            if self._rows is not None:
                 self._release_if_aliased(output)
                 self._restore(len(self._saved) - count)
 
@@ -143,22 +138,28 @@ class OnTheFly:
                 self._top[k] -= n
 
     @contextlib.contextmanager
-    def at(
-        self, point: dict[int, float], seeds: Sequence[int], factor: Factor = None
-    ) -> Iterator[None]:
-        """Forwards inside this block see theta + point; W is restored even if a forward raises."""
-        self._point, self._seeds, self._factor = dict(point), seeds, factor
+    def at(self, rows: Rows):
+        """Forwards inside this block see theta + rows; W is restored even if a forward raises."""
+        self._rows = None if rows.empty else rows
         try:
             yield
         finally:
-            self._point = {}
+            self._rows = None
             self._restore()
-        if point and not self._warned:
+        if not rows.empty and not self._warned:
             self._check_coverage()
 
     def _check_coverage(self) -> None:
-        missed = [i.name for k, i in self.infos.items() if k not in self._touched]
+        missed = [i.name for i in self.infos if id(i.tensor) not in self._touched]
         self._warned = True
+        if len(missed) == len(self.infos):
+            raise RuntimeError(
+                f"kerzoo (perturb={self.mode!r}): the closure's forwards perturbed none of "
+                f"the {len(self.infos)} trainable tensors, so every loss is L(theta) and "
+                "nothing would train. Run the model given to kerzoo.optimizer inside the "
+                "closure; for a model whose weights are read outside their module's forward, "
+                "use perturb='inplace'"
+            )
         if missed:
             shown = ", ".join(missed[:5]) + (
                 f" and {len(missed) - 5} more" if len(missed) > 5 else ""

@@ -1,0 +1,117 @@
+"""The Perturber interface: how the optimizer enters and leaves a point.
+
+A Perturber gets the step's ``Rows`` (kerzoo.perturb.table) and makes the closures' forwards see
+theta + sum_i c_i z_i for each tensor. Strategies: ``InPlace`` writes the parameters (fused
+restore-and-perturb passes); ``OnTheFly`` (kerzoo.perturb.onthefly) shows each module's forward a
+perturbed transient and never writes W while perturbed; ``OutputPerturbation``
+(kerzoo.perturb.outputs) adds a low-rank direction to nn.Linear outputs. Only ``update`` changes
+theta.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+from ..projections.base import ParamInfo, Projection
+from .table import Rows
+
+
+class Perturber:
+    """Base class: ``at(rows)`` for forwards at a point, ``settle()`` back to theta, ``update``."""
+
+    mode = ""
+    exact_restore = False  # True when leaving a point restores theta bit for bit in every dtype
+
+    def __init__(self, infos: Sequence[ParamInfo], projection: Projection):
+        self.infos, self.projection = list(infos), projection
+
+    @contextlib.contextmanager
+    def at(self, rows: Rows) -> Iterator[None]:
+        """Forwards inside this block see theta + rows."""
+        raise NotImplementedError
+        yield
+
+    def settle(self) -> None:
+        """Make the parameters theta again (before an update rule that reads them)."""
+
+    def replay_at(self, rows: Rows) -> None:
+        """Replaying a step (no forward): do to the parameters what ``at(rows)`` did."""
+
+    def update(self, rows: Rows, rounding: str = "nearest", rounding_seed: int = 0) -> None:
+        """theta += rows (after leaving the step's last point), rounded as asked."""
+        self.settle()
+        self._add(rows, [None] * len(self.infos), rounding, rounding_seed)
+
+    def _add(self, rows: Rows, restore: Sequence, rounding: str, rounding_seed: int) -> None:
+        """One pass per distinct (restore, rows) pair: target += restore, then += rows, fused."""
+        passes: dict[tuple, list] = {}
+        for t, info in enumerate(self.infos):
+            passes.setdefault((restore[t], rows.of[t]), []).append((info, info.tensor))
+        for (back, k), items in passes.items():
+            cs, ss = rows.entries[k]
+            if back is not None:
+                cs, ss = back[0] + cs, back[1] + ss
+            if cs:
+                self.projection.add_many(
+                    items, list(cs), list(ss), rounding=rounding, rounding_seed=rounding_seed
+                )
+
+    def memory_bytes(self) -> int:
+        return 0
+
+    def remove(self) -> None:
+        """Detach from the module (hooks)."""
+
+
+class InPlace(Perturber):
+    """Writes theta + sum c_i z_i into the parameters; one fused pass from point to point."""
+
+    mode = "inplace"
+
+    def __init__(self, infos, projection):
+        super().__init__(infos, projection)
+        self.current: Rows | None = None  # the point the parameters are at (None: theta)
+
+    def goto(self, rows: Rows | None) -> None:
+        """Move the parameters from the current point to ``rows`` (None: theta)."""
+        if rows is None and self.current is None:
+            return
+        back = self.current
+        passes: dict[tuple, list] = {}
+        for t, info in enumerate(self.infos):
+            key = (back.of[t] if back else None, rows.of[t] if rows else None)
+            passes.setdefault(key, []).append((info, info.tensor))
+        for (b, k), items in passes.items():
+            rc, rs = back.entries[b] if b is not None else ((), ())
+            rc = tuple(-c for c in rc)
+            nc, ns = rows.entries[k] if k is not None else ((), ())
+            if len(rc) == 1 and len(nc) == 1:
+                self.projection.move_many(items, (rc[0], rs[0]), (nc[0], ns[0]))
+            else:
+                if rc:
+                    self.projection.add_many(items, list(rc), list(rs))
+                if nc:
+                    self.projection.add_many(items, list(nc), list(ns))
+        self.current = rows
+
+    @contextlib.contextmanager
+    def at(self, rows):
+        self.goto(None if rows.empty else rows)
+        yield
+
+    def settle(self):
+        self.goto(None)
+
+    def replay_at(self, rows):
+        self.goto(None if rows.empty else rows)
+
+    def update(self, rows, rounding="nearest", rounding_seed=0):
+        """Restore and update in one pass per tensor class."""
+        back = self.current
+        restore = [None] * len(self.infos)
+        if back is not None:
+            neg = [(tuple(-c for c in cs), ss) for cs, ss in back.entries]
+            restore = [neg[back.of[t]] for t in range(len(self.infos))]
+        self.current = None
+        self._add(rows, restore, rounding, rounding_seed)
