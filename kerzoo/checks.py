@@ -58,13 +58,6 @@ def before_build(opt: Any, module: torch.nn.Module | None, perturb: str) -> None
             "itself (kerzoo.optimizer(name, model)) for exact on-the-fly perturbation, or "
             "perturb='inplace' to accept the rounding"
         )
-    if opt.mode in ("onthefly", "outputs") and compiled(module):
-        raise ValueError(
-            f"perturb={opt.mode!r} cannot follow a compiled model: its forward hooks swap each "
-            "layer's weight, which a compiled graph does not see. Use perturb='inplace' with a "
-            "compiled model (fp32 weights restore to within rounding), or pass the uncompiled "
-            "model"
-        )
     if opt.projection.needs_center:
         seeds = list(range(opt.estimator.directions))
         plan = opt.estimator.plan(0, seeds, opt.eps)
@@ -77,15 +70,16 @@ def before_build(opt: Any, module: torch.nn.Module | None, perturb: str) -> None
 
 
 def compiled_model(opt: Any) -> None:
-    """At each step: a hooks mode refuses a model that was compiled after the optimizer was built
-    (``model.compile()``; ``torch.compile(model)`` is caught inside the hooks)."""
-    if opt.mode != "inplace" and compiled(opt.module):
-        raise RuntimeError(
-            f"the model was compiled after the optimizer was built, and perturb={opt.mode!r} "
-            "cannot follow a compiled model (its hooks swap each layer's weight, which a "
-            "compiled graph does not see); build the optimizer with perturb='inplace', or do "
-            "not compile the model"
-        )
+    """At each step, for a hooks mode: a model compiled (and run) before the optimizer added its
+    hooks holds graphs traced without them, whose forwards would all see theta. Such graphs are
+    dropped once (torch._dynamo.reset()) so the next forward traces the hooks."""
+    if opt.mode == "inplace" or getattr(opt, "_graphs_checked", False):
+        return
+    opt._graphs_checked = True
+    if compiled(opt._given_module):
+        import torch._dynamo
+
+        torch._dynamo.reset()
 
 
 @contextlib.contextmanager

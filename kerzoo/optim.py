@@ -64,9 +64,9 @@ class ZOOptimizer(torch.optim.Optimizer):
             raise ValueError(
                 f"perturb must be 'auto', 'inplace', 'onthefly' or 'outputs', got {perturb!r}"
             )
+        given = params if isinstance(params, torch.nn.Module) else module
         if isinstance(params, torch.nn.Module):
-            params = checks.unwrap(params) if perturb == "inplace" else params
-            if module is not None and checks.unwrap(module) is not params:
+            if module is not None and checks.unwrap(module) is not checks.unwrap(params):
                 raise ValueError(
                     "pass the module once: as params, or as module= beside param groups"
                 )
@@ -76,8 +76,9 @@ class ZOOptimizer(torch.optim.Optimizer):
                 raise ValueError(
                     "the module has no parameter with requires_grad=True: nothing to train"
                 )
-        if module is not None and perturb == "inplace":
-            module = checks.unwrap(module)  # in place works on a compiled model's own tensors
+        # a compiled model's own module: its parameter names (and so the directions drawn for
+        # them) are the eager model's, and its hooks are the ones the compiled graph traces
+        module = checks.unwrap(module) if module is not None else None
         names = {id(p): n for n, p in module.named_parameters()} if module is not None else {}
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "eps": eps})
         self.estimator, self.projection, self.update_rule = estimator, projection, update
@@ -131,7 +132,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         )
         self.stochastic_rounding = low if stochastic_rounding is None else bool(stochastic_rounding)
         checks.before_build(self, module, perturb)
-        self.module = module
+        self.module, self._given_module = module, given
         self.perturber: Perturber = perturbers.make(self.mode, module, self.infos, projection)
         self._step = 0
         self.skipped_steps = 0

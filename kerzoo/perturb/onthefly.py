@@ -104,7 +104,7 @@ class OnTheFly(Perturber):
                 if cs:
                     self.projection.add_many(items, list(cs), list(ss))
 
-        return hook
+        return torch.compiler.disable(hook, recursive=True)
 
     def _post(self, count: int):
         def hook(module, args, output):
@@ -112,7 +112,7 @@ class OnTheFly(Perturber):
                 self._release_if_aliased(output)
                 self._restore(len(self._saved) - count)
 
-        return hook
+        return torch.compiler.disable(hook, recursive=True)
 
     def _release_if_aliased(self, output: object) -> None:
         """An output that is a view of a transient (a module returning its own weight, say) keeps

@@ -73,7 +73,7 @@ class OutputPerturbation(OnTheFly):
                 swapped += 1
             self._stack.append((swapped, factors))
 
-        return hook
+        return torch.compiler.disable(hook, recursive=True)
 
     def _post(self, count):
         def hook(module, args, output):
@@ -103,7 +103,7 @@ class OutputPerturbation(OnTheFly):
                 .to(output.dtype)
             )
 
-        return hook
+        return torch.compiler.disable(hook, recursive=True)
 
     def _restore(self, down_to: int = 0) -> None:
         super()._restore(down_to)
