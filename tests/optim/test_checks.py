@@ -40,7 +40,7 @@ def test_low_precision_parameters_without_their_module_are_refused_with_the_fix(
 def test_meta_parameters_are_refused_before_anything_moves():
     with torch.device("meta"):
         model = mlp()
-    with pytest.raises(ValueError, match="meta device.*device_map"):
+    with pytest.raises(ValueError, match=r"meta device.*device_map"):
         kerzoo.optimizer("mezo", model)
 
 
