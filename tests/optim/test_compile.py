@@ -37,7 +37,7 @@ def graphs() -> int:
     return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
 
-def run(dtype, perturb, how):
+def run(dtype, perturb, how, preset="mezo", **options):
     """Losses per step, final weights, graphs after 3 steps and after all."""
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
@@ -48,7 +48,7 @@ def run(dtype, perturb, how):
         forward(input_ids=IDS)
     elif how == "method":
         model.compile()
-    opt = kerzoo.optimizer("mezo", given, lr=0.0, eps=1e-3, perturb=perturb, seed=3)
+    opt = kerzoo.optimizer(preset, given, lr=0.0, eps=1e-3, perturb=perturb, seed=3, **options)
     if how == "after":
         forward = torch.compile(model)
     losses, warm = [], None
@@ -80,3 +80,12 @@ def test_in_place_on_a_compiled_fp32_model_matches_eager():
     assert all(torch.equal(a, b) for a, b in zip(e_weights, weights))
     assert warm > 0 and final == warm
     torch.testing.assert_close(losses, e_losses, rtol=1e-5, atol=0)
+
+
+def test_output_perturbation_on_a_compiled_bf16_model_matches_eager():
+    e_losses, _, _, _ = run(torch.bfloat16, "outputs", "eager", "subzero", rank=2)
+    losses, weights, warm, final = run(torch.bfloat16, "outputs", "after", "subzero", rank=2)
+    start = [p.detach() for p in llama(torch.bfloat16).parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(start, weights))
+    assert warm > 0 and final == warm
+    torch.testing.assert_close(losses, e_losses, rtol=2**-8, atol=0)
