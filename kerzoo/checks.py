@@ -65,6 +65,12 @@ def before_build(opt: Any, module: torch.nn.Module | None, perturb: str) -> None
             "(bases or state), so the past directions could not be rebuilt; use projection "
             "'dense', or update 'momentum' (a full buffer)"
         )
+    if opt.projection.reads_weights and opt.mode == "inplace":
+        raise ValueError(
+            f"projection {opt.projection.name!r} computes its directions from the weights "
+            "themselves, which in place hold theta + eps z while a point is active; pass the "
+            "model (kerzoo.optimizer(name, model)) so that it perturbs on the fly"
+        )
     if opt.projection.needs_center:
         seeds = list(range(opt.estimator.directions))
         plan = opt.estimator.plan(0, seeds, opt.eps)

@@ -128,7 +128,11 @@ class ZOOptimizer(torch.optim.Optimizer):
         self.mode = (
             perturb
             if perturb != "auto"
-            else ("onthefly" if module is not None and low else "inplace")
+            else (
+                "onthefly"
+                if module is not None and (low or projection.reads_weights)
+                else "inplace"
+            )
         )
         self.stochastic_rounding = low if stochastic_rounding is None else bool(stochastic_rounding)
         checks.before_build(self, module, perturb)

@@ -44,6 +44,7 @@ BUILTIN_PLUGINS = (
     "kerzoo.projections.lowrank",
     "kerzoo.projections.aligned",
     "kerzoo.projections.hessian",
+    "kerzoo.projections.sparse",
     "kerzoo.projections.presets",
     "kerzoo.updates.rules",
     "kerzoo.presets",

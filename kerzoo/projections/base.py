@@ -60,6 +60,9 @@ class Projection:
     # True when Z_i(seed, p) is the same at every step (no bases or state that change): an update
     # rule may then rebuild past steps' directions from their seeds (momentum-replay)
     stationary: ClassVar[bool] = False
+    # True when add() reads p.tensor's values (a mask from the weights): p.tensor must then be
+    # theta itself while a point is active, so the optimizer perturbs on the fly
+    reads_weights: ClassVar[bool] = False
 
     def __init__(self, **options: Any):
         from ..registry import unknown_options

@@ -27,6 +27,19 @@ PRESETS = (
         "(3 forwards, one full-size fp32 buffer)",
     ),
     Preset(
+        "sparse-mezo",
+        {**TWO_POINT_SGD, "projection": "sparse-mezo"},
+        {"lr": 1e-6, "eps": 1e-3, "sparsity": 0.75},
+        "Sparse MeZO: two-point MeZO on the weights below each tensor's 25 % magnitude "
+        "quantile, mask from the weights on the fly",
+    ),
+    Preset(
+        "lezo",
+        {**TWO_POINT_SGD, "projection": "lezo"},
+        {"lr": 1e-6, "eps": 1e-3, "fraction": 0.25},
+        "LeZO: two-point MeZO on a random quarter of the model's blocks each step",
+    ),
+    Preset(
         "kerzoo-lowrank",
         {"estimator": "kernel", "projection": "lowrank", "update": "sgd"},
         {"lr": 1e-6, "eps": 1e-3, "kernel": "legendre3", "directions": 3, "rank": 1, "nu": 100},
