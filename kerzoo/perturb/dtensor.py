@@ -134,7 +134,11 @@ def refuse_mode(opt: Any) -> None:
             f"perturb={opt.mode!r}{why} is not supported yet for DTensor parameters such as "
             f"{first.name} (a model sharded with FSDP2's fully_shard); build the optimizer with "
             "perturb='inplace'"
-            + (f" (each restore of a {dtype} shard then rounds), or keep the shards in fp32" if low else "")
+            + (
+                f" (each restore of a {dtype} shard then rounds), or keep the shards in fp32"
+                if low
+                else ""
+            )
         )
 
 

@@ -6,7 +6,8 @@ argv[1]: a JSON file {"out": a folder, "jobs": [...]}. A job {"name", "model", "
 ``batch`` "same": every rank evaluates the whole batch, "split": each rank its half. Rank 0 then
 trains an unsharded copy on the whole batch in this process (same threads, same kernels) and
 saves both runs' losses and weights to out/<name>.pt. A job {"refuse": case} builds an optimizer
-that must be refused and saves the message to out/<name>.txt.
+that must be refused and saves the message to out/<name>.txt. ``peek``: a forward of the user's
+after each step, whose loss is recorded too.
 """
 
 import json
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import Shard
 
 import kerzoo
@@ -64,7 +65,9 @@ def shard(model: torch.nn.Module, kind: str, **options) -> torch.nn.Module:
 def batches(kind: str, steps: int) -> list:
     g = torch.Generator().manual_seed(1)
     if kind == "mlp":
-        return [(torch.randn(8, 6, generator=g), torch.randn(8, 1, generator=g)) for _ in range(steps)]
+        return [
+            (torch.randn(8, 6, generator=g), torch.randn(8, 1, generator=g)) for _ in range(steps)
+        ]
     return [torch.randint(0, 101, (4, 8), generator=g) for _ in range(steps)]
 
 
@@ -88,6 +91,13 @@ def train(model, job, data, rank=0, world=1):
     for batch in data:
         mine = part(batch, job["model"], rank, world) if job["batch"] == "split" else batch
         losses.append(opt.step(lambda b=mine: loss_of(model, job["model"], b)))
+        if job.get(
+            "peek"
+        ):  # a forward of the user's between steps (FSDP2 leaves the root gathered)
+            with torch.no_grad():
+                losses.append(float(loss_of(model, job["model"], batch)))
+    state = opt.state_dict()  # the update rule's state is keyed by the parameters
+    opt.load_state_dict(state)
     return losses
 
 
@@ -105,6 +115,8 @@ def refuse(case: str) -> str:
         "projection": {"projection": WholeOnly},
     }.get(case, {})
     try:
+        if case == "params":
+            kerzoo.optimizer("mezo", list(model.parameters()))
         kerzoo.optimizer("mezo", model, **options)
     except ValueError as exc:
         return str(exc)
@@ -127,6 +139,9 @@ def main():
         data = batches(kind, job["steps"])
         model = shard(build(kind), kind)
         losses = train(model, job, data, rank, world)
+        for m in model.modules():  # a forward of the user's leaves the root gathered
+            if isinstance(m, FSDPModule):
+                m.reshard()
         full = {n: p.full_tensor() for n, p in model.named_parameters()}
         if rank == 0:
             alone = build(kind)
