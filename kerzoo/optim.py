@@ -160,7 +160,13 @@ class ZOOptimizer(torch.optim.Optimizer):
             dtensor.refuse_mode(self)
         checks.before_build(self, module, perturb)
         self.module, self._given_module = module, given
-        self.perturber: Perturber = perturbers.make(self.mode, module, self.infos, projection)
+        self.perturber: Perturber = (
+            dtensor.ShardedOnTheFly(
+                module, self.infos, projection, [self._owner[id(i)] for i in self.infos]
+            )
+            if self._dtensors and self.mode == "onthefly"
+            else perturbers.make(self.mode, module, self.infos, projection)
+        )
         self._step = 0
         self.skipped_steps = 0
         self.last_record: dict[str, Any] | None = None

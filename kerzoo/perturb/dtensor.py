@@ -21,6 +21,9 @@ from typing import Any
 
 import torch
 
+from ..projections.base import ParamInfo
+from .onthefly import _COMPILED, OnTheFly
+
 FIX = (
     "shard the model with fully_shard's defaults (Shard(0) on a 1-D mesh), or leave the tensor "
     "unsharded"
@@ -123,22 +126,23 @@ def refuse(opt: Any, clip: float, projection: Any) -> None:
 
 
 def refuse_mode(opt: Any) -> None:
-    """FSDP2 swaps each module's parameters for gathered ones during its forward, so the hooks of
-    the on-the-fly and outputs modes would not find the optimizer's tensors: in place only."""
-    if opt.mode != "inplace":
-        first = opt.infos[opt._dtensors[0][0]]
-        low = first.tensor.dtype in (torch.float16, torch.bfloat16)
-        dtype = str(first.tensor.dtype).replace("torch.", "")
-        why = f" (the default for {dtype} parameters)" if low else ""
+    """In place and on the fly (ShardedOnTheFly) follow FSDP2; outputs mode does not yet, nor an
+    on-the-fly projection whose state is shaped like the tensor it holds (HiZOO's Hessian: a
+    rank holds its shard's rows, the forward sees the whole tensor)."""
+    from ..projections.dense import Dense
+    from ..projections.lowrank import LowRankDirections
+
+    first = opt.infos[opt._dtensors[0][0]]
+    if opt.mode == "outputs":
         raise ValueError(
-            f"perturb={opt.mode!r}{why} is not supported yet for DTensor parameters such as "
-            f"{first.name} (a model sharded with FSDP2's fully_shard); build the optimizer with "
-            "perturb='inplace'"
-            + (
-                f" (each restore of a {dtype} shard then rounds), or keep the shards in fp32"
-                if low
-                else ""
-            )
+            f"perturb='outputs' is not supported yet for DTensor parameters such as {first.name} "
+            "(a model sharded with FSDP2's fully_shard); use perturb='onthefly' or 'inplace'"
+        )
+    if opt.mode == "onthefly" and not isinstance(opt.projection, (Dense, LowRankDirections)):
+        raise ValueError(
+            f"projection {opt.projection.name!r} keeps per-tensor state shaped like each rank's "
+            f"shard (of {first.name}, a DTensor), which an on-the-fly forward over the whole "
+            "gathered tensor cannot use; use perturb='inplace' with a sharded model"
         )
 
 
@@ -167,3 +171,72 @@ def reshard(modules: list) -> None:
     """Free the gathered parameters of every FSDP module: the next forward gathers the shards."""
     for m in modules:
         m.reshard()
+
+
+class ShardedOnTheFly(OnTheFly):
+    """On the fly over FSDP2: during a module's forward its parameters are the gathered, whole
+    tensors (FSDP's pre-forward hook ran first), so the pre-hook finds each one by name, copies it
+    into a transient and adds the whole tensor's direction (offset 0); the forward hook puts the
+    gathered tensor back before FSDP frees it. The shards are written only by the update, at their
+    offsets, so the restore is exact in every dtype, FSDP2's MixedPrecisionPolicy included (the
+    transient has the gathered tensor's dtype)."""
+
+    def __init__(self, module, infos, projection, owners):
+        super().__init__(torch.nn.Module(), infos, projection)  # no hooks: they are set here
+        from torch.distributed.fsdp import FSDPModule
+
+        of = {id(p): t for t, p in enumerate(owners)}
+        for m in module.modules():
+            owned = [(n, of[id(p)]) for n, p in m._parameters.items() if id(p) in of]
+            if not owned:
+                continue
+            need: dict[tuple, int] = {}
+            for _, t in owned:
+                p = owners[t]
+                need[(p.dtype, p.device)] = need.get((p.dtype, p.device), 0) + p.numel()
+            for k, n in need.items():
+                self._ws_size[k] = max(self._ws_size.get(k, 0), n)
+            self.handles.append(m.register_forward_pre_hook(self._pre_named(owned)))
+            # before FSDP's own forward hook, which frees the gathered tensors
+            self.handles.append(
+                m.register_forward_hook(self._post(len(owned)), prepend=isinstance(m, FSDPModule))
+            )
+
+    def _pre_named(self, owned: list[tuple[str, int]]):
+        def hook(module, args):
+            rows = self._rows
+            if rows is None:
+                return
+            if torch.compiler.is_compiling():
+                raise RuntimeError(_COMPILED)
+            passes: dict[int, list] = {}
+            # while the directions are added, a shard's ParamInfo describes the gathered tensor
+            # (offset 0, its own shape): projections key their state by the ParamInfo
+            shards: list[tuple[ParamInfo, torch.Tensor, int, Any]] = []
+            try:
+                for name, t in owned:
+                    p = module._parameters[name]
+                    if is_dtensor(p):
+                        raise RuntimeError(
+                            f"kerzoo (perturb='onthefly'): {self.infos[t].name} is still sharded "
+                            "during its module's forward; shard the module that owns it (or one "
+                            "above) with fully_shard, or use perturb='inplace'"
+                        )
+                    info = self.infos[t]
+                    self._touched.add(id(info.tensor))
+                    if info.tensor is not p:
+                        shards.append((info, info.tensor, info.offset, info.shape))
+                        info.tensor, info.offset, info.shape = p, 0, None
+                    transient, k = self._transient(p)
+                    passes.setdefault(rows.of[t], []).append((info, transient))
+                    self._saved.append((p, p.data, k, p.numel()))
+                    p.data = transient
+                for e, items in passes.items():
+                    cs, ss = rows.entries[e]
+                    if cs:
+                        self.projection.add_many(items, list(cs), list(ss))
+            finally:
+                for info, tensor, offset, shape in shards:
+                    info.tensor, info.offset, info.shape = tensor, offset, shape
+
+        return torch.compiler.disable(hook, recursive=True)

@@ -7,7 +7,8 @@ argv[1]: a JSON file {"out": a folder, "jobs": [...]}. A job {"name", "model", "
 trains an unsharded copy on the whole batch in this process (same threads, same kernels) and
 saves both runs' losses and weights to out/<name>.pt. A job {"refuse": case} builds an optimizer
 that must be refused and saves the message to out/<name>.txt. ``peek``: a forward of the user's
-after each step, whose loss is recorded too.
+after each step, whose loss is recorded too; ``dtype``: the model's ("bfloat16"); ``mp``: FSDP2's
+MixedPrecisionPolicy with bf16 compute over the shards.
 """
 
 import json
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import Shard
 
 import kerzoo
@@ -87,10 +88,11 @@ def part(batch, kind, rank, world):
 
 def train(model, job, data, rank=0, world=1):
     opt = kerzoo.optimizer(job["preset"], model, **job["options"])
-    losses = []
+    losses, coefs = [], []
     for batch in data:
         mine = part(batch, job["model"], rank, world) if job["batch"] == "split" else batch
         losses.append(opt.step(lambda b=mine: loss_of(model, job["model"], b)))
+        coefs += opt.last_record["coefs"]
         if job.get(
             "peek"
         ):  # a forward of the user's between steps (FSDP2 leaves the root gathered)
@@ -98,26 +100,26 @@ def train(model, job, data, rank=0, world=1):
                 losses.append(float(loss_of(model, job["model"], batch)))
     state = opt.state_dict()  # the update rule's state is keyed by the parameters
     opt.load_state_dict(state)
-    return losses
+    return losses, coefs
 
 
 def refuse(case: str) -> str:
     kind = "mlp"
-    model = build(kind).to(torch.bfloat16 if case == "bf16" else torch.float32)
+    model = build(kind)
     if case == "shard1":
         shard(model, kind, shard_placement_fn=lambda p: Shard(1) if p.shape == (5, 6) else None)
     else:
         shard(model, kind)
     options = {
         "clip": {"clip": 1.0},
-        "onthefly": {"perturb": "onthefly"},
         "outputs": {"perturb": "outputs"},
         "projection": {"projection": WholeOnly},
+        "hessian": {"perturb": "onthefly"},
     }.get(case, {})
     try:
         if case == "params":
             kerzoo.optimizer("mezo", list(model.parameters()))
-        kerzoo.optimizer("mezo", model, **options)
+        kerzoo.optimizer("hizoo" if case == "hessian" else "mezo", model, **options)
     except ValueError as exc:
         return str(exc)
     return "NOT REFUSED"
@@ -137,22 +139,27 @@ def main():
             continue
         kind = job["model"]
         data = batches(kind, job["steps"])
-        model = shard(build(kind), kind)
-        losses = train(model, job, data, rank, world)
+        dtype = getattr(torch, job.get("dtype", "float32"))
+        mp = (
+            {"mp_policy": MixedPrecisionPolicy(param_dtype=torch.bfloat16)} if job.get("mp") else {}
+        )
+        model = shard(build(kind).to(dtype), kind, **mp)
+        losses, coefs = train(model, job, data, rank, world)
         for m in model.modules():  # a forward of the user's leaves the root gathered
             if isinstance(m, FSDPModule):
                 m.reshard()
         full = {n: p.full_tensor() for n, p in model.named_parameters()}
         if rank == 0:
-            alone = build(kind)
-            alone_losses = train(alone, {**job, "batch": "same"}, data)
+            alone = build(kind).to(dtype)
+            alone_losses, _ = train(alone, {**job, "batch": "same"}, data)
             torch.save(
                 {
                     "losses": losses,
+                    "coefs": coefs,
                     "params": full,
                     "alone_losses": alone_losses,
                     "alone": {n: p.detach() for n, p in alone.named_parameters()},
-                    "start": {n: p.detach() for n, p in build(kind).named_parameters()},
+                    "start": {n: p.detach() for n, p in build(kind).to(dtype).named_parameters()},
                 },
                 out / f"{job['name']}.pt",
             )

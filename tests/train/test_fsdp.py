@@ -25,15 +25,21 @@ SAME = [
     ("subzero-llama", "llama", "subzero", {"lr": 1e-3, "refresh": 2}, {}),
     ("hizoo-mlp", "mlp", "hizoo", {"lr": 1e-2}, {}),
     ("adam-mlp", "mlp", "zo-adam", {"lr": 1e-3}, {}),
+    ("onthefly-mlp", "mlp", "mezo", {"lr": 1e-2, "perturb": "onthefly"}, {}),
+    ("onthefly-llama", "llama", "mezo", {"lr": 1e-3, "perturb": "onthefly"}, {"peek": True}),
+    ("onthefly-subzero", "llama", "subzero", {"lr": 1e-3, "perturb": "onthefly"}, {}),
+]
+# lr = 0 on the fly: the shards are never written, so they stay bit-identical
+EXACT = [
+    ("bf16-shards", "llama", "mezo", {"lr": 0.0, "eps": 1e-2}, {"dtype": "bfloat16"}),
+    ("mixed-precision", "llama", "mezo", {"lr": 0.0, "perturb": "onthefly"}, {"mp": True}),
 ]
 REFUSED = {
     "clip": r"clip = 1.0 clips by each tensor's norm, which a rank holding only its shard of "
     r"0.weight \(a DTensor, FSDP2\) does not know; use clip = 0",
-    "onthefly": r"perturb='onthefly' is not supported yet for DTensor parameters such as 0.weight "
-    r".*perturb='inplace'$",
-    "outputs": r"perturb='outputs' is not supported yet for DTensor parameters",
-    "bf16": r"perturb='onthefly' \(the default for bfloat16 parameters\) is not supported yet .* "
-    r"or keep the shards in fp32",
+    "outputs": r"perturb='outputs' is not supported yet for DTensor parameters such as 0.weight",
+    "hessian": r"projection 'hessian' keeps per-tensor state shaped like each rank's shard \(of "
+    r"0.weight, a DTensor\).*use perturb='inplace'",
     "projection": r"projection 'whole-only' builds each direction from the whole tensor, so it "
     r"cannot perturb 0.weight",
     "shard1": r"parameter 0.weight is a DTensor placed as \(Shard\(dim=1\),\) on a 1-D mesh; .*"
@@ -48,7 +54,7 @@ def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp")
     jobs = [
         {"name": n, "model": m, "preset": p, "options": o, "steps": 4, "batch": "same", **extra}
-        for n, m, p, o, extra in SAME
+        for n, m, p, o, extra in SAME + EXACT
     ]
     jobs.append(
         {"name": "split", "model": "mlp", "preset": "mezo", "options": {"lr": 1e-2}, "steps": 4}
@@ -61,7 +67,8 @@ def runs(tmp_path_factory):
     cmd += [str(WORKER), str(spec)]  # --standalone: a local rendezvous on a free port
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-5000:]
+    rank0 = "\n".join(line for line in done.stderr.splitlines() if line.startswith("[rank0]"))
+    assert done.returncode == 0, done.stdout[-3000:] + (rank0 or done.stderr)[-5000:]
     saved = {j["name"]: out / f"{j['name']}.pt" for j in jobs if "refuse" not in j}
     return {
         **{n: torch.load(f) for n, f in saved.items()},
@@ -84,6 +91,16 @@ def test_a_fully_sharded_model_follows_the_unsharded_run_bit_for_bit(runs, name)
     for n, w in run["params"].items():
         assert torch.equal(w, run["alone"][n]), n
     assert run["losses"] == run["alone_losses"]
+
+
+@pytest.mark.parametrize("name", [c[0] for c in EXACT])
+def test_on_the_fly_never_writes_the_shards_bf16_and_mixed_precision(runs, name):
+    """bf16 shards (on the fly by default) and fp32 shards gathered to bf16 (MixedPrecisionPolicy):
+    at lr = 0 every shard stays bit-identical through the perturbed forwards."""
+    run = runs[name]
+    for n, w in run["params"].items():
+        assert torch.equal(w, run["start"][n]), n
+    assert all(c != 0 for c in run["coefs"])  # L+ != L-: the forwards saw the perturbations
 
 
 def test_ranks_evaluating_their_halves_of_the_batch_follow_the_whole_batch(runs):
