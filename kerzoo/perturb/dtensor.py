@@ -9,6 +9,9 @@ perturber that local tensor with ``ParamInfo.offset`` = the global flat index of
 and ``ParamInfo.shape`` = the whole shape: the engine then draws exactly the slice of the whole
 tensor's direction, and the gathered weights follow an unsharded run.
 
+On the fly (``ShardedOnTheFly``) the shards are written only by the update: a module's forward
+sees its gathered parameters plus the whole tensor's direction, in a transient.
+
 The loss at each point is averaged over the mesh's ranks (one all-reduce of a float64 per
 forward), so every rank computes the same coefficients and applies the same update to its rows,
 whether the ranks evaluated the same batch or each its own part of it.
