@@ -22,7 +22,7 @@ import torch
 
 from . import checks, engine, perturb as perturbers
 from .estimators.base import Estimator, Plan
-from .perturb import Perturber, Rows, Table
+from .perturb import Perturber, Rows, Table, dtensor
 from .projections.base import ParamInfo, Projection
 from .seeds import derive, direction_seeds
 from .updates.base import Update, UpdateContext
@@ -107,6 +107,10 @@ class ZOOptimizer(torch.optim.Optimizer):
                 "with sharded parameters, or replicated data parallel (distributed.shard = false)"
             )
         self.infos: list[ParamInfo] = []
+        # the parameter each tensor the perturber moves belongs to (its optimizer state's key): a
+        # DTensor's ParamInfo holds its local shard
+        self._owner: dict[int, torch.Tensor] = {}
+        self._dtensors: list[tuple[int, torch.Tensor]] = []  # (tensor index, DTensor parameter)
         for gi, group in enumerate(self.param_groups):
             for pi, p in enumerate(group["params"]):
                 if not p.is_contiguous():
@@ -118,7 +122,28 @@ class ZOOptimizer(torch.optim.Optimizer):
                 name, offset, whole = shard_of.get(
                     id(p), (names.get(id(p), f"group{gi}.param{pi}"), 0, None)
                 )
-                self.infos.append(ParamInfo(name, engine.param_key(name), p, gi, offset, whole))
+                tensor = p
+                if dtensor.is_dtensor(p):
+                    if id(p) in shard_of:
+                        raise ValueError(
+                            f"parameter {name} is a DTensor, which carries its own shard: leave "
+                            "it out of shards="
+                        )
+                    tensor, offset, whole = dtensor.local_shard(p, name)
+                    self._dtensors.append((len(self.infos), p))
+                info = ParamInfo(name, engine.param_key(name), tensor, gi, offset, whole)
+                self._owner[id(info)] = p
+                self.infos.append(info)
+        # DTensor parameters (FSDP2): each point's loss is averaged over the mesh's ranks
+        self._reduce = (
+            dtensor.group_of({self.infos[t].name: p for t, p in self._dtensors})
+            if self._dtensors
+            else None
+        )
+        self._fsdp: list[torch.nn.Module] = []
+        if self._dtensors:
+            dtensor.refuse(self, clip, projection)
+            self._fsdp = dtensor.fsdp_modules(module, self.infos[self._dtensors[0][0]].name)
         self.projection.setup(self.infos, self.seed)
         low = any(i.tensor.dtype in LOW_PRECISION for i in self.infos)
         if perturb in ("onthefly", "outputs") and module is None:
@@ -135,9 +160,17 @@ class ZOOptimizer(torch.optim.Optimizer):
             )
         )
         self.stochastic_rounding = low if stochastic_rounding is None else bool(stochastic_rounding)
+        if self._dtensors:
+            dtensor.refuse_mode(self)
         checks.before_build(self, module, perturb)
         self.module, self._given_module = module, given
-        self.perturber: Perturber = perturbers.make(self.mode, module, self.infos, projection)
+        self.perturber: Perturber = (
+            dtensor.ShardedOnTheFly(
+                module, self.infos, projection, [self._owner[id(i)] for i in self.infos]
+            )
+            if self._dtensors and self.mode == "onthefly"
+            else perturbers.make(self.mode, module, self.infos, projection)
+        )
         self._step = 0
         self.skipped_steps = 0
         self.last_record: dict[str, Any] | None = None
@@ -150,7 +183,9 @@ class ZOOptimizer(torch.optim.Optimizer):
             return None
         with self.perturber.at(rows), checks.forward_mode(self.module):
             values = [checks.loss_value(c()) for c in closures]
-        return sum(values) / len(values)
+        dtensor.reshard(self._fsdp)  # FSDP2: the next forward gathers the shards as they are then
+        loss = sum(values) / len(values)
+        return dtensor.mean_over(loss, *self._reduce) if self._reduce else loss
 
     def step(self, closure: Closure | Sequence[Closure] | None = None) -> float:  # type: ignore[override]
         if closure is None:
@@ -188,6 +223,9 @@ class ZOOptimizer(torch.optim.Optimizer):
     @torch.no_grad()
     def _run_step(self, closures: Sequence[Closure] | None, record: dict[str, Any] | None) -> float:
         step = self._step
+        if self._dtensors:  # a forward since the last step may have left modules gathered
+            dtensor.reshard(self._fsdp)
+            dtensor.rebind(self.infos, self._dtensors)
         seeds = direction_seeds(self.seed, step, self.estimator.directions)
         plan: Plan = self.estimator.plan(step, seeds, self.eps)
         plan.table = table = self.table(plan)
@@ -284,7 +322,7 @@ class ZOOptimizer(torch.optim.Optimizer):
             table.seeds,
             self.projection,
             self.param_groups,
-            lambda p: self.state[p.tensor],
+            lambda p: self.state[self._owner[id(p)]],
             evaluate_at,
             table=table,
         )
