@@ -36,12 +36,6 @@ def test_reference_philox_matches_random123_known_answers(ctr, key, expected):
     assert tuple(int(w) for w in out) == expected
 
 
-@pytest.fixture(scope="module")
-def ext():
-    if engine.info()[0]["cpu"] != "c++":
-        pytest.skip("the C++ extension is not built here: " + engine.info()[0]["why"])
-
-
 @settings(max_examples=40, deadline=None)
 @given(
     seed=seeds,
