@@ -289,8 +289,10 @@ def _run_with_broken_compiler(tmp_path, code, **env):
     import subprocess
     import sys
 
-    env = {**os.environ, "KERZOO_EXT_DIR": str(tmp_path), "CXX": "false", "CC": "false", **env}
-    env.pop("KERZOO_DISABLE_EXT", None)
+    base = {
+        k: v for k, v in os.environ.items() if k not in ("KERZOO_DISABLE_EXT", "KERZOO_REQUIRE_EXT")
+    }
+    env = {**base, "KERZOO_EXT_DIR": str(tmp_path), "CXX": "false", "CC": "false", **env}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
 
 
