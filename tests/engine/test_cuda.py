@@ -9,8 +9,8 @@ import torch
 
 import kerzoo.engine as engine
 from kerzoo.engine import reference as R
+from kerzoo.engine.build import CUDA_DIR
 
-ROOT = Path(__file__).resolve().parents[2]
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 
@@ -24,7 +24,7 @@ def test_cuda_kernels_compile_with_nvcc(tmp_path):
             "-std=c++17",
             "-arch=sm_90",
             "-O3",
-            str(ROOT / "extensions/cuda/kernels.cu"),
+            str(CUDA_DIR / "kernels.cu"),
             "-o",
             str(tmp_path / "kernels.o"),
         ],
@@ -67,24 +67,17 @@ def test_cuda_torch_glue_compiles_against_torch_headers(tmp_path):
         *(f"-I{p}" for p in include_paths()),
         f"-I{_cuda_include()}",
         f"-I{tmp_path}",
-        str(ROOT / "extensions/cuda/ops_cuda.cpp"),
+        str(CUDA_DIR / "ops_cuda.cpp"),
     ]
     out = subprocess.run(cmd, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
-
-
-def cuda_backend():
-    rows = engine.info()
-    if rows[0]["cuda"] != "cuda":
-        pytest.skip(f"CUDA kernels not built: {rows[0]['why']}")
 
 
 @gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("dist", ["gaussian", "rademacher"])
 @pytest.mark.parametrize("n,offset", [(1, 0), (1001, 7), (1 << 20, 4), (4097, 2**40 + 3)])
-def test_cuda_fill_and_add_equal_cpu_reference(dtype, dist, n, offset):
-    cuda_backend()
+def test_cuda_fill_and_add_equal_cpu_reference(cuda_ext, dtype, dist, n, offset):
     a = engine.fill_z(torch.empty(n, dtype=dtype, device="cuda"), 99, 1234, offset, dist).cpu()
     b = torch.empty(n, dtype=dtype)
     R.fill_z(b, 99, 1234, offset, R.DIST_CODES[dist])
@@ -105,8 +98,7 @@ def test_cuda_fill_and_add_equal_cpu_reference(dtype, dist, n, offset):
 
 
 @gpu
-def test_cuda_rademacher_bits_equal_cpu_exactly():
-    cuda_backend()
+def test_cuda_rademacher_bits_equal_cpu_exactly(cuda_ext):
     a = engine.fill_z(torch.empty(123457, device="cuda"), 5, 6, 11, "rademacher").cpu()
     b = engine.fill_z(torch.empty(123457), 5, 6, 11, "rademacher")
     assert torch.equal(a, b)
@@ -114,8 +106,7 @@ def test_cuda_rademacher_bits_equal_cpu_exactly():
 
 @gpu
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_cuda_restore_perturb_identical_to_two_adds(dtype):
-    cuda_backend()
+def test_cuda_restore_perturb_identical_to_two_adds(cuda_ext, dtype):
     theta = (torch.randn(100003, device="cuda") * 0.05).to(dtype)
     a, b = theta.clone(), theta.clone()
     engine.restore_perturb(a, -1e-3, 8, -1e-3, 8, 3)
@@ -125,8 +116,7 @@ def test_cuda_restore_perturb_identical_to_two_adds(dtype):
 
 
 @gpu
-def test_cuda_stochastic_rounding_is_unbiased():
-    cuda_backend()
+def test_cuda_stochastic_rounding_is_unbiased(cuda_ext):
     theta = torch.ones(1 << 20, dtype=torch.bfloat16, device="cuda")
     engine.add_z_multi(theta, [1e-4], [4], 3, rounding="stochastic", rounding_seed=9)
     z = engine.fill_z(torch.empty(1 << 20, dtype=torch.float64, device="cuda"), 4, 3)
@@ -135,8 +125,7 @@ def test_cuda_stochastic_rounding_is_unbiased():
 
 
 @gpu
-def test_cuda_more_directions_than_one_launch_holds():
-    cuda_backend()
+def test_cuda_more_directions_than_one_launch_holds(cuda_ext):
     theta = torch.zeros(1000, dtype=torch.float64, device="cuda")
     ref = torch.zeros(1000, dtype=torch.float64)
     coefs, seeds = [0.01 * (i + 1) for i in range(40)], list(range(40))
@@ -146,8 +135,7 @@ def test_cuda_more_directions_than_one_launch_holds():
 
 
 @gpu
-def test_cuda_foreach_over_more_tensors_than_one_launch_equals_the_reference():
-    cuda_backend()
+def test_cuda_foreach_over_more_tensors_than_one_launch_equals_the_reference(cuda_ext):
     g = torch.Generator().manual_seed(0)
     sizes = [int(x) for x in torch.randint(0, 5000, (120,), generator=g)] + [1 << 20, 3]
     thetas = [(torch.randn(n, generator=g) * 0.05).to(DTYPES[i % 4]) for i, n in enumerate(sizes)]
@@ -172,10 +160,9 @@ def test_cuda_foreach_over_more_tensors_than_one_launch_equals_the_reference():
 @gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m,n,r", [(1, 1, 1), (37, 1001, 3), (2048, 513, 8), (5, 70000, 16)])
-def test_cuda_add_lowrank_equals_the_reference(dtype, m, n, r):
+def test_cuda_add_lowrank_equals_the_reference(cuda_ext, dtype, m, n, r):
     """One kernel, no m x n temporary, accumulated in float32 (float64 for a float64 theta) and
     rounded once: equal to the reference's row-block addmm to the rounding of that sum."""
-    cuda_backend()
     assert (
         engine.info()[[row["op"] for row in engine.info()].index("add_lowrank")]["cuda"] == "cuda"
     )
