@@ -61,19 +61,26 @@ def plain_loop(dataset, steps, batch, accumulate, lr, scaled=False):
 
 def test_same_step_as_the_plain_loop_bit_for_bit(tmp_path, dataset, monkeypatch):
     """Four steps of two micro-batches: the same parameters bit for bit as kerzoo's own loop (a
-    list of closures per window), no backward, no .grad, and the logs carry the projected
-    gradient, not a grad_norm."""
+    list of closures per window), no backward, no .grad, every forward with dropout off (GPT-2's
+    is 0.1; Trainer puts the model in train mode before each micro-batch, and gets it back), and
+    the logs carry the projected gradient, not a grad_norm."""
 
     def no_backward(*a, **k):
         raise AssertionError("a backward ran")
 
     model = tiny_gpt2()
+    seen = []
+    drops = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    for d in drops:
+        d.register_forward_pre_hook(lambda m, a: seen.append(m.training))
     trainer = Sequential(model=model, args=training_args(tmp_path), train_dataset=dataset)
     trainer.model_accepts_loss_kwargs = False  # each micro-batch's mean loss, as the plain loop
     monkeypatch.setattr(torch.autograd, "backward", no_backward)
     cb = with_records(trainer)
     trainer.train()
     monkeypatch.undo()
+    assert drops and len(seen) == 16 * len(drops) and not any(seen)  # 4 steps x 2 points x 2
+    assert model.training
     ref, losses, records = plain_loop(dataset, steps=4, batch=2, accumulate=2, lr=1e-3)
     for (name, p), q in zip(model.named_parameters(), ref.parameters()):
         assert torch.equal(p, q), name
@@ -130,24 +137,6 @@ def test_token_weighted_loss_across_micro_batches(tmp_path):
         opt.step([lambda w=w: summed(w) / items * 2 for w in window])
         assert opt.last_record["losses"] == pytest.approx(cb.records[s]["losses"], rel=1e-5)
         assert opt.last_record["coefs"] == pytest.approx(cb.records[s]["coefs"], rel=1e-2)
-
-
-def test_forwards_run_with_dropout_off(tmp_path, dataset):
-    """Trainer puts the model in train mode before each micro-batch; the ZO forwards run in
-    eval mode all the same (GPT-2's dropout is 0.1), and train mode is given back after."""
-    model = tiny_gpt2()
-    seen = []
-    drops = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
-    assert drops
-    handles = [d.register_forward_pre_hook(lambda m, a: seen.append(m.training)) for d in drops]
-    trainer = ZOTrainer(
-        model=model, args=training_args(tmp_path, max_steps=2), train_dataset=dataset
-    )
-    trainer.train()
-    for h in handles:
-        h.remove()
-    assert seen and not any(seen)
-    assert model.training
 
 
 def test_warmup_and_schedule_from_training_arguments(tmp_path, dataset):
