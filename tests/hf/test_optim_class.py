@@ -36,3 +36,15 @@ def test_step_without_closure_says_where_to_go_and_bad_options_fail_early():
         opt.step()
     with pytest.raises(TypeError, match="unknown optimizer option"):
         kerzoo.optim_class("mezo", learning_rate=1e-3)
+
+
+def test_kerzoo_does_not_import_transformers():
+    """kerzoo, optim_class and the accelerate helper work without transformers installed."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, kerzoo, kerzoo.integrations; kerzoo.optim_class('mezo'); "
+        "assert 'transformers' not in sys.modules and 'accelerate' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
