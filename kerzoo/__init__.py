@@ -25,6 +25,18 @@ def optimizer(spec: Any, params: Any, **overrides: Any):
     return make_optimizer(spec, params, **overrides)
 
 
+def optim_class(spec: Any = "mezo", **defaults: Any) -> type:
+    """A torch-style optimizer class for a preset name or spec: ``cls(params, lr=..., **kw)``.
+
+    For code that takes an optimizer class and builds it itself, e.g. ``ZOTrainer(...,
+    optimizer_cls_and_kwargs=(kerzoo.optim_class("kerzoo"), {"lr": 1e-6}))``. ``defaults``
+    replace the preset's options; the keywords given to the class replace both.
+    """
+    from .presets import optimizer_class
+
+    return optimizer_class(spec, defaults)
+
+
 def schedule(name: str, optimizer: Any, total_steps: int, warmup: int = 0, min_factor: float = 0.0):
     """A torch LR scheduler by name: constant, linear or cosine, with warm-up (kerzoo.schedules)."""
     from .schedules import schedule as make
@@ -61,6 +73,7 @@ def list_updates() -> list[str]:
 
 __all__ = [
     "optimizer",
+    "optim_class",
     "schedule",
     "list_optimizers",
     "list_estimators",

@@ -52,11 +52,15 @@ class Resolved:
     part_options: dict[str, dict[str, Any]]
     options: dict[str, Any]
 
+    def arguments(self) -> dict[str, Any]:
+        """ZOOptimizer's keyword arguments but params: fresh parts, the options and the spec."""
+        made = {k: self.parts[k](**self.part_options[k]) for k in PARTS}
+        return {**made, **self.options, "spec": self.spec}
+
     def build(self, params: Any):
         from .optim import ZOOptimizer
 
-        made = {k: self.parts[k](**self.part_options[k]) for k in PARTS}
-        return ZOOptimizer(params, **made, **self.options, spec=self.spec)
+        return ZOOptimizer(params, **self.arguments())
 
 
 def resolve(spec: Any, overrides: dict[str, Any] | None = None) -> Resolved:
@@ -108,6 +112,36 @@ def resolve(spec: Any, overrides: dict[str, Any] | None = None) -> Resolved:
             f"{', '.join(known)}"
         )
     return Resolved(full, parts, part_options, options)
+
+
+def optimizer_class(spec: Any, defaults: dict[str, Any] | None = None) -> type:
+    """A ZOOptimizer subclass with the torch signature ``cls(params, lr=..., **options)``."""
+    from .optim import ZOOptimizer
+
+    defaults = dict(defaults or {})
+    resolve(spec, defaults)  # a bad spec or option fails here, not when the class is first used
+    label = spec if isinstance(spec, str) else "spec"
+
+    class PresetOptimizer(ZOOptimizer):
+        __doc__ = f"kerzoo optimizer {label!r} as a torch optimizer class: cls(params, lr=...)."
+
+        def __init__(self, params: Any, **options: Any):
+            super().__init__(params, **resolve(spec, {**defaults, **options}).arguments())
+
+        def step(self, closure=None):  # type: ignore[override]
+            if closure is None:
+                raise ValueError(
+                    "a ZO optimizer needs a closure: opt.step(lambda: loss_of(batch)); it has no "
+                    "gradient to step on after a backward. With transformers, train with "
+                    "kerzoo.hf.ZOTrainer (it takes this class as optimizer_cls_and_kwargs); with "
+                    "accelerate, see docs/integrations.md"
+                )
+            return super().step(closure)
+
+    PresetOptimizer.__name__ = PresetOptimizer.__qualname__ = (
+        "".join(w.capitalize() for w in str(label).replace("_", "-").split("-")) + "ZO"
+    )
+    return PresetOptimizer
 
 
 def load_spec_file(path: str) -> dict[str, Any]:
