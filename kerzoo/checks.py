@@ -58,6 +58,13 @@ def before_build(opt: Any, module: torch.nn.Module | None, perturb: str) -> None
             "itself (kerzoo.optimizer(name, model)) for exact on-the-fly perturbation, or "
             "perturb='inplace' to accept the rounding"
         )
+    if opt.update_rule.replays_directions and not opt.projection.stationary:
+        raise ValueError(
+            f"update {opt.update_rule.name!r} rebuilds past steps' directions from their seeds, "
+            f"and projection {opt.projection.name!r} changes its directions from step to step "
+            "(bases or state), so the past directions could not be rebuilt; use projection "
+            "'dense', or update 'momentum' (a full buffer)"
+        )
     if opt.projection.needs_center:
         seeds = list(range(opt.estimator.directions))
         plan = opt.estimator.plan(0, seeds, opt.eps)

@@ -64,7 +64,7 @@ def _load_object(spec: str) -> Any:
 
 
 def cmd_check_kernel(args: argparse.Namespace) -> int:
-    from .kernels.moments import kernel_moments
+    from .kernels.moments import exact_variance_factor, kernel_moments, variance_factor
     from .registry import RegistrationError
 
     kernel = _load_object(args.kernel)
@@ -74,6 +74,12 @@ def cmd_check_kernel(args: argparse.Namespace) -> int:
         print(f"INVALID: {exc}")
         return 1
     print(moments.table())
+    exact = exact_variance_factor(kernel)
+    print(
+        f"variance factor E[(s K(s))^2] = {variance_factor(kernel):.6g}"
+        + (f" (exactly {exact})" if exact is not None else "")
+        + " (two-point estimator: 1; legendre3: 6.25)"
+    )
     print("valid" if moments.ok else "INVALID: the moment conditions fail (see the table)")
     return 0 if moments.ok else 1
 

@@ -37,6 +37,7 @@ HOOKS = {
 
 BUILTIN_PLUGINS = (
     "kerzoo.kernels.legendre",
+    "kerzoo.kernels.minvar",
     "kerzoo.estimators.two_point",
     "kerzoo.estimators.kernel",
     "kerzoo.projections.dense",

@@ -150,6 +150,12 @@ BUILTIN = (
         "ZO-SGD with momentum 0.9 (one full-size buffer)",
     ),
     Preset(
+        "zo-sgd-mmt-replay",
+        {**MEZO, "update": "momentum-replay"},
+        {"lr": 1e-6, "eps": 1e-3, "beta": 0.9, "history": 32},
+        "ZO-SGD with momentum 0.9 rebuilt from the last 32 steps' seeds (no buffer)",
+    ),
+    Preset(
         "zo-sgd-cons",
         {**MEZO, "update": "conservative"},
         {"lr": 1e-6, "eps": 1e-3},

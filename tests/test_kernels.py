@@ -2,10 +2,11 @@ from fractions import Fraction
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given, settings, strategies as st
 
 import kerzoo
 from kerzoo.kernels import PolynomialKernel, kernel_moments, validate_kernel
+from kerzoo.kernels.moments import exact_variance_factor, variance_factor
 from kerzoo.plugins import get_registry, register_plugin, unregister_plugin
 from kerzoo.registry import RegistrationError
 from kerzoo.testing import check_kernel, exact_odd_moments, odd_polynomial_kernels
@@ -97,3 +98,66 @@ def test_runtime_plugin_kernel_is_usable_then_unregistered():
     finally:
         unregister_plugin(name)
     assert "cubic-runtime" not in kerzoo.list_kernels()
+
+
+# -- variance factors and the least-variance kernels (docs/algorithms.md, KerZOO) --------------
+
+VARIANCE = {
+    "legendre1": Fraction(9, 5),
+    "legendre3": Fraction(25, 4),
+    "legendre5": Fraction(11025, 832),
+    "minvar5": Fraction(11025, 2596),
+    "minvar7": Fraction(99225, 27716),
+}
+
+
+@pytest.mark.parametrize("name", sorted(VARIANCE))
+def test_variance_factor_of_each_builtin_kernel(name):
+    kernel = get_registry("kernels")[name]
+    assert exact_variance_factor(kernel) == VARIANCE[name]
+    assert variance_factor(kernel) == pytest.approx(float(VARIANCE[name]), rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ["minvar5", "minvar7"])
+def test_least_variance_kernels_are_order_3_and_exact(name):
+    kernel = get_registry("kernels")[name]
+    assert kernel.order == 3 and validate_kernel(kernel).ok
+    assert exact_odd_moments(kernel.coefficients, 3) == [Fraction(1), Fraction(0)]
+    assert VARIANCE[name] < VARIANCE["legendre3"]
+
+
+def _null_direction(degree: int, t: list[int]) -> list[Fraction]:
+    """An odd polynomial of the given degree with E[s K] = E[s^3 K] = 0, from free integers t."""
+    m = (degree + 1) // 2
+    free = [Fraction(v) for v in t[: m - 2]]
+    # unknowns a_1, a_2 (coefficients of s, s^3) solve the two homogeneous moment equations
+    r1 = -sum(f / (2 * (j + 3) + 1) for j, f in enumerate(free))
+    r2 = -sum(f / (2 * (j + 3) + 3) for j, f in enumerate(free))
+    # [1/3 1/5; 1/5 1/7] (a1, a2) = (r1, r2)
+    det = Fraction(1, 21) - Fraction(1, 25)
+    a1 = (r1 * Fraction(1, 7) - r2 * Fraction(1, 5)) / det
+    a2 = (Fraction(1, 3) * r2 - Fraction(1, 5) * r1) / det
+    coefs = [Fraction(0)] * (degree + 1)
+    for j, a in enumerate([a1, a2, *free]):
+        coefs[2 * j + 1] = a
+    return coefs
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    name=st.sampled_from(["minvar5", "minvar7"]),
+    t=st.lists(st.integers(-50, 50), min_size=2, max_size=2).filter(any),
+    step=st.fractions(min_value=Fraction(-1, 1), max_value=Fraction(1, 1)).filter(bool),
+)
+def test_no_kernel_of_the_same_degree_and_order_has_less_variance(name, t, step):
+    kernel = get_registry("kernels")[name]
+    degree = kernel.degree
+    t = t[: (degree + 1) // 2 - 2]
+    if not any(t):
+        return
+    null = _null_direction(degree, t)
+    moved = PolynomialKernel(
+        "moved", [a + step * b for a, b in zip(kernel.coefficients, null)], order=3
+    )
+    assert exact_odd_moments(moved.coefficients, 3) == [Fraction(1), Fraction(0)]  # order 3
+    assert exact_variance_factor(moved) > exact_variance_factor(kernel)

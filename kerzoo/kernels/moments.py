@@ -13,6 +13,7 @@ degree d needs n > (d + beta) / 2, which `_points` guarantees; other kernels get
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 import torch
@@ -92,6 +93,30 @@ def kernel_moments(kernel) -> KernelMoments:
         rows.append((k, 0.5 * float(np.sum(terms)), 1.0 if k == 1 else 0.0))
         scales.append(0.5 * float(np.sum(np.abs(terms))))
     return KernelMoments(name, order, tuple(rows), tuple(scales))
+
+
+def variance_factor(kernel) -> float:
+    """V(K) = E[(s K(s))²] for s ~ U[-1, 1]: the factor by which the kernel multiplies a
+    direction's variance against the two-point estimator's (docs/algorithms.md, KerZOO)."""
+    nodes, weights = np.polynomial.legendre.leggauss(_points(kernel) + 64)
+    s = torch.from_numpy(nodes)
+    values = kernel(s).detach().to(torch.float64).numpy()
+    return 0.5 * float(np.sum(weights * (nodes * values) ** 2))
+
+
+def exact_variance_factor(kernel) -> Fraction | None:
+    """V(K) in rational arithmetic for a PolynomialKernel (None for other kernels)."""
+    coefs = getattr(kernel, "coefficients", None)
+    if coefs is None:
+        return None
+    # (s K)^2 = sum_{j,k} c_j c_k s^(j+k+2); E[s^n] = 1/(n + 1) for even n, 0 for odd n
+    total = Fraction(0)
+    for j, cj in enumerate(coefs):
+        for k, ck in enumerate(coefs):
+            n = j + k + 2
+            if cj and ck and n % 2 == 0:
+                total += Fraction(cj) * Fraction(ck) / (n + 1)
+    return total
 
 
 def validate_kernel(kernel) -> KernelMoments:

@@ -57,6 +57,9 @@ class Projection:
     # True when end_step needs the loss at theta itself: the optimizer refuses, when it is built,
     # an estimator whose points do not include theta ({})
     needs_center: ClassVar[bool] = False
+    # True when Z_i(seed, p) is the same at every step (no bases or state that change): an update
+    # rule may then rebuild past steps' directions from their seeds (momentum-replay)
+    stationary: ClassVar[bool] = False
 
     def __init__(self, **options: Any):
         from ..registry import unknown_options

@@ -13,6 +13,7 @@ class Dense(Projection):
     name = "dense"
     defaults = {"dist": "gaussian"}
     shardable = True
+    stationary = True
 
     def add(self, p, target, coefs, seeds, rounding="nearest", rounding_seed=0):
         engine.add_z_multi(

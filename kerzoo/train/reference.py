@@ -71,6 +71,8 @@ PART_OPTION_DOCS = {
     ("hessian", "init"): "initial value of the diagonal Hessian estimate",
     ("hessian", "dist"): "distribution of z: gaussian or rademacher",
     ("momentum", "beta"): "momentum coefficient (one full-size buffer)",
+    ("momentum-replay", "beta"): "momentum coefficient (no buffer: rebuilt from past seeds)",
+    ("momentum-replay", "history"): "steps of history h the momentum is rebuilt from (>= 1)",
     ("adam", "beta1"): "Adam's first-moment decay",
     ("adam", "beta2"): "Adam's second-moment decay",
     ("adam", "adam_eps"): "Adam's denominator ε (not the perturbation eps)",

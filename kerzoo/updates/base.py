@@ -57,6 +57,9 @@ class Update:
     name: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
     memory: ClassVar[str] = "none"  # what the rule holds, for `kerzoo list updates`
+    # True when the rule rebuilds past steps' directions from their seeds: the projection must
+    # be stationary (checked when the optimizer is built)
+    replays_directions: ClassVar[bool] = False
 
     def __init__(self, **options: Any):
         from ..registry import unknown_options

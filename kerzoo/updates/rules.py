@@ -55,6 +55,42 @@ class Momentum(Update):
             p.tensor.add_((-ctx.lr(p) * m).to(p.tensor.dtype))
 
 
+class MomentumReplay(Update):
+    """Momentum with no buffer: m_t = sum_{k<h} beta^k g_{t-k}, rebuilt each step from the last h
+    steps' (seed, coefficient) records; theta <- theta - lr m_t. Equals `momentum` while t < h."""
+
+    name = "momentum-replay"
+    defaults = {"beta": 0.9, "history": 32}
+    memory = "h x q coefficients per tensor"
+    replays_directions = True
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.beta, self.history = float(self.options["beta"]), int(self.options["history"])
+        if not 0.0 <= self.beta < 1.0:
+            raise ValueError(f"update 'momentum-replay': beta must be in [0, 1), got {self.beta}")
+        if self.history < 1:
+            raise ValueError(
+                f"update 'momentum-replay': history must be >= 1 step, got {self.history}"
+            )
+
+    def apply(self, ctx, replay=None):
+        passes: dict[tuple, list] = {}
+        for p in ctx.params:
+            st = ctx.state(p)
+            past = st.setdefault("history", [])  # newest first: (coefs for p, seeds)
+            past.insert(0, (ctx.for_tensor(p, ctx.coefs), list(ctx.seeds)))
+            del past[self.history :]
+            lr, cs, ss = ctx.lr(p), [], []
+            for k, (coefs, seeds) in enumerate(past):
+                w = -lr * self.beta**k
+                cs += [w * c for c in coefs]
+                ss += seeds
+            passes.setdefault((tuple(cs), tuple(ss)), []).append((p, p.tensor))
+        for (cs, ss), items in passes.items():  # tensors whose records agree move in one call
+            ctx.projection.add_many(items, list(cs), list(ss))
+
+
 class Adam(Update):
     """Adam on the estimate g: two full-size buffers per tensor (fp32)."""
 
@@ -113,5 +149,5 @@ class Conservative(Update):
 
 @hookimpl
 def kerzoo_register_updates(register):
-    for rule in (SGD, Sign, Momentum, Adam, Conservative):
+    for rule in (SGD, Sign, Momentum, MomentumReplay, Adam, Conservative):
         register(rule)
