@@ -43,12 +43,13 @@ class TrainingError(RuntimeError):
     """The run cannot go on: the message says what is kept and what to do."""
 
 
-def _checkpoint_bytes(obj: Any) -> bytes:
-    """The checkpoint file: MAGIC, "sha256 <hex of the payload>", then torch.save's bytes."""
+def _checkpoint_bytes(obj: Any) -> tuple[bytes, memoryview]:
+    """The checkpoint file's header (MAGIC, "sha256 <hex of the payload>") and its payload,
+    torch.save's bytes."""
     buf = io.BytesIO()
     torch.save(obj, buf)
-    payload = buf.getvalue()
-    return MAGIC + b"sha256 " + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
+    payload = buf.getbuffer()
+    return MAGIC + b"sha256 " + hashlib.sha256(payload).hexdigest().encode() + b"\n", payload
 
 
 def atomic_save(obj: Any, path: Path, kept: str | None = None) -> None:
@@ -56,10 +57,11 @@ def atomic_save(obj: Any, path: Path, kept: str | None = None) -> None:
     over ``path`` (atomic on POSIX). A disk error removes the temporary file and is a
     TrainingError naming the path; ``kept`` says what the previous checkpoint is."""
     tmp = path.with_name(path.name + ".tmp")
-    data = _checkpoint_bytes(obj)
+    header, payload = _checkpoint_bytes(obj)
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            f.write(header)
+            f.write(payload)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -87,9 +89,9 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
         raise TrainingError(
             f"checkpoint {str(path)!r} is unreadable ({exc.strerror or exc}); {way_on}"
         ) from None
-    head, _, rest = data.partition(b"\n")
-    line, _, payload = rest.partition(b"\n")
-    if head + b"\n" != MAGIC or not line.startswith(b"sha256 "):
+    end = data.find(b"\n", len(MAGIC))
+    line, payload = data[len(MAGIC) : end], memoryview(data)[end + 1 :]
+    if not data.startswith(MAGIC) or end < 0 or not line.startswith(b"sha256 "):
         raise TrainingError(
             f"checkpoint {str(path)!r} is corrupt or unreadable, or not a kerzoo training "
             "checkpoint (it lacks kerzoo's content-hash header: written by another program, "

@@ -157,6 +157,7 @@ def test_non_finite_coefficients_skip_the_step_and_never_reach_the_weights(make_
         ("trajectory.jsonl", "truncate", r"trajectory.jsonl ends early \(\d+ of \d+ bytes\)"),
         ("trajectory.jsonl", "flip", "trajectory.jsonl was altered before step 3"),
         ("metrics.jsonl", "delete", "metrics.jsonl is missing"),
+        ("metrics.jsonl", "truncate", r"metrics.jsonl ends early"),
         ("metrics.jsonl", "flip", "metrics.jsonl was altered before step 3"),
     ],
 )
