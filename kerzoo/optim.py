@@ -13,6 +13,7 @@ restore is exact in every dtype.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -217,8 +218,30 @@ class ZOOptimizer(torch.optim.Optimizer):
             raise ValueError(
                 f"every group's eps must be > 0, got {[g['eps'] for g in self.param_groups]}"
             )
-        factors = self.estimator.tensor_factors(plan, self.infos)
+        with self._plugin("estimator", self.estimator, self._step):
+            factors = self.estimator.tensor_factors(plan, self.infos)
         return Table(self.infos, plan.seeds, rho, factors)
+
+    @contextlib.contextmanager
+    def _plugin(self, kind: str, part: Any, step: int):
+        """A plugin part raising mid-step: the parameters are restored (settle) and the
+        exception, of its own type, goes on with the part's name in its message. An exception
+        from the closure (raised in an update rule's evaluation) passes through as it is."""
+        try:
+            yield
+        except Exception as exc:
+            self.perturber.settle()
+            if not hasattr(exc, "_kerzoo_closure") and not hasattr(exc, "_kerzoo_plugin"):
+                where = (
+                    f"{kind} {getattr(part, 'name', '') or type(part).__name__!r} raised "
+                    f"{type(exc).__name__} at step {step} (parameters restored)"
+                )
+                if exc.args and isinstance(exc.args[0], str):
+                    exc.args = (f"{where}: {exc.args[0]}", *exc.args[1:])
+                else:
+                    exc.add_note(where)
+                exc._kerzoo_plugin = where  # type: ignore[attr-defined]
+            raise
 
     @torch.no_grad()
     def _run_step(self, closures: Sequence[Closure] | None, record: dict[str, Any] | None) -> float:
@@ -227,9 +250,11 @@ class ZOOptimizer(torch.optim.Optimizer):
             dtensor.reshard(self._fsdp)
             dtensor.rebind(self.infos, self._dtensors)
         seeds = direction_seeds(self.seed, step, self.estimator.directions)
-        plan: Plan = self.estimator.plan(step, seeds, self.eps)
+        with self._plugin("estimator", self.estimator, step):
+            plan: Plan = self.estimator.plan(step, seeds, self.eps)
         plan.table = table = self.table(plan)
-        self.projection.begin_step(step)
+        with self._plugin("projection", self.projection, step):
+            self.projection.begin_step(step)
         losses: list[float] = []
         replaying = closures is None
         skipped = bool(record and record.get("skipped"))
@@ -255,17 +280,31 @@ class ZOOptimizer(torch.optim.Optimizer):
                     stacklevel=3,
                 )
             return float("nan")
-        coefs = (
-            list(record["coefs"])
-            if replaying
-            else self.estimator.coefficients(plan, losses, self.eps)
-        )
-        if not replaying:
+        if replaying:
+            coefs = list(record["coefs"])
+        else:
+            with self._plugin("estimator", self.estimator, step):
+                coefs = self.estimator.coefficients(plan, losses, self.eps)
+            bad = [c for c in coefs if not math.isfinite(c)]
+            if bad:  # skipped as a non-finite loss is: it never reaches the weights
+                self.perturber.settle()
+                self._finish(step, seeds, [], losses, skipped=True)
+                self.skipped_steps += 1
+                warnings.warn(
+                    f"kerzoo: estimator {self.estimator.name!r} gave a non-finite coefficient "
+                    f"{bad[0]} at step {step} (losses {losses}): step skipped, parameters "
+                    f"restored ({self.skipped_steps} skipped so far)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                return float("nan")
             checks.coefficients(self, coefs, step)
-        rule_record = self._update(
-            step, coefs, closures, record.get("update") if record else None, table
-        )
-        self.projection.end_step(step, seeds, plan, losses, coefs)
+        with self._plugin("update", self.update_rule, step):
+            rule_record = self._update(
+                step, coefs, closures, record.get("update") if record else None, table
+            )
+        with self._plugin("projection", self.projection, step):
+            self.projection.end_step(step, seeds, plan, losses, coefs)
         self._finish(
             step, seeds, coefs, losses, skipped=False, extra={**plan.extra, "update": rule_record}
         )
@@ -312,7 +351,11 @@ class ZOOptimizer(torch.optim.Optimizer):
             cs: Sequence[float], scale: Callable[[ParamInfo], float] | None = None
         ) -> float | None:
             """L(theta + sum_i cs[i] * factor(i, p) * scale(p) z_i); scale: e.g. each group's lr."""
-            loss = self._evaluate(closures, table.estimate(cs, scale, skip_zero=True))
+            try:
+                loss = self._evaluate(closures, table.estimate(cs, scale, skip_zero=True))
+            except Exception as exc:
+                exc._kerzoo_closure = True  # type: ignore[attr-defined]  # not the rule's
+                raise
             self.perturber.settle()
             return loss
 

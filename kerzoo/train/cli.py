@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from pathlib import Path
@@ -23,6 +24,16 @@ def cmd_train(args) -> int:
     started = time.perf_counter()
     run = parallel = None
     say = print
+    terminated = []
+
+    def on_term(signum, frame):  # SIGTERM (a scheduler, `kill`) stops the run as Ctrl-C does
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread: leave SIGTERM alone
+        previous = None
     try:
         cfg = config_mod.load(args.config)
         if args.steps:
@@ -50,6 +61,8 @@ def cmd_train(args) -> int:
             f"{len(run.eval_set):,} held-out examples; optimizer {cfg['optimizer']}; output "
             f"{run.out}/"
         )
+        if run.took_over:
+            say(f"took over the lock of a run that was killed ({run.took_over})")
         if run.step:
             say(
                 f"resuming from the checkpoint at step {run.step}"
@@ -63,16 +76,38 @@ def cmd_train(args) -> int:
             if run and run.checkpoint_path.exists()
             else "no checkpoint yet"
         )
+        what = "terminated (SIGTERM)" if terminated else "interrupted"
         print(
-            f"\nkerzoo train: interrupted; kept {where}. Run the same command to resume.",
+            f"\nkerzoo train: {what}; kept {where}. Run the same command to resume.",
             file=sys.stderr,
         )
-        return 130
+        return 143 if terminated else 130
     except errors as exc:
         rank = f" (rank {parallel.rank})" if parallel is not None else ""
         print(f"kerzoo train{rank}: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if not hasattr(exc, "_kerzoo_plugin"):
+            raise
+        import traceback
+
+        traceback.print_exc()
+        where = (
+            f"the checkpoint in {run.out} is kept"
+            if run and run.checkpoint_path.exists()
+            else "no checkpoint was written yet"
+        )
+        print(
+            f"kerzoo train: a plugin failed: {exc}; {where}. Fix the plugin (or choose another "
+            "part in [optimizer]) and run the same command to resume",
+            file=sys.stderr,
+        )
+        return 2
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if run is not None:
+            run.close()
         if parallel is not None:
             parallel.close()
     if not run.writer:
@@ -105,7 +140,7 @@ def cmd_replay(args) -> int:
 
     from .loop import TrainingError, load_checkpoint
     from .model import ModelError, trainable_state
-    from .replay import ReplayError, replay
+    from .replay import ReplayError, environment, environment_changes, read_log, replay
 
     try:
         started = time.perf_counter()
@@ -117,6 +152,14 @@ def cmd_replay(args) -> int:
             f"replayed {n} steps in {time.perf_counter() - started:.1f} s; {len(state)} trained "
             f"tensors written to {out} ({_size(out)}; the log is {_size(Path(args.log))})"
         )
+        header, _ = read_log(args.log)
+        changed = environment_changes(header, environment(next(model.parameters()).device))
+        if changed:
+            print(
+                f"note: the log was written under another engine or version ({'; '.join(changed)})"
+                ": a replay is bit for bit only under the same ones",
+                file=sys.stderr,
+            )
         if args.check:
             ck = load_checkpoint(Path(args.check))
             diff = [
@@ -129,8 +172,13 @@ def cmd_replay(args) -> int:
                 )
                 return 1
             if diff:
+                why = (
+                    f" (expected: the log was written under {'; '.join(changed)})"
+                    if changed
+                    else ""
+                )
                 print(
-                    f"DIFFERENT from the checkpoint in {len(diff)} tensor(s), e.g. {diff[0]}",
+                    f"DIFFERENT from the checkpoint in {len(diff)} tensor(s), e.g. {diff[0]}{why}",
                     file=sys.stderr,
                 )
                 return 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,11 @@ SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
         "eval_every": (200, "evaluate every this many steps (and at the start and the end)"),
         "eval_batch_size": (64, "examples per evaluation forward"),
         "checkpoint_every": (250, "write a checkpoint every this many steps"),
+        "keep_checkpoints": (
+            1,
+            "checkpoints kept: checkpoint.pt and the newest K - 1 it replaced, as "
+            "checkpoint-<step>.pt",
+        ),
         "seed": (0, "seed of the data order, the held-out split and the perturbations"),
         "out": ("runs/default", "output folder"),
         "schedule": ("constant", "constant, linear or cosine learning rate"),
@@ -122,7 +128,10 @@ POSITIVE = (
     "checkpoint_every",
     "eval_batch_size",
     "max_nan_streak",
+    "keep_checkpoints",
 )
+# numeric options of [optimizer] (kerzoo.optimizer checks the rest): numbers, not strings
+OPTIMIZER_NUMBERS = ("lr", "eps", "weight_decay", "clip")
 # keys whose change makes a checkpoint's continuation differ from the run that wrote it
 TRAJECTORY_KEYS = (
     "model",
@@ -152,11 +161,37 @@ def defaults() -> dict[str, dict[str, Any]]:
     return out
 
 
+def number(where: str, value: Any, want: type = float) -> Any:
+    """``value`` as a ``want`` (int or float): a number, or a string that is one ("1e-4",
+    " 3 "; an int key takes an integral value); anything else is a ConfigError naming
+    ``where``."""
+    expected = f"{where} = {value!r}: expected {want.__name__}"
+    if isinstance(value, str):
+        try:
+            parsed = float(value)
+        except ValueError:
+            raise ConfigError(f"{expected} (a string must hold a number, e.g. '1e-4')") from None
+        if not math.isfinite(parsed) or (want is int and not parsed.is_integer()):
+            raise ConfigError(f"{expected}, finite" + (" and integral" if want is int else ""))
+        return int(parsed) if want is int else parsed
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{expected} (a number)")
+    if want is float:
+        if not math.isfinite(value):
+            raise ConfigError(f"{expected}, finite")
+        return float(value)
+    return value
+
+
 def _check_value(section: str, key: str, value: Any) -> Any:
     default, doc = SCHEMA[section][key]
     want = type(default)
-    if want is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+    if (
+        want in (int, float)
+        and not isinstance(value, bool)
+        and (want is float or isinstance(value, str))
+    ):
+        value = number(f"{section}.{key}", value, want)
     if not isinstance(value, want) or isinstance(value, bool) != (want is bool):
         raise ConfigError(f"{section}.{key} = {value!r}: expected {want.__name__} ({doc})")
     if want is list and not all(isinstance(v, str) for v in value):
@@ -183,6 +218,9 @@ def validate(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
             raise ConfigError(f"config section [{section}] must be a table of keys, got {values!r}")
         if section == "optimizer":
             cfg["optimizer"] = dict(values) if values else dict(DEFAULT_OPTIMIZER)
+            for key in OPTIMIZER_NUMBERS:
+                if key in cfg["optimizer"]:
+                    cfg["optimizer"][key] = number(f"optimizer.{key}", cfg["optimizer"][key])
             continue
         for key, value in values.items():
             if key not in SCHEMA[section]:
@@ -216,7 +254,16 @@ def validate(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def load(path: str | Path | None) -> dict[str, dict[str, Any]]:
     """Read and validate a TOML or YAML config; None gives the default run."""
-    return validate(copy.deepcopy(DEFAULT_RUN) if path is None else read_config_file(path))
+    if path is None:
+        return validate(copy.deepcopy(DEFAULT_RUN))
+    raw = read_config_file(path)
+    if not raw:
+        raise ConfigError(
+            f"config {str(path)!r} is empty: it would train every parameter with the schema's "
+            "defaults, which is not the default run. Run `kerzoo train` with no config for the "
+            "default run (configs/default.toml holds it), or write the keys you mean"
+        )
+    return validate(raw)
 
 
 def flat(cfg: dict, key: str) -> Any:

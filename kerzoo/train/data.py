@@ -10,6 +10,7 @@ An example is a dict with a text and an integer label. Built-in tasks:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from pathlib import Path
@@ -71,32 +72,58 @@ def load_examples(
             raise DataError(
                 f"{source!r} is a folder: reading a saved HF dataset needs `pip install datasets`"
             ) from None
-        rows = list(load_from_disk(str(path)))
+        rows = [(f"{source}: example {i}", row) for i, row in enumerate(load_from_disk(str(path)))]
     elif path.suffix == ".jsonl":
         rows = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for i, line in enumerate(_text(path).splitlines(), 1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    row = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise DataError(f"{source}:{i}: not a JSON object: {exc}") from None
+                if not isinstance(row, dict):
+                    raise DataError(
+                        f"{source}:{i}: not a JSON object but {json.dumps(row)[:40]} (each line "
+                        'must be one example, e.g. {"text": "...", "label": 0})'
+                    )
+                rows.append((f"{source}:{i}", row))
     elif path.suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+        rows = []
+        reader = csv.DictReader(io.StringIO(_text(path), newline=""))
+        for row in reader:
+            where = f"{source}:{reader.line_num}"
+            if None in row:
+                raise DataError(
+                    f"{where}: {len(reader.fieldnames) + len(row[None])} fields, the header has "
+                    f"{len(reader.fieldnames)} (quote a text holding commas)"
+                )
+            short = [k for k, v in row.items() if v is None]
+            if short:
+                raise DataError(
+                    f"{where}: {len(row) - len(short)} fields, the header has {len(row)} "
+                    f"({', '.join(repr(k) for k in short)} missing)"
+                )
+            rows.append((where, row))
     else:
         raise DataError(f"data file {source!r}: use .jsonl or .csv (or a saved HF dataset folder)")
     fields = fields or {}
     out = []
-    for i, row in enumerate(rows):
+    for where, row in rows:
         needed = [text_key, *fields.values()] + ([label_key] if require_label else [])
         missing = [k for k in needed if k not in row]
         if missing:
             raise DataError(
-                f"{source}: example {i} lacks the field(s) {', '.join(repr(k) for k in missing)} "
+                f"{where} lacks the field(s) {', '.join(repr(k) for k in missing)} "
                 f"(its fields: {sorted(row)}); set the data keys in the config"
             )
-        label = _label(row[label_key], source, i, label_key) if label_key in row else None
-        ex = {"text": str(row[text_key]), "label": label}
+        text = row[text_key]
+        if not isinstance(text, (str, int, float)) or isinstance(text, bool):
+            raise DataError(
+                f"{where} has {text_key} = {text!r:.40}: a text must be a string "
+                "(not null or a boolean)"
+            )
+        label = _label(row[label_key], where, label_key) if label_key in row else None
+        ex = {"text": str(text), "label": label}
         for name, key in fields.items():
             ex[name] = row[key]
         out.append(ex)
@@ -105,17 +132,30 @@ def load_examples(
     return out
 
 
-def _label(value, source: str, i: int, key: str) -> int:
-    """An integer label from an int, an integral float or a string of digits (CSV)."""
+def _text(path: Path) -> str:
+    """The UTF-8 text of a data file (a BOM dropped); an error naming the line otherwise."""
+    data = path.read_bytes()
     try:
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, (int, str)):
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}:{line}: not UTF-8 (byte {data[exc.start]:#04x}); save the file as UTF-8"
+        ) from None
+
+
+def _label(value, where: str, key: str) -> int:
+    """An integer label from an int, an integral float or a string of digits (CSV); booleans
+    and null are refused."""
+    try:
+        if isinstance(value, bool):
+            pass  # true/false are not labels
+        elif isinstance(value, (int, str)) or (isinstance(value, float) and value.is_integer()):
             return int(value)
     except ValueError:
         pass
     raise DataError(
-        f"{source}: example {i} has {key} = {value!r}, not an integer label; labels are "
+        f"{where} has {key} = {value!r:.40}, not an integer label; labels are "
         "0, 1, ... in the order of task.label_words (map names such as 'positive' to numbers)"
     )
 

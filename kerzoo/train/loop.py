@@ -13,6 +13,8 @@ sees the same loss. Evaluation goes through the same pair.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import math
 import os
@@ -28,36 +30,86 @@ from ..schedules import factor as schedule_factor
 from ..seeds import derive
 from . import config as config_mod, data as data_mod
 from .model import count_parameters, load_model, resolve_device, trainable_state
-from .replay import fingerprint
+from .replay import environment, fingerprint
 from .tasks import make_task
 
 CHECKPOINT = "checkpoint.pt"
+LOCK = ".kerzoo.lock"
+MAGIC = b"KERZOO-CHECKPOINT 1\n"
+_HELD: dict[str, int] = {}  # output folder -> the fd of its lock, held by this process
 
 
 class TrainingError(RuntimeError):
     """The run cannot go on: the message says what is kept and what to do."""
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file, flush it to disk, then rename over ``path`` (atomic on POSIX)."""
+def _checkpoint_bytes(obj: Any) -> tuple[bytes, memoryview]:
+    """The checkpoint file's header (MAGIC, "sha256 <hex of the payload>") and its payload,
+    torch.save's bytes."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    payload = buf.getbuffer()
+    return MAGIC + b"sha256 " + hashlib.sha256(payload).hexdigest().encode() + b"\n", payload
+
+
+def atomic_save(obj: Any, path: Path, kept: str | None = None) -> None:
+    """Write a content-hashed checkpoint to a temporary file, flush it to disk, then rename it
+    over ``path`` (atomic on POSIX). A disk error removes the temporary file and is a
+    TrainingError naming the path; ``kept`` says what the previous checkpoint is."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    header, payload = _checkpoint_bytes(obj)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(header)
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        was = kept or (
+            f"the previous checkpoint {path} is intact" if path.exists() else "no checkpoint yet"
+        )
+        raise TrainingError(
+            f"could not write the checkpoint {tmp} ({exc.strerror or exc}); the temporary file "
+            f"is removed and {was}. Free some space (or fix the folder) and run the same command "
+            "to resume"
+        ) from None
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
+    """A checkpoint whose content hash is checked before anything in it is unpickled."""
+    way_on = (
+        "it is left as it is: resume from an older checkpoint (copy a checkpoint-<step>.pt "
+        "of the folder, or a backup, over it) or start over with --fresh"
+    )
     try:
-        ck = torch.load(path, map_location=device, weights_only=False)
+        data = path.read_bytes()
+    except OSError as exc:
+        raise TrainingError(
+            f"checkpoint {str(path)!r} is unreadable ({exc.strerror or exc}); {way_on}"
+        ) from None
+    end = data.find(b"\n", len(MAGIC))
+    line, payload = data[len(MAGIC) : end], memoryview(data)[end + 1 :]
+    if not data.startswith(MAGIC) or end < 0 or not line.startswith(b"sha256 "):
+        raise TrainingError(
+            f"checkpoint {str(path)!r} is corrupt or unreadable, or not a kerzoo training "
+            "checkpoint (it lacks kerzoo's content-hash header: written by another program, "
+            f"damaged at its start, or by an older kerzoo); {way_on}"
+        )
+    if hashlib.sha256(payload).hexdigest().encode() != line[7:]:
+        raise TrainingError(
+            f"checkpoint {str(path)!r} is corrupt: its content hash does not match (the file "
+            f"was truncated or altered after it was written); nothing was loaded and {way_on}"
+        )
+    try:
+        ck = torch.load(io.BytesIO(payload), map_location=device, weights_only=False)
     except Exception as exc:
         raise TrainingError(
             f"checkpoint {str(path)!r} is corrupt or unreadable ({type(exc).__name__}: {exc}); "
-            "it is left as it is: move it away to start afresh (or pass --fresh), "
-            "or restore it from a copy"
+            f"{way_on}"
         ) from None
-    if not isinstance(ck, dict) or not {"step", "params", "optimizer", "config"} <= set(ck):
+    if not isinstance(ck, dict) or not {"step", "params", "optimizer", "config", "logs"} <= set(ck):
         keys = sorted(ck)[:6] if isinstance(ck, dict) else type(ck).__name__
         raise TrainingError(
             f"checkpoint {str(path)!r} is not a kerzoo training checkpoint ({keys}); "
@@ -66,26 +118,64 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
     return ck
 
 
+def lock_folder(out: Path) -> str | None:
+    """Take the output folder's lock (an flock on ``out/.kerzoo.lock``, which holds the pid and
+    host) for this process, until ``release_folder`` or the process ends. Another process
+    holding it is a TrainingError naming it. The kernel drops the lock of a killed process, so
+    its lock is taken over; returns that run's record ("pid N on host H ..."), else None.
+    A process takes a folder's lock once: a second Run on the folder in the same process
+    (a resume) shares it."""
+    import fcntl
+    import socket
+
+    key = str(out.resolve())
+    if key in _HELD:
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "pid unknown"
+        os.close(fd)
+        raise TrainingError(
+            f"the output folder {out} is in use by another kerzoo train ({holder}; lock "
+            f"{path}): two runs writing one folder would mix their logs. Wait for that run to "
+            "end or stop it, or give this run another --out"
+        ) from None
+    stale = os.pread(fd, 4096, 0).decode(errors="replace").strip() or None
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()} since {stamp}\n".encode(), 0)
+    _HELD[key] = fd
+    return stale
+
+
+def release_folder(out: Path) -> None:
+    """Drop this process's lock on ``out`` (the file stays, emptied: an empty lock file is a
+    run that ended; a filled one whose flock is free is a run that was killed)."""
+    fd = _HELD.pop(str(out.resolve()), None)
+    if fd is not None:
+        os.ftruncate(fd, 0)
+        os.close(fd)
+
+
+def _digest(path: Path, size: int | None = None) -> str:
+    with path.open("rb") as f:
+        return hashlib.sha256(f.read() if size is None else f.read(size)).hexdigest()
+
+
 def read_jsonl(path: Path) -> list[dict]:
     """The records of a JSONL file; a line cut short by a kill (the last one) is dropped."""
     rows = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         if line.strip():
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:
                 continue
     return rows
-
-
-def _truncate_jsonl(path: Path, step: int) -> None:
-    """Keep the records of steps < step (and header records without a step), atomically."""
-    if not path.exists():
-        return
-    keep = [r for r in read_jsonl(path) if r.get("step", -1) < step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-    os.replace(tmp, path)
 
 
 class Run:
@@ -106,6 +196,12 @@ class Run:
             self.out / "trajectory.jsonl",
         )
         self.checkpoint_path = self.out / CHECKPOINT
+        self.saved_step: int | None = None  # the step of checkpoint.pt, once there is one
+        self.took_over = None  # the record of a killed run whose lock this run took over
+        if self.writer:
+            self.took_over = lock_folder(self.out)
+            for tmp in self.out.glob("*.tmp"):  # left by a run killed while writing
+                tmp.unlink(missing_ok=True)
         self.device = resolve_device(cfg["model"]["device"])
         ck = (
             load_checkpoint(self.checkpoint_path, self.device)
@@ -163,6 +259,8 @@ class Run:
         elif self.writer:
             for p in (self.metrics_path, self.traj_path, self.checkpoint_path):
                 p.unlink(missing_ok=True)
+            for p in self.out.glob("checkpoint-*.pt"):
+                p.unlink()
             self._write(
                 self.traj_path,
                 {
@@ -174,6 +272,7 @@ class Run:
                     "fingerprint": fingerprint(start_state),
                     "kerzoo": kerzoo.__version__,
                     "torch": torch.__version__,
+                    "engine": environment(self.device),
                 },
             )
 
@@ -222,19 +321,55 @@ class Run:
         else:
             self.opt.load_state_dict(ck["optimizer"])
         self.step, self.elapsed = ck["step"], float(ck.get("elapsed", 0.0))
+        self.saved_step = self.step
         if self.writer:
-            _truncate_jsonl(
-                self.metrics_path, self.step + 1
-            )  # metrics count steps done: keep 0..step
-            _truncate_jsonl(
-                self.traj_path, self.step
-            )  # records are numbered from 0: keep 0..step-1
+            for path in (self.traj_path, self.metrics_path):
+                self._rewind(path, ck["logs"].get(path.name))
+
+    def _rewind(self, path: Path, mark: list | None) -> None:
+        """Cut ``path`` back to where it was when the checkpoint was written, after checking
+        that its first bytes are the ones the checkpoint saw (size and sha256)."""
+        if mark is None:
+            return
+        size, digest = mark
+        way_on = (
+            f"the checkpoint {self.checkpoint_path} (step {self.step}) and the log must go "
+            "together: restore the log from a copy, or pass --fresh to start over"
+        )
+        have = path.stat().st_size if path.exists() else None
+        if have is None or have < size:
+            what = "is missing" if have is None else f"ends early ({have} of {size} bytes)"
+            raise TrainingError(
+                f"{path} {what}: resuming would write a log that cannot be replayed; {way_on}"
+            )
+        if _digest(path, size) != digest:
+            raise TrainingError(
+                f"{path} was altered before step {self.step} (its first {size} bytes differ "
+                f"from those the checkpoint recorded); {way_on}"
+            )
+        os.truncate(path, size)  # drop the records written after the checkpoint
 
     def _write(self, path: Path, record: dict) -> None:
         if not self.writer:
             return
-        with path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as exc:
+            kept = (
+                f"the checkpoint {self.checkpoint_path} is intact"
+                if self.checkpoint_path.exists()
+                else "no checkpoint was written yet"
+            )
+            raise TrainingError(
+                f"could not write {path} ({exc.strerror or exc}); {kept}. Free some space (or "
+                "fix the folder) and run the same command to resume"
+            ) from None
+
+    def close(self) -> None:
+        """Release the output folder's lock (also when the process ends)."""
+        if self.writer:
+            release_folder(self.out)
 
     # -- the loss and the metric: the two places a data-parallel run hooks into ----------------
     def batch(self, step: int) -> list[list[dict]]:
@@ -276,6 +411,13 @@ class Run:
         elif self.writer:
             params, extra = trainable_state(self.model), {"optimizer": self.opt.state_dict()}
         if self.writer:
+            logs = {}
+            for path in (self.traj_path, self.metrics_path):
+                if path.exists():
+                    with path.open("rb") as f:
+                        os.fsync(f.fileno())  # on disk before the checkpoint that counts on it
+                    logs[path.name] = [path.stat().st_size, _digest(path)]
+            self._keep_older()
             atomic_save(
                 {
                     "step": self.step,
@@ -284,9 +426,35 @@ class Run:
                     "config": self.cfg,
                     "world": self.parallel.world if self.parallel else 1,
                     "elapsed": self.elapsed,
+                    "logs": logs,
                 },
                 self.checkpoint_path,
+                kept=(
+                    f"the previous checkpoint {self.checkpoint_path} (step {self.saved_step}) is "
+                    "intact"
+                    if self.checkpoint_path.exists()
+                    else "no checkpoint was written yet"
+                ),
             )
+            self.saved_step = self.step
+
+    def _keep_older(self) -> None:
+        """train.keep_checkpoints = K > 1: the checkpoint about to be replaced stays as
+        checkpoint-<step>.pt (a hard link: no copy, no moment without checkpoint.pt), and
+        only the newest K - 1 of those are kept."""
+        keep = self.cfg["train"]["keep_checkpoints"]
+        if keep < 2 or not self.checkpoint_path.exists() or self.saved_step in (None, self.step):
+            return
+        older = self.out / f"checkpoint-{self.saved_step:08d}.pt"
+        older.unlink(missing_ok=True)
+        try:
+            os.link(self.checkpoint_path, older)
+        except OSError:
+            import shutil
+
+            shutil.copy2(self.checkpoint_path, older)
+        for stale in sorted(self.out.glob("checkpoint-*.pt"))[: -(keep - 1)]:
+            stale.unlink()
 
     def _set_lr(self) -> None:
         t = self.cfg["train"]
@@ -354,10 +522,11 @@ class Run:
                         else "no checkpoint was written yet"
                     )
                     raise TrainingError(
-                        f"{streak} steps in a row had a non-finite loss (the last at step "
-                        f"{self.step}): stopped; the parameters are those of the last finite step "
-                        f"and {kept}. Lower the learning rate or eps in [optimizer] and run again "
-                        "(it resumes from the checkpoint)"
+                        f"{streak} steps in a row had a non-finite loss or coefficient (the last "
+                        f"at step {self.step}; skipped, the parameters restored): stopped; the "
+                        f"parameters are those of the last step that was taken and {kept}. Lower "
+                        "the learning rate or eps in [optimizer] (or fix the estimator plugin "
+                        "the warnings name) and run again (it resumes from the checkpoint)"
                     )
                 if self.step % t["checkpoint_every"] == 0 or self.step == total:
                     self.save()

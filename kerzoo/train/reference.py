@@ -138,9 +138,14 @@ def markdown() -> str:
         "type is",
         "that of its default (an integer is accepted where a float is expected). An unknown "
         "section or",
-        "key is an error naming its closest valid name. [Training](training.md) explains the "
-        "sections;",
-        "[the optimizers](optimizers.md) and [projections](projections.md) explain the methods.",
+        "key is an error naming its closest valid name. A number may be written as a string "
+        '("1e-4";',
+        "YAML's `1e-4` is read as a float); a string that is not one, or a non-finite value, is "
+        "refused",
+        "with the key named. An empty config file is refused (no config at all is the default "
+        "run).",
+        "[Training](training.md) explains the sections; [the optimizers](optimizers.md) and",
+        "[projections](projections.md) explain the methods.",
         "",
     ]
     for section, keys in SCHEMA.items():

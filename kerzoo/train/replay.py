@@ -30,6 +30,28 @@ def fingerprint(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def environment(device: torch.device | str) -> dict[str, str]:
+    """What the bits of a run depend on beyond the log: the engine backend of the device's
+    ops (c++, cuda or the pure-torch reference) and the versions of kerzoo and torch."""
+    import kerzoo
+    from kerzoo import engine
+
+    kind = torch.device(device).type
+    backends = sorted({row.get(kind, "reference") for row in engine.info()})
+    return {
+        "device": kind,
+        "backend": "+".join(backends),
+        "kerzoo": kerzoo.__version__,
+        "torch": torch.__version__,
+    }
+
+
+def environment_changes(header: dict, now: dict) -> list[str]:
+    """The entries of the log header's "engine" that differ from ``now`` (none for an old log)."""
+    was = header.get("engine") or {}
+    return [f"{k}: {was[k]} -> {now.get(k)}" for k in sorted(was) if was[k] != now.get(k)]
+
+
 def read_log(path: str | Path) -> tuple[dict, list[dict]]:
     from .loop import read_jsonl
 

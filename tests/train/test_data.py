@@ -31,7 +31,9 @@ def test_bad_data_is_a_clear_error(tmp_path):
     with pytest.raises(D.DataError, match="does not exist"):
         D.load_examples(str(tmp_path / "missing.jsonl"))
     (tmp_path / "named.csv").write_text("text,label\nfine,positive\n")
-    with pytest.raises(D.DataError, match="example 0 has label = 'positive', not an integer label"):
+    with pytest.raises(
+        D.DataError, match=r"named.csv:2 has label = 'positive', not an integer label"
+    ):
         D.load_examples(str(tmp_path / "named.csv"))
     (tmp_path / "broken.jsonl").write_text('{"text": "a", "label": 1}\n{"text": \n')
     with pytest.raises(D.DataError, match=r"broken.jsonl:2: not a JSON object"):

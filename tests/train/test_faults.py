@@ -1,0 +1,467 @@
+"""The fault-injection suite: a run folder that nothing silently corrupts (docs/training.md,
+What a run folder guarantees). Each case injects a fault (a kill, a flipped byte, a second
+writer, a full disk, a non-finite value, a failing plugin, bad input) and checks that nothing is
+lost and that the message is the documented one."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import params
+
+import kerzoo
+from kerzoo.cli import main
+from kerzoo.train import config as C, data as D
+from kerzoo.train.loop import (
+    CHECKPOINT,
+    LOCK,
+    Run,
+    TrainingError,
+    load_checkpoint,
+    lock_folder,
+    read_jsonl,
+    release_folder,
+)
+from kerzoo.train.model import trainable_state
+from kerzoo.train.replay import replay
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def flip(path: Path, at: float = 0.6, count: int = 12) -> None:
+    data = bytearray(path.read_bytes())
+    start = int(len(data) * at)
+    for i in range(start, start + count):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+# -- 1. checkpoints: content hash checked before anything is loaded ---------------------------
+@pytest.mark.parametrize("damage", ["flip", "truncate", "flip-header"])
+def test_a_damaged_checkpoint_is_refused_kept_and_names_the_ways_on(make_cfg, damage):
+    run = Run(make_cfg(), progress=False)
+    run.train(stop_at=3)
+    ck = run.out / CHECKPOINT
+    if damage == "flip":
+        flip(ck)
+    elif damage == "truncate":
+        ck.write_bytes(ck.read_bytes()[:-100])
+    else:
+        flip(ck, at=0.0, count=4)
+    before = ck.read_bytes()
+    message = (
+        r"content hash does not match.*nothing was loaded"
+        if damage != "flip-header"
+        else "lacks kerzoo's content-hash header"
+    )
+    with pytest.raises(TrainingError, match=message) as err:
+        Run(make_cfg(), progress=False)
+    assert str(ck) in str(err.value)
+    assert "older checkpoint" in str(err.value) and "--fresh" in str(err.value)
+    assert ck.read_bytes() == before  # kept untouched
+    assert Run(make_cfg(), resume=False, progress=False).step == 0  # --fresh goes on
+
+
+def test_keep_checkpoints_keeps_older_ones_and_resuming_from_one_is_bit_exact(make_cfg):
+    over = {"train": {"steps": 9, "keep_checkpoints": 3}}
+    straight = Run(make_cfg("a", train={"steps": 9}), progress=False)
+    straight.train()
+    run = Run(make_cfg("b", **over), progress=False)
+    run.train()
+    older = sorted(p.name for p in run.out.glob("checkpoint-*.pt"))
+    assert older == ["checkpoint-00000003.pt", "checkpoint-00000006.pt"]
+    flip(run.out / CHECKPOINT)  # the newest is damaged: go back to step 6
+    (run.out / CHECKPOINT).write_bytes((run.out / older[1]).read_bytes())
+    resumed = Run(make_cfg("b", **over), progress=False)
+    assert resumed.step == 6
+    resumed.train()
+    assert same(params(resumed), params(straight))
+    assert same(trainable_state(replay(None, resumed.traj_path)[0]), params(straight))
+
+
+# -- 2. one writer per folder ------------------------------------------------------------------
+HOLD = """
+import sys, time
+from pathlib import Path
+from kerzoo.train.loop import lock_folder
+lock_folder(Path(sys.argv[1]))
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_second_writer_is_refused_and_a_killed_runs_lock_is_taken_over(make_cfg, tmp_path):
+    cfg = make_cfg()
+    out = Path(cfg["train"]["out"])
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(
+            TrainingError, match=rf"in use by another kerzoo train \(pid {holder.pid} on host"
+        ):
+            Run(cfg, progress=False)
+        with pytest.raises(TrainingError, match="in use"):
+            Run(cfg, resume=False, progress=False)  # --fresh too: nothing removed
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    run = Run(cfg, progress=False)  # the kernel dropped the killed run's lock
+    assert run.took_over.startswith(f"pid {holder.pid} on host")
+    assert (out / LOCK).read_text().startswith(f"pid {os.getpid()} on host")
+    run.close()
+    assert (out / LOCK).read_text() == ""  # a run that ended leaves an empty lock
+    assert lock_folder(out) is None
+    release_folder(out)
+
+
+# -- 3. non-finite coefficients ----------------------------------------------------------------
+def test_non_finite_coefficients_skip_the_step_and_never_reach_the_weights(make_cfg):
+    run = Run(make_cfg(train={"max_nan_streak": 3, "steps": 20}), progress=False)
+    run.train(stop_at=2)
+    weights = params(run)
+    run.opt.estimator.coefficients = lambda plan, losses, eps: [math.nan] * len(plan.seeds)
+    with (
+        pytest.warns(RuntimeWarning, match=r"estimator 'two-point' gave a non-finite coefficient"),
+        pytest.raises(
+            TrainingError, match=r"3 steps in a row had a non-finite loss or coefficient"
+        ),
+    ):
+        run.train()
+    assert run.opt.skipped_steps == 3
+    for k, v in params(run).items():
+        assert torch.isfinite(v).all()
+        torch.testing.assert_close(v, weights[k], rtol=1e-6, atol=1e-9)  # in place: fp32 rounding
+    assert [r["skipped"] for r in read_jsonl(run.traj_path)[1:]] == [False, False, True, True, True]
+    assert same(trainable_state(replay(None, run.traj_path)[0]), params(run))  # replays too
+
+
+# -- 4. the logs must end where the checkpoint does --------------------------------------------
+@pytest.mark.parametrize(
+    ("name", "damage", "message"),
+    [
+        ("trajectory.jsonl", "delete", "trajectory.jsonl is missing"),
+        ("trajectory.jsonl", "truncate", r"trajectory.jsonl ends early \(\d+ of \d+ bytes\)"),
+        ("trajectory.jsonl", "flip", "trajectory.jsonl was altered before step 3"),
+        ("metrics.jsonl", "delete", "metrics.jsonl is missing"),
+        ("metrics.jsonl", "truncate", r"metrics.jsonl ends early"),
+        ("metrics.jsonl", "flip", "metrics.jsonl was altered before step 3"),
+    ],
+)
+def test_a_log_that_does_not_match_the_checkpoint_is_refused(make_cfg, name, damage, message):
+    run = Run(make_cfg(), progress=False)
+    run.train(stop_at=4)  # the checkpoint is at step 3, the logs go on to step 4
+    path = run.out / name
+    if damage == "delete":
+        path.unlink()
+    elif damage == "truncate":
+        path.write_bytes(path.read_bytes()[:40])
+    else:
+        flip(path, at=0.3, count=3)
+    before = path.read_bytes() if path.exists() else None
+    with pytest.raises(
+        TrainingError, match=message + r".*restore the log from a copy, or pass --fresh"
+    ):
+        Run(make_cfg(), progress=False)
+    assert (path.read_bytes() if path.exists() else None) == before
+
+
+def test_a_lock_file_or_plot_damaged_does_not_matter(make_cfg):
+    straight = Run(make_cfg("a"), progress=False)
+    straight.train()
+    run = Run(make_cfg("b"), progress=False)
+    run.train(stop_at=4)
+    run.close()
+    (run.out / LOCK).write_bytes(b"\xff\x00garbage")
+    resumed = Run(make_cfg("b"), progress=False)
+    assert resumed.took_over is not None and resumed.step == 3
+    resumed.train()
+    assert same(params(resumed), params(straight))
+
+
+# -- 5. a full disk ----------------------------------------------------------------------------
+def test_a_full_disk_names_the_path_keeps_the_checkpoint_and_removes_the_temporary(
+    make_cfg, monkeypatch
+):
+    run = Run(make_cfg(), progress=False)
+    run.train(stop_at=3)
+    good = (run.out / CHECKPOINT).read_bytes()
+    real_fsync = os.fsync
+
+    def full(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".tmp"):
+            raise OSError(28, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(
+        TrainingError,
+        match=r"could not write the checkpoint .*checkpoint.pt.tmp \(No space left on device\); "
+        r"the temporary file is removed and the previous checkpoint .*checkpoint.pt \(step 3\) "
+        "is intact",
+    ):
+        run.train()
+    assert not list(run.out.glob("*.tmp"))
+    assert (run.out / CHECKPOINT).read_bytes() == good
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert Run(make_cfg(), progress=False).step == 3  # resumes from it
+
+
+def test_a_full_disk_on_a_log_names_it_and_a_left_temporary_is_removed(make_cfg, monkeypatch):
+    run = Run(make_cfg(), progress=False)
+    run.train(stop_at=3)
+    (run.out / "checkpoint.pt.tmp").write_bytes(b"x" * 1000)  # left by a kill during a write
+    run.close()
+    run = Run(make_cfg(), progress=False)
+    assert not (run.out / "checkpoint.pt.tmp").exists()
+
+    def full(self, record):
+        raise OSError(28, "No space left on device")
+
+    real_open = Path.open
+
+    def open_(self, mode="r", *a, **k):
+        if mode == "a":
+            raise OSError(28, "No space left on device")
+        return real_open(self, mode, *a, **k)
+
+    monkeypatch.setattr(Path, "open", open_)
+    with pytest.raises(
+        TrainingError,
+        match=r"could not write .*trajectory.jsonl \(No space left on device\); the checkpoint "
+        r".*checkpoint.pt is intact",
+    ):
+        run.train()
+
+
+# -- 6, 9. config values -----------------------------------------------------------------------
+def test_numbers_in_yaml_and_strings_are_read_or_refused_by_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "optimizer:\n  preset: mezo\n  lr: 1e-4\n  eps: 1E-3\ntrain:\n  steps: '10'\n"
+        "  min_lr_factor: '0.5'\n"
+    )
+    cfg = C.load(path)
+    assert cfg["optimizer"]["lr"] == 1e-4 and cfg["optimizer"]["eps"] == 1e-3
+    assert cfg["train"]["steps"] == 10 and cfg["train"]["min_lr_factor"] == 0.5
+    path.write_text("optimizer:\n  preset: mezo\n  eps: small\n")
+    with pytest.raises(C.ConfigError, match=r"optimizer.eps = 'small': expected float"):
+        C.load(path)
+    path.write_text("train:\n  steps: '2.5'\n")
+    with pytest.raises(
+        C.ConfigError, match=r"train.steps = '2.5': expected int, finite and integral"
+    ):
+        C.load(path)
+    path.write_text("optimizer:\n  lr: .nan\n")
+    with pytest.raises(C.ConfigError, match=r"optimizer.lr = nan: expected float, finite"):
+        C.load(path)
+
+
+@pytest.mark.parametrize("text", ["", "# nothing\n", "\n\n"])
+@pytest.mark.parametrize("suffix", [".toml", ".yaml"])
+def test_an_empty_config_is_refused(tmp_path, text, suffix):
+    path = tmp_path / f"c{suffix}"
+    path.write_text(text)
+    with pytest.raises(C.ConfigError, match=r"is empty.*with no config for the default run"):
+        C.load(path)
+
+
+# -- 7, 10. data files -------------------------------------------------------------------------
+def test_non_utf8_files_name_the_file_and_line(tmp_path):
+    (tmp_path / "c.toml").write_bytes(b"[train]\nsteps = 3\n# caf\xe9\n")
+    with pytest.raises(C.ConfigError, match=r"c.toml:3: not UTF-8 \(byte 0xe9"):
+        C.load(tmp_path / "c.toml")
+    (tmp_path / "d.jsonl").write_bytes(
+        b'{"text": "a", "label": 0}\n{"text": "caf\xe9", "label": 1}\n'
+    )
+    with pytest.raises(D.DataError, match=r"d.jsonl:2: not UTF-8"):
+        D.load_examples(str(tmp_path / "d.jsonl"))
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("42", r"d.jsonl:2: not a JSON object but 42"),
+        ("null", r"d.jsonl:2: not a JSON object but null"),
+        ('["a", 1]', r'd.jsonl:2: not a JSON object but \["a", 1\]'),
+        ('{"text": null, "label": 0}', r"d.jsonl:2 has text = None: a text must be a string"),
+        ('{"text": true, "label": 0}', r"d.jsonl:2 has text = True: a text must be a string"),
+        ('{"text": "a", "label": true}', r"d.jsonl:2 has label = True, not an integer label"),
+        ('{"text": "a", "label": null}', r"d.jsonl:2 has label = None, not an integer label"),
+    ],
+)
+def test_bad_jsonl_lines_are_named(tmp_path, line, message):
+    (tmp_path / "d.jsonl").write_text('{"text": "a", "label": 0}\n' + line + "\n")
+    with pytest.raises(D.DataError, match=message):
+        D.load_examples(str(tmp_path / "d.jsonl"))
+
+
+def test_a_csv_with_a_bom_reads_and_a_short_row_names_its_file_line(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_bytes("text,label\r\ngood,1\r\nbad,0\r\n".encode("utf-8-sig"))
+    assert D.load_examples(str(path)) == [
+        {"text": "good", "label": 1},
+        {"text": "bad", "label": 0},
+    ]
+    path.write_text('text,label\ngood,1\n"two\nlines",0\nshort\n')
+    with pytest.raises(
+        D.DataError, match=r"d.csv:5: 1 fields, the header has 2 \('label' missing\)"
+    ):
+        D.load_examples(str(path))
+    path.write_text("text,label\ngood,1,extra\n")
+    with pytest.raises(D.DataError, match=r"d.csv:2: 3 fields, the header has 2"):
+        D.load_examples(str(path))
+
+
+# -- 8. a plugin raising in each hook ----------------------------------------------------------
+HOOKS = [
+    ("estimator", "plan"),
+    ("estimator", "tensor_factors"),
+    ("estimator", "coefficients"),
+    ("projection", "begin_step"),
+    ("projection", "end_step"),
+    ("update_rule", "linear"),
+]
+
+
+@pytest.mark.parametrize(("part", "hook"), HOOKS)
+@pytest.mark.parametrize("perturb", ["inplace", "onthefly"])
+def test_a_plugin_raising_in_a_hook_is_named_and_the_weights_are_restored(part, hook, perturb):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    x = torch.randn(8, 6)
+    opt = kerzoo.optimizer("mezo", model, lr=1e-2, eps=1e-2, perturb=perturb)
+
+    def closure():
+        return model(x).pow(2).mean()
+
+    opt.step(closure)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    obj = getattr(opt, part)
+
+    def boom(*args, **kwargs):
+        raise ValueError("plugin bug")
+
+    setattr(obj, hook, boom)
+    kind = {"update_rule": "update"}.get(part, part)
+    with pytest.raises(
+        ValueError,
+        match=rf"{kind} '{obj.name}' raised ValueError at step 1 "
+        r"\(parameters restored\): plugin bug",
+    ):
+        opt.step(closure)
+    after = model.state_dict()
+    for k, v in before.items():
+        if hook == "end_step":  # after the update: the step is taken, then the hook fails
+            continue
+        if perturb == "onthefly" or hook in ("plan", "tensor_factors", "begin_step"):
+            assert torch.equal(after[k], v), k  # never written while perturbed
+        else:
+            torch.testing.assert_close(after[k], v, rtol=1e-6, atol=1e-8)
+    assert all(torch.isfinite(v).all() for v in after.values())
+
+
+def test_a_plugin_error_in_kerzoo_train_names_it_and_keeps_the_checkpoint(
+    make_cfg, tmp_path, capsys, monkeypatch
+):
+    cfg = make_cfg()
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps(cfg))  # JSON is YAML
+    assert main(["train", str(path), "--steps", "3"]) == 0
+    capsys.readouterr()
+
+    def boom(self, plan, losses, eps):
+        raise RuntimeError("divided by zero")
+
+    estimator = type(kerzoo.optimizer("mezo", torch.nn.Linear(2, 1)).estimator)
+    monkeypatch.setattr(estimator, "coefficients", boom)
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "kerzoo train: a plugin failed: estimator 'two-point' raised RuntimeError at step 3 "
+        "(parameters restored): divided by zero; the checkpoint in" in err
+    )
+    assert load_checkpoint(Path(cfg["train"]["out"]) / CHECKPOINT)["step"] == 3
+
+
+# -- 11. the engine backend in the log header ------------------------------------------------
+def test_the_header_records_the_engine_and_replay_says_when_it_differs(make_cfg, tmp_path, capsys):
+    run = Run(make_cfg(), progress=False)
+    run.train()
+    header = read_jsonl(run.traj_path)[0]
+    assert header["engine"]["device"] == "cpu" and header["engine"]["backend"] in (
+        "c++",
+        "reference",
+        "c+++reference",
+    )
+    assert header["engine"]["torch"] == torch.__version__
+    lines = run.traj_path.read_text().splitlines()
+    header["engine"]["backend"] = "cuda"
+    log = tmp_path / "other.jsonl"
+    log.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    ck = run.out / CHECKPOINT
+    argv = ["replay", "header", str(log), "--out", str(tmp_path / "w.pt"), "--check", str(ck)]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"backend: cuda -> {read_jsonl(run.traj_path)[0]['engine']['backend']}" in err
+    assert "bit for bit only under the same ones" in err
+
+
+# -- kill -9, a concurrent run and SIGTERM, as a user meets them -------------------------------
+def _wait(proc, path: Path, lines: int, limit: float = 120.0) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and proc.poll() is None:
+        if path.exists() and len(read_jsonl(path)) >= lines:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{path} did not reach {lines} lines ({proc.poll()})")
+
+
+def test_kill_9_a_concurrent_run_and_sigterm_then_the_run_ends_bit_exact(make_cfg, tmp_path):
+    over = {"train": {"steps": 14, "checkpoint_every": 2, "eval_every": 100}}
+    straight = Run(make_cfg("a", **over), progress=False)
+    straight.train()
+    cfg = make_cfg("b", **over)
+    path = tmp_path / "b.yaml"
+    path.write_text(json.dumps(cfg))
+    out = Path(cfg["train"]["out"])
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "kerzoo", "train", str(path)]
+
+    def start():
+        return subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+
+    proc = start()  # kill -9 at a moment after the first checkpoint
+    _wait(proc, out / "trajectory.jsonl", 4)
+    with pytest.raises(TrainingError, match=rf"pid {proc.pid} on host"):
+        Run(cfg, progress=False)  # a second writer, while it runs
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    proc = start()  # resumes, then SIGTERM
+    _wait(proc, out / "trajectory.jsonl", 9)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "kerzoo train: terminated (SIGTERM); kept the checkpoint in" in err
+    assert "Run the same command to resume" in err
+    run = Run(cfg, progress=False)  # the killed run's lock is free again
+    assert 2 <= run.step < 14
+    run.train()
+    assert same(params(run), params(straight))
+    assert [r["step"] for r in read_jsonl(run.traj_path)[1:]] == list(range(14))
+    assert same(trainable_state(replay(None, run.traj_path)[0]), params(straight))
