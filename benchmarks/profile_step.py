@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 
 import torch
+from step_time import CONFIGS, build
 from torch.profiler import ProfilerActivity, profile
 
 import kerzoo
 
 from common import sync
-from step_time import CONFIGS, build
 
 
 def parse(spec: str) -> tuple[str, dict]:
