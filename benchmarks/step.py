@@ -428,15 +428,23 @@ def run_overhead(args) -> None:
 # ----------------------------------------------------------------------------------------- host
 
 
-def host_step(spec: str, mode: str, layers: int, dtype, steps: int = 20) -> float:
-    """Median of ``steps`` steps after 3 of optimizer ``spec`` on a fresh TinyLayers(layers)."""
+def host_step(spec: str, mode: str, layers: int, dtype, steps: int = 20) -> tuple[float, float]:
+    """(wall, CPU) seconds: medians of ``steps`` steps after 3 of optimizer ``spec`` on a fresh
+    TinyLayers(layers). CPU (process) time is the steadier of the two on a shared machine."""
     name, options = parse_spec(spec, {"lr": 1e-7})
     model = models.TinyLayers(layers).to(dtype)
     x = torch.randn(4, 8, dtype=dtype)
     opt = kerzoo.optimizer(name, model, perturb=mode, **options)
-    times = timed_steps(opt, lambda: model(x), steps, warmup=3)
+    closure = lambda: model(x)
+    timed_steps(opt, closure, 0, warmup=3)
+    wall, cpu = [], []
+    for _ in range(steps):
+        t, c = time.perf_counter(), time.process_time()
+        opt.step(closure)
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
     opt.close()
-    return median(times)
+    return median(wall), median(cpu)
 
 
 def run_host(args) -> None:
@@ -457,19 +465,22 @@ def run_host(args) -> None:
         "kerzoo_commit": source_commit(),
         "rounds": args.rounds,
         "steps": {},
+        "cpu_steps": {},
     }
     print(f"{2 * layers} tensors, {args.dtype}, one forward {forward * 1e3:.2f} ms")
     runs = [(spec, mode) for spec in args.presets for mode in args.modes.split(",")]
-    seen: dict[tuple, list[float]] = {run: [] for run in runs}
+    seen: dict[tuple, list[tuple[float, float]]] = {run: [] for run in runs}
     for _ in range(args.rounds):  # a busy moment hits one round of each run, not all of one
         for spec, mode in runs:
             seen[spec, mode].append(host_step(spec, mode, layers, dtype, args.steps))
     for spec, mode in runs:
         key = f"{spec} {mode}"
-        rows["steps"][key] = median(seen[spec, mode])
+        rows["steps"][key] = median(w for w, _ in seen[spec, mode])
+        rows["cpu_steps"][key] = median(c for _, c in seen[spec, mode])
         print(
-            f"{key:32s} {rows['steps'][key] * 1e3:7.1f} ms a step  (rounds: "
-            + ", ".join(f"{s * 1e3:.1f}" for s in seen[spec, mode])
+            f"{key:32s} {rows['steps'][key] * 1e3:7.1f} ms a step, "
+            f"{rows['cpu_steps'][key] * 1e3:7.1f} ms of CPU  (rounds: "
+            + ", ".join(f"{w * 1e3:.1f}" for w, _ in seen[spec, mode])
             + ")",
             flush=True,
         )

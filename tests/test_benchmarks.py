@@ -72,3 +72,4 @@ def test_host_mode_writes_its_json(tmp_path):
     assert rows["tensors"] == 4
     assert set(rows["steps"]) == {"mezo inplace", "kerzoo:r_scope=tensor inplace"}
     assert all(t > 0 for t in rows["steps"].values())
+    assert set(rows["cpu_steps"]) == set(rows["steps"])
