@@ -156,9 +156,13 @@ def run_presets(args) -> None:
     cfg = config.load(None)
     cfg["model"]["trainable"] = []
     model, tok, kind = M.load_model(cfg["model"])
-    task = tasks.Classification(cfg["task"], tok, kind, 2)
     batch = data.load_examples("vader-polarity")[: args.batch]
-    closure = lambda: task.loss(model, batch)
+    task = tasks.Classification(cfg["task"], tok, kind, [ex["label"] for ex in batch])
+
+    def closure():  # the mean cross-entropy over the batch
+        total, count = task.loss_sum(model, batch)
+        return total / count
+
     with torch.no_grad():
         closure()
         t = time.perf_counter()
