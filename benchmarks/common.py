@@ -1,7 +1,12 @@
 """Shared by the benchmark scripts: timing (best of several runs, synchronising a GPU), the peers'
-MeZO step, memory readings, and writing results."""
+MeZO step, memory readings, optimizer specs and writing results. What a benchmark reads from an
+optimizer beyond its documented API is read here (``workspace_bytes``), so a change inside kerzoo
+is followed in one place."""
 
 import json
+import os
+import statistics
+import subprocess
 import time
 
 import torch
@@ -23,6 +28,39 @@ def best_time(fn, device: torch.device, repeat: int) -> float:
         sync(device)
         best = min(best, time.perf_counter() - t)
     return best
+
+
+def timed_steps(opt, closure, steps: int, device=None, warmup: int = 0) -> list[float]:
+    """Seconds of each of ``steps`` calls of ``opt.step(closure)`` after ``warmup`` untimed."""
+    for _ in range(warmup):
+        opt.step(closure)
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        opt.step(closure)
+        if device is not None:
+            sync(device)
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def median(xs) -> float:
+    return statistics.median(xs)
+
+
+def parse_spec(spec: str, defaults: dict | None = None) -> tuple[str, dict]:
+    """'name:key=value,key=value' -> (name, options): numbers where a value reads as one."""
+    name, _, rest = spec.partition(":")
+    options = dict(defaults or {})
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"optimizer spec {spec!r}: write options as key=value, got {item!r}")
+        try:
+            options[key] = float(value) if any(c in value for c in ".e") else int(value)
+        except ValueError:
+            options[key] = value
+    return name, options
 
 
 def peers_mezo_step(
@@ -86,8 +124,43 @@ def held_bytes(opt) -> int:
     return state + opt.projection.memory_bytes()
 
 
+def workspace_bytes(opt) -> int:
+    """Bytes of the transient workspace a perturbation strategy keeps between steps (on the fly:
+    the largest module's tensors that need a copy; in place: none). The one place a benchmark reads
+    the optimizer's perturbation strategy (``opt.perturber``)."""
+    return opt.perturber.memory_bytes()
+
+
+def source_commit() -> str | None:
+    """The git commit of the kerzoo package being timed (where it is a checkout), else None."""
+    import kerzoo
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=os.path.dirname(kerzoo.__file__),
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
 def write_json(result, path: str | None) -> None:
     """The raw result as indented JSON, where the command was given a path (--json)."""
     if path:
         with open(path, "w") as f:
             json.dump(result, f, indent=2)
+
+
+def peak(fn, device: torch.device) -> int | None:
+    """Peak bytes allocated on a GPU over one call of ``fn`` (None on a CPU)."""
+    if device.type != "cuda":
+        return None
+    sync(device)
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    sync(device)
+    return torch.cuda.max_memory_allocated()

@@ -40,7 +40,7 @@ B=benchmarks
 stage 120 python3 $B/engine_ops.py --device cuda --numel 500000000 --json "$OUTDIR/engine-ops-$TAG.json"
 stage 180 python3 $B/engine_bench.py --device cuda --model opt-1.3b --dtype bfloat16 --json "$OUTDIR/engine-bf16-$TAG.json"
 stage 120 python3 $B/engine_bench.py --device cuda --model opt-1.3b --dtype float32 --cycles 0 --json "$OUTDIR/engine-fp32-$TAG.json"
-stage 240 python3 $B/step_time.py --model opt-1.3b --device cuda --dtype bfloat16 --batch 16 --seq 256 --presets \
+stage 240 python3 $B/step.py time --model opt-1.3b --device cuda --dtype bfloat16 --batch 16 --seq 256 --presets \
     --json "$OUTDIR/step-bf16-$TAG.json"
 stage 240 python3 -m pytest -q -p no:cacheprovider -m cuda tests/optim tests/train
 echo "=== done"

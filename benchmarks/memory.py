@@ -32,7 +32,7 @@ MODES = ("inference", *ZO, "fo-sgd", "fo-adam")
 def child(mode: str, model_name: str, batch: int, seq: int, device: str, dtype: str) -> None:
     import kerzoo
 
-    from step_time import build
+    from models import opt as build
 
     dev = torch.device(device)
     model = build(model_name, getattr(torch, dtype), dev)

@@ -1,0 +1,75 @@
+"""The benchmark entry point: every command the docs and gpu.sh name exists, optimizer specs
+parse, and a mode runs end to end with the JSON the docs read. No timing is checked here."""
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import step  # noqa: E402
+
+from common import parse_spec  # noqa: E402
+
+MODES = set(step.parser()._subparsers._group_actions[0].choices)
+
+
+def named_commands():
+    """(file, script, mode or None) for each benchmarks/X.py named in docs/**/*.md and gpu.sh."""
+    files = [*sorted((ROOT / "docs").rglob("*.md")), ROOT / "benchmarks" / "gpu.sh"]
+    pattern = re.compile(r"(?:benchmarks/|\$B/)(\w+)\.py(?: ([A-Za-z]+))?")
+    return [
+        (f.relative_to(ROOT), m.group(1), m.group(2))
+        for f in files
+        for m in pattern.finditer(f.read_text())
+    ]
+
+
+def test_every_named_benchmark_exists():
+    commands = named_commands()
+    assert any(script == "step" for _, script, _ in commands)
+    for path, script, mode in commands:
+        assert (ROOT / "benchmarks" / f"{script}.py").exists(), f"{path} names {script}.py"
+        if script == "step":
+            assert mode in {*MODES, "MODE"}, f"{path}: step.py mode {mode!r}, not in {MODES}"
+
+
+def test_modes_cover_the_six_old_scripts():
+    assert {"time", "presets", "projections", "overhead", "host", "profile", "compile"} <= MODES
+    old_scripts = ["step_time", "presets_step", "projection_step", "step_overhead"]
+    for old in [*old_scripts, "host_overhead", "profile_step"]:
+        assert not (ROOT / "benchmarks" / f"{old}.py").exists()
+
+
+def test_parse_spec():
+    assert parse_spec("kerzoo:r_scope=tensor,eps=1e-3,directions=3", {"lr": 0.0}) == (
+        "kerzoo",
+        {"lr": 0.0, "r_scope": "tensor", "eps": 1e-3, "directions": 3},
+    )
+    assert parse_spec("mezo") == ("mezo", {})
+    with pytest.raises(SystemExit, match="key=value"):
+        parse_spec("mezo:inplace")
+
+
+def test_host_mode_writes_its_json(tmp_path):
+    out = tmp_path / "host.json"
+    threads = torch.get_num_threads()
+    try:
+        step.main(
+            [
+                *("host", "--tensors", "4", "--presets", "mezo", "kerzoo:r_scope=tensor"),
+                *("--modes", "inplace", "--steps", "1", "--rounds", "1", "--json", str(out)),
+            ]
+        )
+    finally:  # the mode runs on one thread
+        torch.set_num_threads(threads)
+    rows = json.loads(out.read_text())
+    assert rows["tensors"] == 4
+    assert set(rows["steps"]) == {"mezo inplace", "kerzoo:r_scope=tensor inplace"}
+    assert all(t > 0 for t in rows["steps"].values())
+    assert set(rows["cpu_steps"]) == set(rows["steps"])
