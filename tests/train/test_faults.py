@@ -455,8 +455,9 @@ def test_kill_9_a_concurrent_run_and_sigterm_then_the_run_ends_bit_exact(make_cf
         Run(cfg, progress=False)  # a second writer, while it runs
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    proc = start()  # resumes, then SIGTERM
-    _wait(proc, out / "trajectory.jsonl", 9)
+    killed_at = len(read_jsonl(out / "trajectory.jsonl"))
+    proc = start()  # resumes, then SIGTERM once it has written steps of its own (so it trains)
+    _wait(proc, out / "trajectory.jsonl", killed_at + 3)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
