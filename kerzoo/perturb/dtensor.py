@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ..projections.base import ParamInfo
-from .onthefly import _COMPILED, OnTheFly
+from .onthefly import OnTheFly
 
 FIX = (
     "shard the model with fully_shard's defaults (Shard(0) on a 1-D mesh), or leave the tensor "
@@ -193,12 +193,7 @@ class ShardedOnTheFly(OnTheFly):
             owned = [(n, of[id(p)]) for n, p in m._parameters.items() if id(p) in of]
             if not owned:
                 continue
-            need: dict[tuple, int] = {}
-            for _, t in owned:
-                p = owners[t]
-                need[(p.dtype, p.device)] = need.get((p.dtype, p.device), 0) + p.numel()
-            for k, n in need.items():
-                self._ws_size[k] = max(self._ws_size.get(k, 0), n)
+            self._reserve(owners[t] for _, t in owned)
             self.handles.append(m.register_forward_pre_hook(self._pre_named(owned)))
             # before FSDP's own forward hook, which frees the gathered tensors
             self.handles.append(
@@ -210,8 +205,6 @@ class ShardedOnTheFly(OnTheFly):
             rows = self._rows
             if rows is None:
                 return
-            if torch.compiler.is_compiling():
-                raise RuntimeError(_COMPILED)
             passes: dict[int, list] = {}
             # while the directions are added, a shard's ParamInfo describes the gathered tensor
             # (offset 0, its own shape): projections key their state by the ParamInfo

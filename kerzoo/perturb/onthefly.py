@@ -26,12 +26,6 @@ from ..projections.base import ParamInfo, Projection
 from .base import Perturber
 from .table import Rows
 
-_COMPILED = (
-    "kerzoo: perturb='onthefly' (or 'outputs') is running inside a compiled model; its hooks swap "
-    "each layer's weight, which a compiled graph does not see. Build the optimizer with "
-    "perturb='inplace' for a compiled model, or call the uncompiled model in the closure"
-)
-
 
 class OnTheFly(Perturber):
     """Hooks that show each module's forward W + sum c_i z_i while a point is active."""
@@ -58,13 +52,17 @@ class OnTheFly(Perturber):
         for m in module.modules():
             owned = [p for p in m._parameters.values() if p is not None and id(p) in self.index]
             if owned:
-                need: dict[tuple, int] = {}
-                for p in owned:
-                    need[(p.dtype, p.device)] = need.get((p.dtype, p.device), 0) + p.numel()
-                for k, n in need.items():
-                    self._ws_size[k] = max(self._ws_size.get(k, 0), n)
+                self._reserve(owned)
                 self.handles.append(m.register_forward_pre_hook(self._pre(owned)))
                 self.handles.append(m.register_forward_hook(self._post(len(owned))))
+
+    def _reserve(self, tensors) -> None:
+        """Grow the workspace, per (dtype, device), to hold one module's tensors at once."""
+        need: dict[tuple, int] = {}
+        for p in tensors:
+            need[(p.dtype, p.device)] = need.get((p.dtype, p.device), 0) + p.numel()
+        for k, n in need.items():
+            self._ws_size[k] = max(self._ws_size.get(k, 0), n)
 
     def _transient(self, p: torch.Tensor) -> tuple[torch.Tensor, tuple | None]:
         """A copy of p's data in the reused workspace (a stack: nested modules take the next slice),
@@ -89,8 +87,6 @@ class OnTheFly(Perturber):
             rows = self._rows
             if rows is None:
                 return
-            if torch.compiler.is_compiling():
-                raise RuntimeError(_COMPILED)
             passes: dict[int, list] = {}
             for p in owned:
                 t = self.index[id(p)]

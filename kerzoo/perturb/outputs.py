@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from ..projections.base import Projection
-from .onthefly import _COMPILED, OnTheFly
+from .onthefly import OnTheFly
 
 
 class OutputPerturbation(OnTheFly):
@@ -39,23 +39,19 @@ class OutputPerturbation(OnTheFly):
         lowrank = type(projection).factors is not Projection.factors
         self._ws_size = {}
         for m in module.modules():
-            need: dict[tuple, int] = {}
-            for p in m._parameters.values():
-                if p is None or id(p) not in self.index:
-                    continue
-                if lowrank and isinstance(m, torch.nn.Linear) and p is m.weight:
-                    continue
-                need[(p.dtype, p.device)] = need.get((p.dtype, p.device), 0) + p.numel()
-            for k, n in need.items():
-                self._ws_size[k] = max(self._ws_size.get(k, 0), n)
+            self._reserve(
+                p
+                for p in m._parameters.values()
+                if p is not None
+                and id(p) in self.index
+                and not (lowrank and isinstance(m, torch.nn.Linear) and p is m.weight)
+            )
 
     def _pre(self, owned):
         def hook(module, args):
             rows = self._rows
             if rows is None:
                 return
-            if torch.compiler.is_compiling():
-                raise RuntimeError(_COMPILED)
             factors, swapped = None, 0
             for p in owned:
                 info = self.infos[self.index[id(p)]]

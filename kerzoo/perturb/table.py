@@ -121,13 +121,13 @@ class Table:
         directions whose coefficient is 0 (an evaluation point)."""
         idx = [i for i, c in enumerate(coefs) if c != 0.0] if skip_zero else range(len(coefs))
         seeds = tuple(self.seeds[i] for i in idx)
-        entries: dict[tuple, int] = {}
-        of = [0] * len(self.infos)
+        factors = []
         for t, info in enumerate(self.infos):
             uf = self.update_factors(t)
             if scale is not None:
                 s = scale(info)
                 uf = tuple(f * s for f in uf)
-            entry = (tuple(coefs[i] * uf[i] for i in idx), seeds)
-            of[t] = entries.setdefault(entry, len(entries))
-        return Rows(list(entries), of)
+            factors.append(uf)
+        return self._rows(
+            self._group(factors), lambda f: (tuple(coefs[i] * f[i] for i in idx), seeds)
+        )
