@@ -10,15 +10,15 @@ class ConfigError(ValueError):
     """A config that cannot be used: the message names the file or key and what to do."""
 
 
-def read_text(path: Path, what: str = "file") -> str:
-    """The UTF-8 text of ``path`` (a BOM is dropped); a ConfigError naming the file and the line
-    of the first byte that is not UTF-8."""
+def read_text(path: Path, what: str = "file", error: type[Exception] = ConfigError) -> str:
+    """The UTF-8 text of ``path`` (a BOM is dropped); ``error`` (a ConfigError unless given)
+    naming the file and the line of the first byte that is not UTF-8."""
     data = path.read_bytes()
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise ConfigError(
+        raise error(
             f"{what} {path!s}:{line}: not UTF-8 (byte {data[exc.start]:#04x} at offset "
             f"{exc.start}); save the file as UTF-8"
         ) from None

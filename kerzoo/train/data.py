@@ -15,6 +15,8 @@ import json
 import random
 from pathlib import Path
 
+from ..config import read_text
+
 BUILTIN = ("vader-polarity",)
 
 
@@ -133,15 +135,8 @@ def load_examples(
 
 
 def _text(path: Path) -> str:
-    """The UTF-8 text of a data file (a BOM dropped); an error naming the line otherwise."""
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise DataError(
-            f"{path}:{line}: not UTF-8 (byte {data[exc.start]:#04x}); save the file as UTF-8"
-        ) from None
+    """The UTF-8 text of a data file (a BOM dropped); a DataError naming the line otherwise."""
+    return read_text(path, "data file", DataError)
 
 
 def _label(value, where: str, key: str) -> int:
