@@ -202,6 +202,13 @@ BUILTIN = (
         "ZO-Adam: Adam on the two-point estimate (two full-size buffers)",
     ),
     Preset(
+        "fzoo",
+        {**MEZO, "estimator": "fzoo"},
+        {"lr": 1e-5, "eps": 1e-3, "directions": 8, "dist": "rademacher"},
+        "FZOO (Dang et al. 2025): 8 one-sided Rademacher differences around L(theta), the step "
+        "divided by the losses' standard deviation (9 forwards; perturb='batched': one)",
+    ),
+    Preset(
         "kerzoo",
         {**MEZO, "estimator": "kernel"},
         {

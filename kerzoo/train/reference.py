@@ -26,8 +26,9 @@ OPTION_DOCS = {
     "weight_decay": "decoupled weight decay θ ← θ(1 − lr·wd), not applied to 1-D tensors (biases, "
     "norms)",
     "seed": "seed of the directions: the same seed gives the same trajectory",
-    "perturb": "auto, inplace, onthefly or outputs; auto perturbs on the fly when a module with "
-    "fp16/bf16 parameters is given, in place otherwise",
+    "perturb": "auto, inplace, onthefly, outputs or batched (Python only: all points in one "
+    "forward, the closure takes n); auto perturbs on the fly when a module with fp16/bf16 "
+    "parameters is given, in place otherwise",
     "stochastic_rounding": "round updates of low-precision weights stochastically; unset: on when "
     "a parameter is fp16/bf16",
     "clip": "per-tensor clipping of the estimate's norm (0: off)",
@@ -42,6 +43,8 @@ PART_OPTION_DOCS = {
     ("one-sided", "directions"): "directions q per step (q + 1 forwards)",
     ("three-point", "directions"): "directions q per step (2q + 1 forwards)",
     ("kernel", "directions"): "directions q per step (2 forwards each)",
+    ("fzoo", "directions"): "directions N per step (N + 1 forwards, or one with perturb = batched)",
+    ("fzoo", "normalize"): "divide the step by the standard deviation of the N perturbed losses",
     ("kernel", "kernel"): "a registered kernel (`kerzoo list kernels`)",
     ("kernel", "C"): "scale of the weight K_a(r) = (C/a) K(r/a)",
     ("kernel", "r_max"): "radius a of r ~ U[−a, a] at the start",
