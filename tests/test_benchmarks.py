@@ -73,3 +73,17 @@ def test_host_mode_writes_its_json(tmp_path):
     assert set(rows["steps"]) == {"mezo inplace", "kerzoo:r_scope=tensor inplace"}
     assert all(t > 0 for t in rows["steps"].values())
     assert set(rows["cpu_steps"]) == set(rows["steps"])
+
+
+def test_batched_mode_writes_its_json(tmp_path):
+    out = tmp_path / "batched.json"
+    step.main(
+        [
+            *("batched", "--model", "tiny-llama", "--batch", "1", "--seq", "8"),
+            *("--steps", "1", "--warmup", "0", "--repeat", "1", "--json", str(out)),
+        ]
+    )
+    res = json.loads(out.read_text())
+    assert res["onthefly"]["points"] == res["batched"]["points"] == 9
+    assert res["max_rel_loss_difference"] < 1e-5  # the same losses either way
+    assert res["batched_over_separate_step"] > 0
