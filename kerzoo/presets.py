@@ -209,6 +209,12 @@ BUILTIN = (
         "divided by the losses' standard deviation (9 forwards; perturb='batched': one)",
     ),
     Preset(
+        "zo-adam-replay",
+        {**MEZO, "update": "adam-replay"},
+        {"lr": 1e-5, "eps": 1e-3, "history": 32},
+        "ZO-Adam with both moments rebuilt from the last 32 steps' seeds (no buffers)",
+    ),
+    Preset(
         "kerzoo",
         {**MEZO, "estimator": "kernel"},
         {

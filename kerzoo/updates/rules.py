@@ -122,6 +122,52 @@ class Adam(Update):
             p.tensor.add_(step if step.dtype == p.tensor.dtype else step.to(p.tensor.dtype))
 
 
+class AdamReplay(Update):
+    """Adam with no buffers (after AdaMeZO, arXiv 2605.00650): both moments rebuilt each step
+    from the last h steps' (seed, coefficient) records,
+
+        m_t = (1 - b1) sum_{k<h} b1^k g_{t-k},   v_t = (1 - b2) sum_{k<h} b2^k g_{t-k}^2,
+
+    normalised by the weights' sum 1 - b^min(t, h) (Adam's bias correction while t <= h, where it
+    equals ``adam``; beyond, a window of the last h estimates). Work: h estimates materialised
+    per tensor per step (three temporaries the tensor's size, one tensor at a time)."""
+
+    name = "adam-replay"
+    defaults = {"beta1": 0.9, "beta2": 0.999, "adam_eps": 1e-8, "history": 32}
+    memory = "h x q coefficients per tensor"
+    replays_directions = True
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.b1, self.b2 = float(self.options["beta1"]), float(self.options["beta2"])
+        self.history = int(self.options["history"])
+        for key, b in (("beta1", self.b1), ("beta2", self.b2)):
+            if not 0.0 <= b < 1.0:
+                raise ValueError(f"update 'adam-replay': {key} must be in [0, 1), got {b}")
+        if self.history < 1:
+            raise ValueError(f"update 'adam-replay': history must be >= 1 step, got {self.history}")
+
+    def apply(self, ctx, replay=None):
+        b1, b2, e = self.b1, self.b2, float(self.options["adam_eps"])
+        for p in ctx.params:
+            st = ctx.state(p)
+            past = st.setdefault("history", [])  # newest first: (coefs for p, seeds)
+            past.insert(0, (ctx.for_tensor(p, ctx.coefs), list(ctx.seeds)))
+            del past[self.history :]
+            st["t"] = st.get("t", 0) + 1
+            m = v = None
+            for k, (coefs, seeds) in enumerate(past):
+                g = ctx.projection.materialize(p, coefs, seeds)
+                if m is None:
+                    m, v = torch.zeros_like(g), torch.zeros_like(g)
+                m.add_(g, alpha=(1 - b1) * b1**k)
+                v.addcmul_(g, g, value=(1 - b2) * b2**k)
+            kept = min(st["t"], self.history)
+            step = v.div_(1 - b2**kept).sqrt_().add_(e).reciprocal_().mul_(m)
+            step.mul_(-ctx.lr(p) / (1 - b1**kept))
+            p.tensor.add_(step if step.dtype == p.tensor.dtype else step.to(p.tensor.dtype))
+
+
 class Conservative(Update):
     """Keep the best of theta, theta - lr g, theta + lr g by loss (3 more forwards; ZO-SGD-Cons)."""
 
@@ -149,5 +195,5 @@ class Conservative(Update):
 
 @hookimpl
 def kerzoo_register_updates(register):
-    for rule in (SGD, Sign, Momentum, MomentumReplay, Adam, Conservative):
+    for rule in (SGD, Sign, Momentum, MomentumReplay, Adam, AdamReplay, Conservative):
         register(rule)
