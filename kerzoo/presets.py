@@ -228,6 +228,26 @@ BUILTIN = (
         "KerZOO: kernel-weighted two-point estimator (legendre3), bias O(eps^4), 3 directions",
     ),
     Preset(
+        "kerzoo-recipe",
+        {**MEZO, "estimator": "kernel"},
+        {
+            "lr": 1e-6,
+            "eps": 1e-3,
+            "kernel": "legendre3",
+            "directions": 3,
+            "C": 4.0,
+            "rescale": False,
+            "r_max": 1.0,
+            "r_min": 1e-4,
+            "r_shrink_steps": 4000,
+            "r_scope": "tensor",
+            "clip": 4e5,
+        },
+        "The public KerZOO code's recipe: K = 15 r (5 - 7 r^2) on r shrunk over 4000 steps "
+        "without rescaling, r per tensor, per-tensor clip 4e5 (primal averaging: add update = "
+        "'primal-averaging', one more copy of the weights)",
+    ),
+    Preset(
         "subzero",
         {**MEZO, "projection": "subspace"},
         {"lr": 1e-6, "eps": 1e-3, "rank": 8, "refresh": 2000},

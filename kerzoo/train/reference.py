@@ -57,6 +57,12 @@ PART_OPTION_DOCS = {
         "kernel",
         "r_scope",
     ): "direction (one r per direction) or tensor (one r per direction and tensor)",
+    (
+        "kernel",
+        "rescale",
+    ): "true: K_a(r) = (C/a) K(r/a) (moments kept as a shrinks); false: C K(r), "
+    "the public code's (a hidden lr decay)",
+    ("primal-averaging", "rate"): "beta_t = 1 + t rate: theta <- c / beta_t + (1 - 1/beta_t) theta",
     ("dense", "dist"): "distribution of z: gaussian or rademacher",
     ("subspace", "rank"): "rank r of each matrix's random subspace",
     ("subspace", "refresh"): "steps between redraws of the subspace",

@@ -112,3 +112,27 @@ def test_adam_replay_truncated_is_a_window_of_the_last_h_estimates():
 def test_adam_replay_bad_options_are_named(option, value):
     with pytest.raises(ValueError, match=option):
         kerzoo.optimizer("zo-adam-replay", model64(), **{option: value})
+
+
+def test_primal_averaging_follows_its_recursion():
+    rate, lr, steps = 1 / 6, 1e-2, 5
+    model, opt, records = train({"preset": "mezo", "update": "primal-averaging"}, steps)
+    start = model64()
+    for info, p0, p in zip(opt.infos, start.parameters(), model.parameters()):
+        theta, c = p0.detach().clone(), p0.detach().clone()
+        for t, rec in enumerate(records):  # the estimates were taken at theta
+            c -= lr * opt.projection.materialize(info, rec["coefs"], rec["seeds"])
+            w = 1 / (1 + t * rate)
+            theta = (1 - w) * theta + w * c
+        torch.testing.assert_close(p.detach(), theta, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(opt.state[p]["sequence"], c, rtol=1e-12, atol=1e-14)
+    # the first step is SGD's (to rounding: SGD fuses its restore and update in one pass)
+    sgd, _, _ = train("mezo", 1)
+    avg, _, _ = train({"preset": "mezo", "update": "primal-averaging"}, 1)
+    for a, b in zip(sgd.parameters(), avg.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-15)
+
+
+def test_primal_averaging_rate_is_checked():
+    with pytest.raises(ValueError, match="rate must be >= 0"):
+        kerzoo.optimizer({"preset": "mezo", "update": "primal-averaging", "rate": -1}, model64())
