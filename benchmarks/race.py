@@ -185,6 +185,14 @@ def write_markdown(path: Path, summary: dict, meta: dict) -> None:
         f"Command: `{meta['command']}`  ",
         f"Machine: {meta['machine']}; {meta['workers']} runs at a time, {meta['threads']} thread "
         f"each; load average at the end {meta['load']}.",
+        *(
+            [
+                "Included from earlier races (same task, budget and eps; the trajectories are "
+                "deterministic): " + ", ".join(f"`{w}`" for w in meta["included"]) + "."
+            ]
+            if meta.get("included")
+            else []
+        ),
         "",
         f"Every method gets {meta['forwards']:,} training forward passes "
         f"({meta['forwards'] // 2:,} mezo steps) on the default run (all-MiniLM-L6-v2, VADER word "
@@ -337,6 +345,14 @@ def main(argv=None) -> None:
         "--out", default="docs/benchmarks/race-cpu", help="path prefix of the .json/.md/.png"
     )
     p.add_argument(
+        "--with",
+        dest="with_",
+        nargs="+",
+        default=[],
+        metavar="FILE.json:METHOD",
+        help="include METHOD's runs (and tuning) from an earlier race's JSON, same task and budget",
+    )
+    p.add_argument(
         "--report",
         action="store_true",
         help="only rewrite the .md and .png from the .json at --out",
@@ -388,7 +404,24 @@ def main(argv=None) -> None:
         {**base, "method": m, "lr": lrs[m], "seed": s} for s in args.seeds for m in args.methods
     ]
     results = run_jobs(jobs, args.workers)
-    results.sort(key=lambda r: (args.methods.index(r["method"]), r["seed"]))
+    order = list(args.methods)
+    for spec in args.with_:  # earlier runs first: the target is the first method's
+        path, method = spec.rsplit(":", 1)
+        saved = json.loads(Path(path).read_text())
+        same = {k: saved["meta"][k] for k in ("forwards", "eval_forwards", "eps")}
+        if same != {
+            "forwards": args.forwards,
+            "eval_forwards": args.eval_forwards,
+            "eps": args.eps,
+        }:
+            raise SystemExit(f"--with {spec}: that race ran {same}, not this one's budget and eps")
+        runs = [r for r in saved["runs"] if r["method"] == method]
+        if not runs:
+            raise SystemExit(f"--with {spec}: no runs of {method!r} in {path}")
+        results += runs
+        tuning += [t for t in saved["meta"].get("tuning", []) if t["method"] == method]
+        order.insert(0, method)
+    results.sort(key=lambda r: (order.index(r["method"]), r["seed"]))
     summary = summarise(results)
     import os
 
@@ -407,6 +440,7 @@ def main(argv=None) -> None:
         "eps": args.eps,
         "tune_forwards": args.tune_forwards if args.tune else 0,
         "tuning": tuning,
+        "included": args.with_,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(
