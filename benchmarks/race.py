@@ -12,6 +12,20 @@ its grid (seed 0) and keeps the one with the best held-out accuracy (ties: lower
     python benchmarks/race.py --tune --out docs/benchmarks/race-cpu     # ~1.5 h on 2 cores
 
 writes race-cpu.json (every curve), race-cpu.md (the table) and race-cpu.png (the plot).
+
+A method is a preset or preset:key=value,... (options of the preset, e.g. kerzoo:r_scope=tensor),
+plus one option of the harness: hidden_decay=T multiplies the lr at step t by KerZOO's hidden
+decay h(a) = E[r 4K(r)] / 4 = (15/4) a^2 (5/3 - 7 a^2 / 5), a = max(1 - t/T, 1e-4) (what the
+public KerZOO code's unrescaled shrink does to its step), to give mezo the same schedule. The
+KerZOO ablation, part by part (its shrink horizon scaled to the race's 667 kerzoo steps):
+
+    python benchmarks/race.py --tune --methods kerzoo \
+        kerzoo:C=4,rescale=false,r_max=1,r_min=1e-4,r_shrink_steps=667 \
+        kerzoo:C=4,rescale=false,r_max=1,r_min=1e-4,r_shrink_steps=667,r_scope=tensor \
+        kerzoo-recipe:r_shrink_steps=667 \
+        kerzoo-recipe:r_shrink_steps=667,update=primal-averaging \
+        mezo:hidden_decay=2000 --with docs/benchmarks/race-cpu.json:mezo \
+        --out docs/benchmarks/race-cpu-kerzoo-ablation
 """
 
 from __future__ import annotations
@@ -34,6 +48,34 @@ GRIDS = {"zo-adam": (1e-5, 3e-5, 1e-4), "fzoo": (1e-7, 3e-7, 1e-6, 3e-6)}
 DEFAULT_GRID = (3e-5, 1e-4, 3e-4)
 
 
+def parse_method(method: str) -> tuple[str, dict, int]:
+    """preset[:key=value,...] -> (preset, optimizer options, hidden_decay steps or 0)."""
+    preset, _, rest = method.partition(":")
+    options: dict = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise SystemExit(f"method {method!r}: options are key=value, got {item!r}")
+        low = value.lower()
+        if low in ("true", "false"):
+            options[key] = low == "true"
+        else:
+            try:
+                options[key] = int(value)
+            except ValueError:
+                try:
+                    options[key] = float(value)
+                except ValueError:
+                    options[key] = value
+    return preset, options, int(options.pop("hidden_decay", 0))
+
+
+def hidden_decay(step: int, horizon: int) -> float:
+    """KerZOO's unrescaled shrink as an lr factor: E[r 4K(r)] / 4 at a = max(1 - t/T, 1e-4)."""
+    a = max(1.0 - step / horizon, 1e-4)
+    return 15.0 / 4.0 * a * a * (5.0 / 3.0 - 7.0 * a * a / 5.0)
+
+
 def one_run(job: dict) -> dict:
     """One training run; returns its curve: (forwards, train seconds, eval accuracy) per eval."""
     import torch
@@ -43,12 +85,14 @@ def one_run(job: dict) -> dict:
 
     torch.set_num_threads(job["threads"])
     budget, every = job["forwards"], job["eval_forwards"]
+    preset, options, decay = parse_method(job["method"])
     with tempfile.TemporaryDirectory() as tmp:
         cfg = config_mod.validate(
             {
                 **config_mod.DEFAULT_RUN,
                 "optimizer": {
-                    "preset": job["method"],
+                    "preset": preset,
+                    **options,
                     "lr": job["lr"],
                     "eps": job.get("eps", 1e-3),
                 },
@@ -63,6 +107,15 @@ def one_run(job: dict) -> dict:
             }
         )
         run = Run(cfg, resume=False, progress=False)
+        if decay:
+            set_lr = run._set_lr
+
+            def decayed():
+                set_lr()
+                for g in run.opt.param_groups:
+                    g["lr"] *= hidden_decay(run.step, decay)
+
+            run._set_lr = decayed
         counted = {"forwards": 0}
         loss_of = run.batch_loss
 
@@ -385,7 +438,7 @@ def main(argv=None) -> None:
                 "seed": 0,
             }
             for m in args.methods
-            for lr in GRIDS.get(m, DEFAULT_GRID)
+            for lr in GRIDS.get(m, GRIDS.get(parse_method(m)[0], DEFAULT_GRID))
         ]
         for r in run_jobs(jobs, args.workers):
             last = r["curve"][-1]
