@@ -90,7 +90,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
         "template": (
             "{text}",
             "the prompt; {text} is replaced by the example's text (sft: its prompt; causal_lm: "
-            "every token of the result is scored)",
+            "the loss is on every token of the result but the first)",
         ),
         "label_words": (
             ["terrible", "great"],
