@@ -112,9 +112,9 @@ def test_bad_sft_data_names_the_field_and_the_fix(make_cfg, tmp_path):
     with pytest.raises(
         DataError, match=r"d.jsonl:3 has completion = None: a text must be a string"
     ):
-        run(SFT_ROWS[:2] + [{"prompt": "x", "completion": None}] + SFT_ROWS[2:])
+        run([*SFT_ROWS[:2], {"prompt": "x", "completion": None}, *SFT_ROWS[2:]])
     with pytest.raises(TaskError, match=r"task.type = 'sft': example \d+ has an empty completion"):
-        run(SFT_ROWS[:2] + [{"prompt": "x", "completion": "  "}] + SFT_ROWS[2:])
+        run([*SFT_ROWS[:2], {"prompt": "x", "completion": "  "}, *SFT_ROWS[2:]])
 
 
 @pytest.mark.parametrize("task", ["causal_lm", "sft"])
