@@ -27,13 +27,13 @@ def _eval_from(d: dict) -> str:
 def cmd_train(args) -> int:
     from . import config as config_mod, distributed
     from .data import DataError
-    from .loop import Run, TrainingError, plot
+    from .loop import Run, TrainingError, plot, release_folder
     from .model import ModelError
     from .tasks import TaskError
 
     errors = (config_mod.ConfigError, DataError, ModelError, TaskError, TrainingError, OSError)
     started = time.perf_counter()
-    run = parallel = None
+    run = parallel = cfg = None
     say = print
     terminated = []
 
@@ -120,6 +120,8 @@ def cmd_train(args) -> int:
             signal.signal(signal.SIGTERM, previous)
         if run is not None:
             run.close()
+        elif cfg is not None:  # the Run stopped in its setup (bad data, model, task): unlock
+            release_folder(Path(cfg["train"]["out"]))
         if parallel is not None:
             parallel.close()
     if not run.writer:

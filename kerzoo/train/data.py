@@ -256,7 +256,8 @@ def split(examples: list[dict], eval_size: int, seed: int) -> tuple[list[dict], 
     if len(examples) <= eval_size:
         raise DataError(
             f"{len(examples)} examples cannot give {eval_size} held-out ones and a training set: "
-            "lower eval_size or add data"
+            "lower data.eval_size, add data, or evaluate on another split or source "
+            "(data.eval_split, data.eval_source)"
         )
     shuffled = _shuffled(examples, seed)
     return shuffled[eval_size:], shuffled[:eval_size]

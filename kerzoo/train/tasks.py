@@ -37,6 +37,13 @@ def _device(model) -> torch.device:
 def _check_template(cfg: dict) -> None:
     if "{text}" not in cfg["template"]:
         raise TaskError(f"task.template {cfg['template']!r} must contain {{text}}")
+    try:
+        cfg["template"].format(text="")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise TaskError(
+            f"task.template {cfg['template']!r} has a placeholder other than {{text}} ({exc!r}); "
+            "write a literal brace as {{ or }}"
+        ) from None
 
 
 class _Choices:

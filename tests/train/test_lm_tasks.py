@@ -97,6 +97,13 @@ def test_an_encoder_is_refused_for_the_lm_tasks(make_cfg, tmp_path, task):
         )
 
 
+def test_a_template_with_another_placeholder_is_refused(tiny_models):
+    _, tok, kind = _model(tiny_models, "opt")
+    with pytest.raises(TaskError, match=r"placeholder other than \{text\} \(KeyError\('question'"):
+        _task("sft", tok, kind, SFT_ROWS, template="{question}: {text}")
+    assert _task("sft", tok, kind, SFT_ROWS, template="{{x}} {text}").prompt("a") == "{x} a"
+
+
 def test_bad_sft_data_names_the_field_and_the_fix(make_cfg, tmp_path):
     def run(rows, **data):
         source = write_jsonl(tmp_path / "d.jsonl", rows)
@@ -178,6 +185,9 @@ def test_kerzoo_train_sft_on_dataset_dict_splits(tiny_models, tmp_path, capsys):
     assert "24 training and 8 evaluation examples (from " in out and "[validation])" in out
     assert "eval token accuracy:" in out and "eval loss:" in out and "(perplexity " in out
     config["data"]["split"] = ""
+    config["train"]["out"] = str(tmp_path / "other")
     (tmp_path / "c.yaml").write_text(json.dumps(config))
     assert main(["train", str(tmp_path / "c.yaml"), "--fresh"]) == 2
     assert "splits ['train', 'validation']: choose one with data.split" in capsys.readouterr().err
+    # the refused run let go of its folder: it was no run that was killed
+    assert (tmp_path / "other" / ".kerzoo.lock").read_text() == ""
