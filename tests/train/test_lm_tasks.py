@@ -133,7 +133,8 @@ def test_lm_tasks_train_and_report_eval_loss_and_perplexity(make_cfg, tmp_path, 
             family="opt",
             data={"source": write_jsonl(tmp_path / "d.jsonl", rows), "eval_size": 8},
             task={"type": task},
-            train={"eval_batch_size": 3},  # chunks of 3, 3 and 2: their sums add up
+            # evaluation chunks of 3, 3 and 2: their sums add up
+            train={"steps": 2, "eval_every": 1, "checkpoint_every": 2, "eval_batch_size": 3},
         ),
         progress=False,
     )
@@ -146,7 +147,7 @@ def test_lm_tasks_train_and_report_eval_loss_and_perplexity(make_cfg, tmp_path, 
     result = run.train()
     assert any(not torch.equal(before[k], v) for k, v in params(run).items())
     evals = [r for r in read_jsonl(run.metrics_path) if "eval_loss" in r]
-    assert [r["step"] for r in evals] == [0, 3, 6]
+    assert [r["step"] for r in evals] == [0, 1, 2]
     for r in evals:
         assert r["eval_ppl"] == pytest.approx(math.exp(r["eval_loss"]))
     assert result["first_loss"] == pytest.approx(first["eval_loss"])
@@ -155,7 +156,7 @@ def test_lm_tasks_train_and_report_eval_loss_and_perplexity(make_cfg, tmp_path, 
 
 
 def test_classification_reports_accuracy_only(make_cfg):
-    run = Run(make_cfg(), progress=False)
+    run = Run(make_cfg(train={"steps": 1, "checkpoint_every": 1}), progress=False)
     assert set(run.evaluate()) == {"eval_acc"}
     run.train()
     summary = run.summary()
