@@ -133,7 +133,7 @@ def one_run(job: dict) -> dict:
                 "forwards": 0,
                 "seconds": 0.0,
                 "cpu_seconds": 0.0,
-                "acc": run.evaluate(),
+                "acc": run.evaluate()["eval_acc"],
                 "loss": None,
             }
         ]
@@ -151,7 +151,7 @@ def one_run(job: dict) -> dict:
                         "forwards": counted["forwards"],
                         "seconds": round(seconds, 2),
                         "cpu_seconds": round(cpu, 2),
-                        "acc": run.evaluate(),
+                        "acc": run.evaluate()["eval_acc"],
                         "loss": statistics.fmean(finite) if finite else None,
                     }
                 )

@@ -16,7 +16,7 @@ _, ev = data.split(ex, cfg['data']['eval_size'], 0)
 m, tok, kind = M.load_model(cfg['model'])
 task = tasks.make_task(cfg['task'], tok, kind, ex)
 size = cfg['train']['eval_batch_size']
-right = sum(task.score(m, ev[i:i + size])[0] for i in range(0, len(ev), size))
+right = sum(task.score(m, ev[i:i + size])["acc"][0] for i in range(0, len(ev), size))
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 TRAIN = """

@@ -13,16 +13,27 @@ def _size(path: Path) -> str:
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.0f} KiB"
 
 
+def _number(x: float | None) -> str:
+    return "non-finite" if x is None else f"{x:.4g}"
+
+
+def _eval_from(d: dict) -> str:
+    if not d["eval_source"] and not d["eval_split"]:
+        return "held out"
+    source = d["eval_source"] or d["source"]
+    return f"from {source}[{d['eval_split']}]" if d["eval_split"] else f"from {source}"
+
+
 def cmd_train(args) -> int:
     from . import config as config_mod, distributed
     from .data import DataError
-    from .loop import Run, TrainingError, plot
+    from .loop import Run, TrainingError, plot, release_folder
     from .model import ModelError
     from .tasks import TaskError
 
     errors = (config_mod.ConfigError, DataError, ModelError, TaskError, TrainingError, OSError)
     started = time.perf_counter()
-    run = parallel = None
+    run = parallel = cfg = None
     say = print
     terminated = []
 
@@ -58,7 +69,8 @@ def cmd_train(args) -> int:
         say(
             f"kerzoo train: {cfg['model']['name']} ({run.kind}), training {run.trained:,} of "
             f"{run.total_params:,} parameters; {len(run.train_set):,} training and "
-            f"{len(run.eval_set):,} held-out examples; optimizer {cfg['optimizer']}; output "
+            f"{len(run.eval_set):,} evaluation examples ({_eval_from(cfg['data'])}); optimizer "
+            f"{cfg['optimizer']}; output "
             f"{run.out}/"
         )
         if run.took_over:
@@ -108,6 +120,8 @@ def cmd_train(args) -> int:
             signal.signal(signal.SIGTERM, previous)
         if run is not None:
             run.close()
+        elif cfg is not None:  # the Run stopped in its setup (bad data, model, task): unlock
+            release_folder(Path(cfg["train"]["out"]))
         if parallel is not None:
             parallel.close()
     if not run.writer:
@@ -115,10 +129,18 @@ def cmd_train(args) -> int:
     png = plot(run.metrics_path, run.out / "plot.png")
     minutes = (time.perf_counter() - started) / 60
     first, last = result["first_acc"], result["last_acc"]
+    lm = result["first_loss"] is not None or result["last_loss"] is not None
     print(
-        f"eval accuracy: {first:.3f} before, {last:.3f} after {result['last_eval_step']} steps "
-        f"({len(run.eval_set)} held-out examples; {minutes:.1f} min)"
+        f"eval {'token accuracy' if lm else 'accuracy'}: {first:.3f} before, {last:.3f} after "
+        f"{result['last_eval_step']} steps ({len(run.eval_set)} evaluation examples; "
+        f"{minutes:.1f} min)"
     )
+    if lm:
+        print(
+            f"eval loss:     {_number(result['first_loss'])} before, "
+            f"{_number(result['last_loss'])} after (perplexity {_number(result['first_ppl'])} "
+            f"-> {_number(result['last_ppl'])})"
+        )
     if parallel is not None:
         print(distributed.traffic_line(run))
     print(f"output:      {run.out}/")

@@ -44,7 +44,12 @@ SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
     "data": {
         "source": (
             "vader-polarity",
-            "a .jsonl/.csv file, a saved HF dataset folder, or a built-in task",
+            "a .jsonl/.json/.csv file, a folder saved with datasets' save_to_disk (a Dataset or "
+            "a DatasetDict), or a built-in task",
+        ),
+        "split": (
+            "",
+            'a saved DatasetDict: the split trained on, e.g. "train" ("": its only split)',
         ),
         "text_key": ("text", "the field holding the text"),
         "label_key": (
@@ -53,25 +58,47 @@ SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
         ),
         "options_key": ("options", "multiple_choice: the field holding the list of options"),
         "answer_key": ("answer", "lm: the field holding the gold answer"),
+        "prompt_key": ("prompt", "sft: the field holding the prompt (the template's {text})"),
+        "completion_key": (
+            "completion",
+            "sft: the field holding the completion (the loss is on its tokens only)",
+        ),
         "eval_size": (
             500,
-            "examples held out for evaluation (a seeded shuffle, then the first ones)",
+            "examples for evaluation: held out of the source (a seeded shuffle, then the first "
+            "ones), or, with eval_source or eval_split, drawn the same way from there (all of "
+            "them when there are fewer)",
+        ),
+        "eval_source": (
+            "",
+            "evaluate on this source (the kinds source takes) instead of examples held out of "
+            'source; "" with eval_split set: source itself, at eval_split',
+        ),
+        "eval_split": (
+            "",
+            'the split of the eval source when it is a saved DatasetDict, e.g. "validation"',
         ),
     },
     "task": {
         "type": (
             "classification",
             "classification (label words), multiple_choice (options scored by "
-            "log-likelihood), or lm (loss on the gold answer); the last two need a causal LM",
+            "log-likelihood), lm (loss on the gold answer), causal_lm (loss on every token of "
+            "the text) or sft (loss on the completion after the prompt); all but the first need "
+            "a causal LM",
         ),
-        "template": ("{text}", "the prompt; {text} is replaced by the example's text"),
+        "template": (
+            "{text}",
+            "the prompt; {text} is replaced by the example's text (sft: its prompt; causal_lm: "
+            "the loss is on every token of the result but the first)",
+        ),
         "label_words": (
             ["terrible", "great"],
             "one word per label, in label order (causal LMs: one token each)",
         ),
         "label_prompt": ("It was {word}.", "encoders: the sentence each label word is embedded in"),
         "temperature": (0.05, "encoders: logits are cosine similarities divided by this"),
-        "max_length": (32, "tokens per example"),
+        "max_length": (32, "tokens per example (lm, sft: the prompt and the answer each)"),
     },
     "optimizer": {},  # passed to kerzoo.optimizer, which checks its own options
     "train": {
@@ -116,7 +143,7 @@ DEFAULT_RUN = {"model": {"trainable": ["encoder.layer.4.", "encoder.layer.5."]}}
 CHOICES = {
     ("model", "kind"): ("auto", "encoder", "causal"),
     ("model", "dtype"): ("float32", "float64", "bfloat16", "float16"),
-    ("task", "type"): ("classification", "multiple_choice", "lm"),
+    ("task", "type"): ("classification", "multiple_choice", "lm", "causal_lm", "sft"),
     ("train", "schedule"): SCHEDULES,
     ("distributed", "backend"): ("auto", "gloo", "nccl"),
 }
@@ -272,7 +299,14 @@ def flat(cfg: dict, key: str) -> Any:
 
 
 def trajectory_changes(old: dict, new: dict) -> list[str]:
-    """The keys (of TRAJECTORY_KEYS, and train.steps under a decaying schedule) that differ."""
+    """The keys (of TRAJECTORY_KEYS, and train.steps under a decaying schedule) that differ.
+    A key that ``old`` (a checkpoint's config, maybe written before the key existed) lacks is
+    read as its default."""
+    base = defaults()
+    old = {
+        s: {**base[s], **v} if s in base and s != "optimizer" and isinstance(v, dict) else v
+        for s, v in old.items()
+    }
     keys = list(TRAJECTORY_KEYS)
     if new["train"]["schedule"] != "constant":
         keys.append("train.steps")

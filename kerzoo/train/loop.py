@@ -31,7 +31,7 @@ from ..seeds import derive
 from . import config as config_mod, data as data_mod
 from .model import count_parameters, load_model, resolve_device, trainable_state
 from .replay import environment, fingerprint
-from .tasks import make_task
+from .tasks import data_fields, make_task
 
 CHECKPOINT = "checkpoint.pt"
 LOCK = ".kerzoo.lock"
@@ -217,17 +217,13 @@ class Run:
                     + "): resuming would not continue it. Pass --fresh to "
                     "start over, another --out, or the config that wrote it"
                 )
-        d, task_type = cfg["data"], cfg["task"]["type"]
-        fields = {
-            "multiple_choice": {"options": d["options_key"]},
-            "lm": {"answer": d["answer_key"]},
-        }.get(task_type)
-        examples = data_mod.load_examples(
-            d["source"], d["text_key"], d["label_key"], fields, require_label=task_type != "lm"
+        self.train_set, self.eval_set = data_mod.load_sets(
+            cfg["data"], t["seed"], *data_fields(cfg["task"]["type"], cfg["data"])
         )
-        self.train_set, self.eval_set = data_mod.split(examples, d["eval_size"], t["seed"])
         self.model, self.tokenizer, self.kind = load_model(cfg["model"], self.device)
-        self.task = make_task(cfg["task"], self.tokenizer, self.kind, examples)
+        self.task = make_task(
+            cfg["task"], self.tokenizer, self.kind, self.train_set + self.eval_set
+        )
         self.trained, self.total_params = count_parameters(self.model)
         if ck is not None:
             self._restore_params(ck)
@@ -396,14 +392,26 @@ class Run:
         return total / weight
 
     @torch.no_grad()
-    def evaluate(self) -> float:
+    def evaluate(self) -> dict[str, float | None]:
+        """The metrics of the evaluation set: eval_acc, and for the LM tasks eval_loss (the mean
+        token negative log-likelihood) and eval_ppl (its exponential; None past 1e300)."""
         size = self.cfg["train"]["eval_batch_size"]
-        right = count = 0
+        sums: dict[str, tuple[Any, Any]] = {}
         for i in range(0, len(self.eval_set), size):
-            r, c = self.task.score(self.model, self.shard(self.eval_set[i : i + size]))
-            right, count = right + r, count + c
-        right, count = self.reduce(right, count)
-        return float(right) / float(count)
+            scores = self.task.score(self.model, self.shard(self.eval_set[i : i + size]))
+            for name, (value, weight) in scores.items():
+                had, had_weight = sums.get(name, (0, 0))
+                sums[name] = (had + value, had_weight + weight)
+        out: dict[str, float | None] = {}
+        for name, (value, weight) in sums.items():  # the task's order: the same on every rank
+            value, weight = self.reduce(value, weight)
+            out[f"eval_{name}"] = float(value) / float(weight)
+        if "eval_loss" in out:
+            loss = out["eval_loss"]
+            out["eval_ppl"] = math.exp(loss) if loss < 690 else None
+            if not math.isfinite(loss):
+                out["eval_loss"] = None
+        return out
 
     # -- the loop --------------------------------------------------------------------------------
     def save(self) -> None:
@@ -471,14 +479,15 @@ class Run:
             g["lr"] = lr * f
 
     def train(self, stop_at: int | None = None) -> dict:
-        """Steps until train.steps (or ``stop_at``); returns the eval accuracy at start and end."""
+        """Steps until train.steps (or ``stop_at``); returns ``summary()``: the eval metrics at
+        the start and the end."""
         t = self.cfg["train"]
         total = t["steps"]
         end = total if stop_at is None else min(total, stop_at)
         if (
             self.step == 0 and not self._started
         ):  # the same decision on every rank: evaluate() is collective
-            self._write(self.metrics_path, {"step": 0, "eval_acc": self.evaluate(), "time": 0.0})
+            self._write(self.metrics_path, {"step": 0, **self.evaluate(), "time": 0.0})
         self._started = True
         bar = None
         if self.progress and self.step < end:
@@ -508,7 +517,7 @@ class Run:
                 if streak:
                     record["skipped"] = True
                 if self.step % t["eval_every"] == 0 or self.step == total:
-                    record["eval_acc"] = self.evaluate()
+                    record.update(self.evaluate())
                 for callback in self.callbacks:
                     callback(self, record)
                 self._write(self.metrics_path, record)
@@ -518,7 +527,10 @@ class Run:
                     bar.update(1)
                     post = {"loss": f"{smooth:.4f}" if smooth is not None else "nan"}
                     if "eval_acc" in record:
-                        bar.set_postfix({**post, "acc": f"{record['eval_acc']:.3f}"})
+                        post["acc"] = f"{record['eval_acc']:.3f}"
+                        if record.get("eval_loss") is not None:
+                            post["eval_loss"] = f"{record['eval_loss']:.4f}"
+                        bar.set_postfix(post)
                     elif self.step % 10 == 0:
                         bar.set_postfix(post)
                 if streak >= t["max_nan_streak"]:
@@ -542,16 +554,17 @@ class Run:
         return self.summary()
 
     def summary(self) -> dict:
-        """Accuracy at the start and the latest, from the metrics file (so also after a resume)."""
-        evals = [
-            (r["step"], r["eval_acc"]) for r in read_jsonl(self.metrics_path) if "eval_acc" in r
-        ]
-        return {
+        """The eval metrics at the start and the latest, from the metrics file (so also after a
+        resume): accuracy, and for the LM tasks loss and perplexity (None for the others)."""
+        evals = [r for r in read_jsonl(self.metrics_path) if "eval_acc" in r]
+        out: dict[str, Any] = {
             "step": self.step,
-            "first_acc": evals[0][1] if evals else None,
-            "last_acc": evals[-1][1] if evals else None,
-            "last_eval_step": evals[-1][0] if evals else None,
+            "last_eval_step": evals[-1]["step"] if evals else None,
         }
+        for name in ("acc", "loss", "ppl"):
+            out[f"first_{name}"] = evals[0].get(f"eval_{name}") if evals else None
+            out[f"last_{name}"] = evals[-1].get(f"eval_{name}") if evals else None
+        return out
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -581,11 +594,14 @@ def plot(metrics_path: Path, png: Path) -> Path:
     ax.plot(steps, smooth, color="C0", label=f"loss (mean of {k + 1})")
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
+    held = [(r["step"], r["eval_loss"]) for r in rows if r.get("eval_loss") is not None]
+    if held:
+        ax.plot([a for a, _ in held], [b for _, b in held], "s--", color="C2", label="eval loss")
     ax2 = ax.twinx()
     acc = [(r["step"], r["eval_acc"]) for r in rows if "eval_acc" in r]
     ax2.plot([a for a, _ in acc], [b for _, b in acc], "o-", color="C1", label="eval accuracy")
     ax2.set_ylabel("eval accuracy")
-    fig.legend(loc="lower center", ncol=3, frameon=False)
+    fig.legend(loc="lower center", ncol=4, frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(png, dpi=110)
     plt.close(fig)

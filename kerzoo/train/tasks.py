@@ -1,15 +1,23 @@
-"""The tasks: classification on label words (MeZO's setup), multiple choice, LM loss on an answer.
+"""The tasks: classification on label words (MeZO's setup), multiple choice, an LM loss on an
+answer, a causal-LM loss over the whole text, and SFT (the loss on the completion only).
 
 Every task answers two questions about a list of examples, as sums so that shards add up
 (a data-parallel run all-reduces them, docs/distributed.md):
 - ``loss_sum(model, batch) -> (total, weight)``: the batch loss is total / weight;
-- ``score(model, batch) -> (right, count)``: the evaluation metric is right / count.
+- ``score(model, batch) -> {name: (sum, weight)}``: each evaluation metric is sum / weight:
+  "acc" for every task, and "loss" (the token negative log-likelihood) for the LM tasks (lm,
+  causal_lm, sft), whose perplexity is exp(loss).
 
 Classification:
 - causal LM: the logits of each label word (one token each) after the prompt;
 - encoder: cosine similarity between the prompt's mean-pooled embedding and the embedding of
   each label's sentence ("It was great."), divided by a temperature.
 The loss is the cross-entropy over labels; accuracy is the arg-max label.
+
+The LM tasks score spans of tokens by teacher forcing: token t is predicted from the tokens
+before it, padding and the prompt are masked out (their targets are ignored), and the loss is
+the mean negative log-likelihood of the scored tokens; "acc" is the share of them that are the
+model's arg-max.
 """
 
 from __future__ import annotations
@@ -29,6 +37,13 @@ def _device(model) -> torch.device:
 def _check_template(cfg: dict) -> None:
     if "{text}" not in cfg["template"]:
         raise TaskError(f"task.template {cfg['template']!r} must contain {{text}}")
+    try:
+        cfg["template"].format(text="")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise TaskError(
+            f"task.template {cfg['template']!r} has a placeholder other than {{text}} ({exc!r}); "
+            "write a literal brace as {{ or }}"
+        ) from None
 
 
 class _Choices:
@@ -44,7 +59,8 @@ class _Choices:
     @torch.no_grad()
     def score(self, model, batch):
         pred = self.logits(model, batch).argmax(-1).cpu()
-        return int((pred == torch.tensor([ex["label"] for ex in batch])).sum()), len(batch)
+        right = int((pred == torch.tensor([ex["label"] for ex in batch])).sum())
+        return {"acc": (right, len(batch))}
 
 
 class Classification(_Choices):
@@ -106,42 +122,60 @@ class Classification(_Choices):
         return x @ c.T / self.cfg["temperature"]
 
 
-class _Continuations:
-    """Log-likelihoods of continuations after prompts, for causal LMs (teacher forcing)."""
+IGNORE = -100  # the target of a token that is not scored (cross_entropy's ignore_index)
+
+
+class _Tokens:
+    """Log-likelihoods of token spans under a causal LM (teacher forcing)."""
 
     def __init__(self, cfg: dict, tokenizer, kind: str, name: str):
         if kind != "causal":
-            raise TaskError(f"task.type = {name!r} needs a causal LM; this model is an {kind}")
+            raise TaskError(
+                f"task.type = {name!r} needs a causal LM (a ...ForCausalLM model); this model is "
+                f"an {kind}: set model.name to a causal LM (e.g. an OPT or LLaMA folder), or "
+                'model.kind = "causal" if its config does not name a causal architecture'
+            )
         _check_template(cfg)
         self.cfg, self.tok = cfg, tokenizer
 
-    def scores(self, model, prompts: list[str], conts: list[str]):
-        """Per pair: (sum of log p(continuation tokens), their count, how many are the arg-max)."""
+    def span_scores(self, model, rows: list[list[int]], starts: list[int]):
+        """Per row of token ids: (sum of log p(row[t] | row[:t]) over t >= start, how many
+        tokens that is, how many of them are the arg-max). Padding is never scored."""
         device = _device(model)
-        rows, spans = [], []
-        for p, c in zip(prompts, conts):
-            pid = self.tok(p, truncation=True, max_length=self.cfg["max_length"])["input_ids"]
-            cid = self.tok(" " + c, add_special_tokens=False)["input_ids"][: self.cfg["max_length"]]
-            if not cid:
-                raise TaskError(f"the continuation {c!r} has no token")
-            rows.append(pid + cid)
-            spans.append((len(pid), len(pid) + len(cid)))
         width = max(len(r) for r in rows)
         pad = self.tok.pad_token_id or 0
         ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
-        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
-        total, count, right = [], [], []
-        for k, (a, b) in enumerate(spans):
-            target = ids[k, a:b]
-            pred = logp[k, a - 1 : b - 1]
-            total.append(pred.gather(-1, target[:, None]).sum())
-            count.append(b - a)
-            right.append(int((pred.argmax(-1) == target).sum()))
-        return torch.stack(total), count, right
+        target = torch.full_like(ids, IGNORE)
+        for k, (r, a) in enumerate(zip(rows, starts)):
+            a = max(a, 1)  # the first token has nothing before it
+            target[k, a : len(r)] = ids[k, a : len(r)]
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        target = target[:, 1:]
+        nll = F.cross_entropy(logits.transpose(1, 2), target, ignore_index=IGNORE, reduction="none")
+        scored = target != IGNORE
+        right = ((logits.argmax(-1) == target) & scored).sum(1)
+        return -nll.sum(1), scored.sum(1), right
+
+    def pair_rows(self, prompts: list[str], conts: list[str], end: list[int] = ()):
+        """The rows of prompt + continuation tokens (each at most max_length; ``end``, e.g.
+        the EOS token, closes the continuation) and where each continuation starts."""
+        rows, starts = [], []
+        length = self.cfg["max_length"]
+        for p, c in zip(prompts, conts):
+            pid = self.tok(p, truncation=True, max_length=length)["input_ids"]
+            cid = self.tok(c, add_special_tokens=False)["input_ids"][: length - len(end)]
+            if not cid:
+                raise TaskError(f"the continuation {c!r} has no token")
+            rows.append(pid + cid + list(end))
+            starts.append(len(pid))
+        return rows, starts
+
+    def prompt(self, text: str) -> str:
+        return self.cfg["template"].format(text=text)
 
 
-class MultipleChoice(_Continuations, _Choices):
+class MultipleChoice(_Tokens, _Choices):
     """Options scored by mean token log-likelihood after the prompt; cross-entropy over options."""
 
     def __init__(self, cfg, tokenizer, kind, examples):
@@ -163,44 +197,108 @@ class MultipleChoice(_Continuations, _Choices):
         prompts, conts = [], []
         for ex in batch:
             for o in ex["options"]:
-                prompts.append(self.cfg["template"].format(text=ex["text"]))
-                conts.append(str(o))
-        total, count, _ = self.scores(model, prompts, conts)
+                prompts.append(self.prompt(ex["text"]))
+                conts.append(" " + str(o))
+        total, count, _ = self.span_scores(model, *self.pair_rows(prompts, conts))
+        mean = total / count
         width = max(len(ex["options"]) for ex in batch)
         out = torch.full((len(batch), width), float("-inf"), device=total.device)
         j = 0
         for k, ex in enumerate(batch):
             n = len(ex["options"])
-            out[k, :n] = total[j : j + n] / torch.tensor(count[j : j + n], device=total.device)
+            out[k, :n] = mean[j : j + n]
             j += n
         return out
 
 
-class LMLoss(_Continuations):
-    """Negative log-likelihood of the gold answer's tokens (the loss is the mean per token); the
-    metric is the share of answer tokens that are the model's arg-max (teacher forcing)."""
+class _TokenLoss(_Tokens):
+    """A loss that is the mean negative log-likelihood of the scored tokens of each example."""
 
-    def __init__(self, cfg, tokenizer, kind):
-        super().__init__(cfg, tokenizer, kind, "lm")
+    name = ""
+    field = ""  # the example's field that must not be empty
 
-    def _pairs(self, batch):
-        return [self.cfg["template"].format(text=ex["text"]) for ex in batch], [
-            str(ex["answer"]) for ex in batch
-        ]
+    def __init__(self, cfg, tokenizer, kind, examples):
+        super().__init__(cfg, tokenizer, kind, self.name)
+        for i, ex in enumerate(examples):
+            if not ex[self.field].strip():
+                raise TaskError(
+                    f"task.type = {self.name!r}: example {i} has an empty {self.field} "
+                    f"({ex[self.field]!r}), nothing to score; fill it or drop the example"
+                )
+
+    def rows(self, batch: list[dict]) -> tuple[list[list[int]], list[int]]:
+        raise NotImplementedError
 
     def loss_sum(self, model, batch):
-        total, count, _ = self.scores(model, *self._pairs(batch))
-        return -total.sum(), sum(count)
+        total, count, _ = self.span_scores(model, *self.rows(batch))
+        return -total.sum(), int(count.sum())
 
     @torch.no_grad()
     def score(self, model, batch):
-        _, count, hit = self.scores(model, *self._pairs(batch))
-        return sum(hit), sum(count)
+        total, count, right = self.span_scores(model, *self.rows(batch))
+        n = int(count.sum())
+        return {"acc": (int(right.sum()), n), "loss": (float(-total.sum()), n)}
+
+
+class LMLoss(_TokenLoss):
+    """The gold answer's tokens after the prompt (a space between them)."""
+
+    name, field = "lm", "answer"
+
+    def rows(self, batch):
+        return self.pair_rows(
+            [self.prompt(ex["text"]) for ex in batch], [" " + ex["answer"] for ex in batch]
+        )
+
+
+class SFT(_TokenLoss):
+    """The completion's tokens after the prompt, as written (no space added), then EOS (where
+    the tokenizer has one, so that the model learns to stop); the prompt is masked."""
+
+    name, field = "sft", "completion"
+
+    def rows(self, batch):
+        eos = self.tok.eos_token_id
+        return self.pair_rows(
+            [self.prompt(ex["prompt"]) for ex in batch],
+            [ex["completion"] for ex in batch],
+            [] if eos is None else [eos],
+        )
+
+
+class CausalLM(_TokenLoss):
+    """Every token of the formatted text but the first (which nothing predicts)."""
+
+    name, field = "causal_lm", "text"
+
+    def rows(self, batch):
+        rows = [
+            self.tok(self.prompt(ex["text"]), truncation=True, max_length=self.cfg["max_length"])[
+                "input_ids"
+            ]
+            for ex in batch
+        ]
+        return rows, [1] * len(rows)
+
+
+LM_TASKS = {"lm": LMLoss, "sft": SFT, "causal_lm": CausalLM}
+
+
+def data_fields(task_type: str, d: dict) -> tuple[str | None, dict[str, str], bool]:
+    """What a task reads from the [data] section ``d``: (the text's field or None, more fields
+    by name, whether a label is required), as ``data.load_examples`` takes them."""
+    if task_type == "sft":
+        return None, {"prompt": d["prompt_key"], "completion": d["completion_key"]}, False
+    if task_type == "multiple_choice":
+        return d["text_key"], {"options": d["options_key"]}, True
+    if task_type == "lm":
+        return d["text_key"], {"answer": d["answer_key"]}, False
+    return d["text_key"], {}, task_type == "classification"
 
 
 def make_task(cfg: dict, tokenizer, kind: str, examples: list[dict]):
     if cfg["type"] == "multiple_choice":
         return MultipleChoice(cfg, tokenizer, kind, examples)
-    if cfg["type"] == "lm":
-        return LMLoss(cfg, tokenizer, kind)
+    if cfg["type"] in LM_TASKS:
+        return LM_TASKS[cfg["type"]](cfg, tokenizer, kind, examples)
     return Classification(cfg, tokenizer, kind, [ex["label"] for ex in examples])

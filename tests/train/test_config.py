@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,15 @@ def test_resuming_with_a_config_that_changes_the_trajectory_is_detected():
     assert C.trajectory_changes(
         cosine, C.validate({"train": {"schedule": "cosine", "steps": 5}})
     ) == ["train.steps: 2000 -> 5"]
+
+
+def test_a_checkpoint_config_written_before_a_key_existed_reads_it_as_its_default():
+    new = C.validate({"data": {"source": "d.jsonl"}})
+    old = json.loads(json.dumps(new))
+    for key in ("split", "eval_source", "eval_split", "prompt_key", "completion_key"):
+        del old["data"][key]
+    assert C.trajectory_changes(old, new) == []
+    assert C.trajectory_changes(old, C.validate({"data": {"source": "d.jsonl", "split": "a"}}))
 
 
 def test_model_device_resolves_and_a_missing_or_bad_device_is_named(monkeypatch):

@@ -315,3 +315,32 @@ def test_one_nccl_rank_on_the_gpu_follows_a_plain_gpu_run(make_cfg, tmp_path, sh
     steps = [m for m in read_jsonl(Path(nccl["train"]["out"]) / "metrics.jsonl") if "loss" in m]
     # 16 bytes per forward; a gather receives what other ranks hold, and one rank has no others
     assert steps and all(m["comm_bytes"] == 32 for m in steps), steps
+
+
+def test_two_ranks_report_the_eval_loss_and_perplexity_of_one_rank(make_cfg, tmp_path):
+    """An LM task's token-weighted eval loss: each rank's (sum, tokens) pairs are all-reduced."""
+    rows = [
+        {"prompt": f"Q: {w}? A:", "completion": f" {w}" + " indeed" * (i % 3)}
+        for i, w in enumerate(["good", "bad", "happy", "sad", "great", "awful"] * 5)
+    ]
+    source = tmp_path / "sft.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    over = {
+        "data": {"source": str(source), "eval_size": 10},
+        "task": {"type": "sft"},
+        "optimizer": {"preset": "mezo", "lr": 1e-3},
+        "train": {"steps": 2, "batch_size": 8, "eval_every": 2, "eval_batch_size": 4},
+    }
+    one, two = make_cfg("one", family="opt", **over), make_cfg("two", family="opt", **over)
+    outs = finish(start([{"cfg": two}], tmp_path))
+    assert "DONE 2" in outs[0], outs
+    Run(one, progress=False).train()
+    evals = [
+        [m for m in read_jsonl(Path(c["train"]["out"]) / "metrics.jsonl") if "eval_loss" in m]
+        for c in (one, two)
+    ]
+    assert [m["step"] for m in evals[0]] == [m["step"] for m in evals[1]] == [0, 2]
+    assert evals[1][0]["eval_acc"] == evals[0][0]["eval_acc"]  # step 0: the same parameters
+    for a, b in zip(*evals):  # step 2: the same up to the order of the float sums
+        for key in ("eval_loss", "eval_ppl"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4), (key, a, b)
