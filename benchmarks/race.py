@@ -44,7 +44,7 @@ from pathlib import Path
 METHODS = ("mezo", "kerzoo", "subzero", "lozo", "pgap", "zo-adam")
 # lr grids around each preset family's scale on this task (mezo's default run uses 1e-4)
 # fzoo's step is normalised by the losses' spread: about lr sqrt(N) / (N eps) per coordinate
-GRIDS = {"zo-adam": (1e-5, 3e-5, 1e-4), "fzoo": (1e-7, 3e-7, 1e-6, 3e-6)}
+GRIDS = {"zo-adam": (1e-5, 3e-5, 1e-4), "fzoo": (1e-6, 3e-6, 1e-5, 3e-5)}
 DEFAULT_GRID = (3e-5, 1e-4, 3e-4)
 
 
