@@ -382,6 +382,20 @@ def plot(path: Path, results: list[dict], target: float) -> None:
     fig.savefig(path, dpi=110)
 
 
+def include(spec: str, args) -> tuple[list, list, str]:
+    """--with FILE.json:METHOD: that method's runs and tuning rows from an earlier race."""
+    path, method = spec.rsplit(":", 1)
+    saved = json.loads(Path(path).read_text())
+    same = {k: saved["meta"].get(k, 1e-3) for k in ("forwards", "eval_forwards", "eps")}
+    if same != {"forwards": args.forwards, "eval_forwards": args.eval_forwards, "eps": args.eps}:
+        raise SystemExit(f"--with {spec}: that race ran {same}, not this one's budget and eps")
+    runs = [r for r in saved["runs"] if r["method"] == method]
+    if not runs:
+        raise SystemExit(f"--with {spec}: no runs of {method!r} in {path}")
+    tuned = [t for t in saved["meta"].get("tuning", []) if t["method"] == method]
+    return runs, tuned, method
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--methods", nargs="+", default=list(METHODS))
@@ -419,6 +433,7 @@ def main(argv=None) -> None:
         write_markdown(out.with_suffix(".md"), summary, saved["meta"])
         plot(out.with_suffix(".png"), saved["runs"], summary["target"])
         return print(out.with_suffix(".md").read_text())
+    included = [include(spec, args) for spec in args.with_]  # checked before anything runs
     base = {
         "forwards": args.forwards,
         "eval_forwards": args.eval_forwards,
@@ -457,23 +472,10 @@ def main(argv=None) -> None:
         {**base, "method": m, "lr": lrs[m], "seed": s} for s in args.seeds for m in args.methods
     ]
     results = run_jobs(jobs, args.workers)
-    order = list(args.methods)
-    for spec in args.with_:  # earlier runs first: the target is the first method's
-        path, method = spec.rsplit(":", 1)
-        saved = json.loads(Path(path).read_text())
-        same = {k: saved["meta"][k] for k in ("forwards", "eval_forwards", "eps")}
-        if same != {
-            "forwards": args.forwards,
-            "eval_forwards": args.eval_forwards,
-            "eps": args.eps,
-        }:
-            raise SystemExit(f"--with {spec}: that race ran {same}, not this one's budget and eps")
-        runs = [r for r in saved["runs"] if r["method"] == method]
-        if not runs:
-            raise SystemExit(f"--with {spec}: no runs of {method!r} in {path}")
+    order = [*(m for _, _, m in included), *args.methods]
+    for runs, tuned, _ in included:
         results += runs
-        tuning += [t for t in saved["meta"].get("tuning", []) if t["method"] == method]
-        order.insert(0, method)
+        tuning += tuned
     results.sort(key=lambda r: (order.index(r["method"]), r["seed"]))
     summary = summarise(results)
     import os
