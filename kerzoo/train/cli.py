@@ -35,7 +35,7 @@ def cmd_train(args) -> int:
     except ValueError:  # not the main thread: leave SIGTERM alone
         previous = None
     try:
-        cfg = config_mod.load(args.config)
+        cfg = config_mod.load(args.config, args.set or [])
         if args.steps:
             cfg["train"]["steps"] = args.steps
         if args.out:
@@ -198,6 +198,13 @@ def add_cli(sub) -> None:
         "config", nargs="?", help="TOML or YAML file; none runs the default offline task"
     )
     p.add_argument("--steps", type=int, help="override train.steps")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="SECTION.KEY=VALUE",
+        help="override a config key, checked like the file's (repeatable); the value is read as "
+        'a TOML literal (100, 1e-4, true, "text", ["a", "b"]) or else as a string',
+    )
     p.add_argument("--out", help="override train.out")
     p.add_argument(
         "--fresh",
