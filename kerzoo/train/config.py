@@ -291,7 +291,7 @@ def validate(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     if bits and not m["lora"]:
         raise ConfigError(
             f"model.{bits} = true needs model.lora: quantized weights are not trained (their "
-            'values are codes), the LoRA adapters on them are; e.g. model.lora = {r = 8, '
+            "values are codes), the LoRA adapters on them are; e.g. model.lora = {r = 8, "
             'target_modules = ["q_proj", "v_proj"]}'
         )
     if not cfg["export"]["path"].strip():

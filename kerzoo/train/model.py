@@ -133,8 +133,8 @@ def placement(cfg: dict, dtype: torch.dtype, device: torch.device | None = None)
         if gpu.type != "cuda" and not cfg.get("device_map"):
             raise ModelError(
                 f"{key} = true quantizes with bitsandbytes on a CUDA GPU, but the model goes to "
-                f"{gpu} (model.device = {cfg.get('device', 'auto')!r}): run on a machine with a GPU "
-                "and model.device = auto or cuda:N, or drop the quantization"
+                f"{gpu} (model.device = {cfg.get('device', 'auto')!r}): run on a machine with a "
+                "GPU and model.device = auto or cuda:N, or drop the quantization"
             )
         from transformers import BitsAndBytesConfig
 
