@@ -42,8 +42,8 @@ _HELD: dict[str, int] = {}  # output folder -> the fd of its lock, held by this 
 
 
 def tensorboard_writer(folder: Path, step: int):
-    """A TensorBoard SummaryWriter on ``folder``; a resumed run (``step`` > 0) purges the
-    events of the steps from ``step`` on, written after the checkpoint it resumes from."""
+    """A TensorBoard SummaryWriter on ``folder``; a run resumed from the checkpoint of ``step``
+    (> 0) purges the events of the steps after it, which the stopped run wrote past it."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
@@ -51,7 +51,7 @@ def tensorboard_writer(folder: Path, step: int):
             "log.tensorboard = true needs the tensorboard package, which is not installed here: "
             "pip install 'kerzoo[tensorboard]' (or set log.tensorboard = false)"
         ) from None
-    return SummaryWriter(str(folder), purge_step=step or None)
+    return SummaryWriter(str(folder), purge_step=step + 1 if step else None)
 
 
 class TrainingError(RuntimeError):
