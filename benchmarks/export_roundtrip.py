@@ -1,7 +1,7 @@
 """The default run exported and reloaded: its held-out accuracy through the model transformers
 loads back from <out>/model, against the trained model's (docs/benchmarks/export-default-cpu.md).
 
-python benchmarks/export_roundtrip.py [--steps N] [--out runs/export-roundtrip]
+python benchmarks/export_roundtrip.py [--steps N] [--out runs/export-roundtrip] [--set KEY=VALUE]
 
 Runs `kerzoo train --fresh` (the default run; --steps shortens it), then evaluates the held-out
 set three ways: the accuracy the run logged, the checkpoint's model (what `kerzoo train` held in
@@ -26,8 +26,8 @@ def folder_mib(path: Path) -> float:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
 
 
-def run(steps: int | None, out: str) -> dict:
-    overrides = [f"train.out={out}"] + ([f"train.steps={steps}"] if steps else [])
+def run(steps: int | None, out: str, extra: list[str]) -> dict:
+    overrides = [f"train.out={out}", *extra] + ([f"train.steps={steps}"] if steps else [])
     argv = ["train", "--fresh"] + [x for o in overrides for x in ("--set", o)]
     started = time.perf_counter()
     if main(argv) != 0:
@@ -74,5 +74,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, help="shorten the default run (default: 2000)")
     parser.add_argument("--out", default="runs/export-roundtrip")
+    parser.add_argument("--set", action="append", default=[], help="more kerzoo train --set")
     args = parser.parse_args()
-    print(json.dumps(run(args.steps, args.out), indent=2))
+    print(json.dumps({**run(args.steps, args.out, args.set), "set": args.set}, indent=2))
