@@ -25,21 +25,25 @@ def trained(make_cfg, name, family, **over):
     return run
 
 
-@pytest.mark.parametrize("family", ["bert", "opt"])
-def test_a_full_fine_tuning_export_loads_back_with_the_same_outputs(make_cfg, tiny_models, family):
+@pytest.mark.parametrize("family,dtype", [("bert", "float32"), ("opt", "bfloat16")])
+def test_a_full_fine_tuning_export_loads_back_with_the_same_outputs(
+    make_cfg, tiny_models, family, dtype
+):
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-    run = trained(make_cfg, family, family, optimizer={"preset": "mezo", "lr": 1e-2})
+    optimizer = {"preset": "mezo", "lr": 1e-2}
+    run = trained(make_cfg, family, family, optimizer=optimizer, model={"dtype": dtype})
     folder = export_run(run)
     run.close()
     assert folder == run.out / "model"
     assert (folder / "model.safetensors").exists() and (folder / "config.json").exists()
     cls = AutoModelForCausalLM if family == "opt" else AutoModel
-    loaded = cls.from_pretrained(folder).eval()
+    loaded = cls.from_pretrained(folder, dtype="auto").eval()  # the saved dtype
+    assert next(loaded.parameters()).dtype == getattr(torch, dtype)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     mine = outputs(run.model, run.tokenizer)
     assert torch.equal(outputs(loaded, tokenizer), mine)
-    base = cls.from_pretrained(tiny_models[family]).eval()
+    base = cls.from_pretrained(tiny_models[family], dtype=getattr(torch, dtype)).eval()
     assert not torch.equal(outputs(base, tokenizer), mine)  # training changed the outputs
     run.model = loaded  # the same held-out accuracy through the run's own task
     assert run.evaluate() == run.summary()["last_acc"]
