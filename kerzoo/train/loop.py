@@ -41,9 +41,9 @@ MAGIC = b"KERZOO-CHECKPOINT 1\n"
 _HELD: dict[str, int] = {}  # output folder -> the fd of its lock, held by this process
 
 
-def tensorboard_writer(folder: Path, step: int):
-    """A TensorBoard SummaryWriter on ``folder``; a run resumed from the checkpoint of ``step``
-    (> 0) purges the events of the steps after it, which the stopped run wrote past it."""
+def summary_writer() -> type:
+    """torch's TensorBoard SummaryWriter; a ConfigError naming the extra where tensorboard is
+    not installed."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
@@ -51,7 +51,7 @@ def tensorboard_writer(folder: Path, step: int):
             "log.tensorboard = true needs the tensorboard package, which is not installed here: "
             "pip install 'kerzoo[tensorboard]' (or set log.tensorboard = false)"
         ) from None
-    return SummaryWriter(str(folder), purge_step=step + 1 if step else None)
+    return SummaryWriter
 
 
 class TrainingError(RuntimeError):
@@ -222,6 +222,8 @@ class Run:
 
         self.cfg, self.progress, self.parallel = cfg, progress, parallel
         self.writer = parallel is None or parallel.rank == 0
+        self.tensorboard = None  # the SummaryWriter of log.tensorboard, made below
+        board = summary_writer() if self.writer and cfg["log"]["tensorboard"] else None
         t = cfg["train"]
         if t["threads"]:
             torch.set_num_threads(t["threads"])
@@ -311,11 +313,10 @@ class Run:
                     "engine": environment(self.device),
                 },
             )
-        self.tensorboard = (
-            tensorboard_writer(self.out / TENSORBOARD, self.step)
-            if self.writer and cfg["log"]["tensorboard"]
-            else None
-        )
+        if board is not None:  # a resumed run hides the events of the steps after its checkpoint
+            self.tensorboard = board(
+                str(self.out / TENSORBOARD), purge_step=self.step + 1 if self.step else None
+            )
 
     @property
     def sharded(self) -> bool:
