@@ -151,3 +151,31 @@ def test_export_path_resolves_auto_and_relative_paths():
     assert str(export_path(cfg, out="elsewhere")) == "elsewhere/hf"
     cfg["export"]["path"] = "/abs/hf"
     assert str(export_path(cfg)) == "/abs/hf"
+
+
+def test_kerzoo_export_refuses_a_folder_another_process_is_training_in(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    run = tmp_path / "busy"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"not read: the lock is checked first")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from kerzoo.train.loop import lock_folder; "
+            f"lock_folder(Path({str(run)!r})); print('held', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["export", str(run)]) == 2
+        assert "is in use by another kerzoo train" in capsys.readouterr().err
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert not (run / "model").exists()
