@@ -19,6 +19,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,9 +35,23 @@ from .replay import environment, fingerprint
 from .tasks import data_fields, make_task
 
 CHECKPOINT = "checkpoint.pt"
+TENSORBOARD = "tensorboard"  # the folder of the TensorBoard events (log.tensorboard)
 LOCK = ".kerzoo.lock"
 MAGIC = b"KERZOO-CHECKPOINT 1\n"
 _HELD: dict[str, int] = {}  # output folder -> the fd of its lock, held by this process
+
+
+def summary_writer() -> type:
+    """torch's TensorBoard SummaryWriter; a ConfigError naming the extra where tensorboard is
+    not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise config_mod.ConfigError(
+            "log.tensorboard = true needs the tensorboard package, which is not installed here: "
+            "pip install 'kerzoo[tensorboard]' (or set log.tensorboard = false)"
+        ) from None
+    return SummaryWriter
 
 
 class TrainingError(RuntimeError):
@@ -178,6 +193,26 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def restore_params(model: torch.nn.Module, params: dict, path: Path) -> None:
+    """Copy a checkpoint's trained tensors (``params``, read from ``path``) into ``model``; a
+    trained parameter it lacks, or one the model lacks, is a TrainingError."""
+    have = dict(model.named_parameters())
+    missing = sorted(set(trainable_state(model)) - set(params))
+    if missing:
+        raise TrainingError(
+            f"checkpoint {path} lacks trained parameter(s) {missing[:3]}: "
+            "was it written with another model config? Pass --fresh to start over"
+        )
+    with torch.no_grad():
+        for name, value in params.items():
+            if name not in have:
+                raise TrainingError(
+                    f"checkpoint has parameter {name!r} that this model lacks: "
+                    "was it written with another model config? Pass --fresh to start over"
+                )
+            have[name].copy_(value)
+
+
 class Run:
     """A training run. ``parallel`` (a distributed.DataParallel) makes it one rank of a
     data-parallel run: it sets the shard/reduce hooks, and only rank 0 writes files."""
@@ -187,6 +222,8 @@ class Run:
 
         self.cfg, self.progress, self.parallel = cfg, progress, parallel
         self.writer = parallel is None or parallel.rank == 0
+        self.tensorboard = None  # the SummaryWriter of log.tensorboard, made below
+        board = summary_writer() if self.writer and cfg["log"]["tensorboard"] else None
         t = cfg["train"]
         if t["threads"]:
             torch.set_num_threads(t["threads"])
@@ -255,6 +292,7 @@ class Run:
         elif self.writer:
             for p in (self.metrics_path, self.traj_path, self.checkpoint_path):
                 p.unlink(missing_ok=True)
+            shutil.rmtree(self.out / TENSORBOARD, ignore_errors=True)
             for p in self.out.glob("checkpoint-*.pt"):
                 p.unlink()
             self._write(
@@ -271,27 +309,17 @@ class Run:
                     "engine": environment(self.device),
                 },
             )
+        if board is not None:  # a resumed run hides the events of the steps after its checkpoint
+            self.tensorboard = board(
+                str(self.out / TENSORBOARD), purge_step=self.step + 1 if self.step else None
+            )
 
     @property
     def sharded(self) -> bool:
         return self.parallel is not None and self.parallel.sharded is not None
 
     def _restore_params(self, ck: dict) -> None:
-        params = dict(self.model.named_parameters())
-        missing = sorted(set(trainable_state(self.model)) - set(ck["params"]))
-        if missing:
-            raise TrainingError(
-                f"checkpoint {self.checkpoint_path} lacks trained parameter(s) {missing[:3]}: "
-                "was it written with another model config? Pass --fresh to start over"
-            )
-        with torch.no_grad():
-            for name, value in ck["params"].items():
-                if name not in params:
-                    raise TrainingError(
-                        f"checkpoint has parameter {name!r} that this model lacks: "
-                        "was it written with another model config? Pass --fresh to start over"
-                    )
-                params[name].copy_(value)
+        restore_params(self.model, ck["params"], self.checkpoint_path)
 
     def _restore_optimizer(self, ck: dict) -> None:
         per_rank = ck.get("optimizer_ranks")
@@ -362,8 +390,24 @@ class Run:
                 "fix the folder) and run the same command to resume"
             ) from None
 
+    def log(self, record: dict) -> None:
+        """A metrics record: a line of metrics.jsonl, and its numbers as TensorBoard scalars
+        (log.tensorboard) tagged train/KEY, or eval/NAME for a key eval_NAME."""
+        self._write(self.metrics_path, record)
+        if self.tensorboard is None:
+            return
+        for key, value in record.items():
+            if key in ("step", "time") or isinstance(value, bool):
+                continue
+            if isinstance(value, (int, float)):
+                tag = f"eval/{key[5:]}" if key.startswith("eval_") else f"train/{key}"
+                self.tensorboard.add_scalar(tag, value, record["step"])
+
     def close(self) -> None:
         """Release the output folder's lock (also when the process ends)."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
         if self.writer:
             release_folder(self.out)
 
@@ -418,6 +462,8 @@ class Run:
             extra = {"optimizer": per_rank[0], "optimizer_ranks": per_rank}
         elif self.writer:
             params, extra = trainable_state(self.model), {"optimizer": self.opt.state_dict()}
+        if self.tensorboard is not None:
+            self.tensorboard.flush()  # the events up to the checkpoint are on disk with it
         if self.writer:
             logs = {}
             for path in (self.traj_path, self.metrics_path):
@@ -481,7 +527,7 @@ class Run:
         if (
             self.step == 0 and not self._started
         ):  # the same decision on every rank: evaluate() is collective
-            self._write(self.metrics_path, {"step": 0, **self.evaluate(), "time": 0.0})
+            self.log({"step": 0, **self.evaluate(), "time": 0.0})
         self._started = True
         bar = None
         if self.progress and self.step < end:
@@ -502,10 +548,13 @@ class Run:
                 streak = streak + 1 if self.opt.skipped_steps > skipped_before else 0
                 self.step += 1
                 self.elapsed = time.perf_counter() - start
+                coefs = [float(c) for c in (self.opt.last_record or {}).get("coefs", [])]
+                projected = sum(coefs) / len(coefs) if coefs else math.nan
                 record = {
                     "step": self.step,
                     "loss": loss if math.isfinite(loss) else None,
                     "lr": self.opt.param_groups[0]["lr"],
+                    "projected_grad": projected if math.isfinite(projected) else None,
                     "time": round(self.elapsed, 3),
                 }
                 if streak:
@@ -514,7 +563,7 @@ class Run:
                     record.update(self.evaluate())
                 for callback in self.callbacks:
                     callback(self, record)
-                self._write(self.metrics_path, record)
+                self.log(record)
                 if math.isfinite(loss):
                     smooth = loss if smooth is None else 0.95 * smooth + 0.05 * loss
                 if bar is not None:

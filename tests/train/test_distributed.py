@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from kerzoo.train import distributed
 from kerzoo.train.config import ConfigError
@@ -168,9 +169,8 @@ def test_sharded_parameters_follow_the_unsharded_run_for_dense_hessian_low_rank_
             )
         )
     drift = make_cfg("drift", distributed={"check_every": 2}, **over)
-    outs = finish(
-        start([{"cfg": b} for _, b in pairs] + [{"cfg": drift, "diverge": True}], tmp_path)
-    )
+    jobs = [{"cfg": b, "export": i == 0} for i, (_, b) in enumerate(pairs)]
+    outs = finish(start([*jobs, {"cfg": drift, "diverge": True}], tmp_path))
     for out in outs:
         assert out.count("DONE 4") == len(pairs), out
         assert (
@@ -187,6 +187,11 @@ def test_sharded_parameters_follow_the_unsharded_run_for_dense_hessian_low_rank_
     full = ck["params"]
     for name in full:
         assert w0[name].numel() + w1[name].numel() == full[name].numel()
+    # the export of a sharded run holds the trained tensors whole (gathered from the ranks)
+    sharded = Path(pairs[0][1]["train"]["out"])
+    exported = load_file(sharded / "model" / "model.safetensors")
+    trained = load_checkpoint(sharded / CHECKPOINT)["params"]
+    assert trained and all(torch.equal(exported[name], t) for name, t in trained.items())
 
 
 def test_a_rank_that_dies_ends_the_run_with_a_clear_error_and_the_last_checkpoint_intact(
@@ -240,6 +245,7 @@ def test_kerzoo_train_under_torchrun_matches_one_process_and_reports_bytes(make_
     )
     assert "communication: 32 bytes per training step per rank" in done.stdout, done.stdout
     assert done.stdout.count("eval accuracy:") == 1, done.stdout  # rank 0 speaks for the run
+    assert (Path(two["train"]["out"]) / "model" / "model.safetensors").exists()  # rank 0 wrote it
     Run(one, progress=False).train()
     assert_close_runs(one, two)
 
