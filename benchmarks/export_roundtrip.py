@@ -36,7 +36,7 @@ def run(steps: int | None, out: str, extra: list[str]) -> dict:
     cfg = config.load(None, overrides)
     trained = Run(cfg, progress=False)  # resumes the finished run: the trained weights
     logged = [r["eval_acc"] for r in read_jsonl(trained.metrics_path) if "eval_acc" in r]
-    in_memory = trained.evaluate()
+    in_memory = trained.evaluate()["eval_acc"]
     batch = trained.eval_set[: cfg["train"]["eval_batch_size"]]
     enc = trained.tokenizer([ex["text"] for ex in batch], padding=True, return_tensors="pt")
     with torch.no_grad():
@@ -50,7 +50,7 @@ def run(steps: int | None, out: str, extra: list[str]) -> dict:
     trained.task = make_task(
         cfg["task"], tokenizer, trained.kind, trained.train_set + trained.eval_set
     )
-    reloaded = trained.evaluate()
+    reloaded = trained.evaluate()["eval_acc"]
     with torch.no_grad():
         after = trained.model(**tokenizer([ex["text"] for ex in batch], padding=True,
                                           return_tensors="pt")).last_hidden_state  # fmt: skip

@@ -399,11 +399,6 @@ def trajectory_changes(old: dict, new: dict) -> list[str]:
     """The keys (of TRAJECTORY_KEYS, and train.steps under a decaying schedule) that differ.
     A key that ``old`` (a checkpoint's config, maybe written before the key existed) lacks is
     read as its default."""
-    base = defaults()
-    old = {
-        s: {**base[s], **v} if s in base and s != "optimizer" and isinstance(v, dict) else v
-        for s, v in old.items()
-    }
     keys = list(TRAJECTORY_KEYS)
     if new["train"]["schedule"] != "constant":
         keys.append("train.steps")

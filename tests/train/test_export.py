@@ -46,7 +46,7 @@ def test_a_full_fine_tuning_export_loads_back_with_the_same_outputs(
     base = cls.from_pretrained(tiny_models[family], dtype=getattr(torch, dtype)).eval()
     assert not torch.equal(outputs(base, tokenizer), mine)  # training changed the outputs
     run.model = loaded  # the same held-out accuracy through the run's own task
-    assert run.evaluate() == run.summary()["last_acc"]
+    assert run.evaluate()["eval_acc"] == run.summary()["last_acc"]
 
 
 def test_a_lora_export_is_a_peft_adapter_folder_that_loads_onto_the_base(make_cfg, tiny_models):
