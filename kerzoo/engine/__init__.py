@@ -191,9 +191,15 @@ def _tensors(thetas, keys: Sequence[int], offsets: Sequence[int] | None, what: s
         raise ValueError(
             f"{what} are on several devices {sorted(map(str, devices))}: call once per device"
         )
-    for t, k, o in zip(thetas, keys, offsets):
-        _check(t, what[:-1])
-        _ints(0, k, o)
+    for t in thetas:  # once per tensor of every pass: the checks inline, _check names a failure
+        if not (isinstance(t, torch.Tensor) and t.is_floating_point() and t.is_contiguous()):
+            _check(t, what[:-1])
+    if thetas and not (min(keys) >= 0 and max(keys) < _LIMIT):
+        for k in keys:
+            _ints(0, k, 0)
+    if thetas and not (min(offsets) >= 0 and max(offsets) < _LIMIT):
+        for o in offsets:
+            _ints(0, 0, o)
     return thetas, keys, offsets
 
 

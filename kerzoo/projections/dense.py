@@ -85,13 +85,18 @@ def add_dense_table(
 
 def _by_device(items, of=None):
     """(targets, keys, offsets, rows of[k]) per device, in the order the items come."""
+    of = [0] * len(items) if of is None else list(of)
+    targets = [t for _, t in items]
+    devices = {t.device for t in targets}
+    if len(devices) == 1:  # the common case, in four list passes
+        return [(targets, [p.key for p, _ in items], [p.offset for p, _ in items], of)]
     groups: dict = {}
-    for k, (p, target) in enumerate(items):
+    for (p, target), k in zip(items, of):
         g = groups.setdefault(target.device, ([], [], [], []))
         g[0].append(target)
         g[1].append(p.key)
         g[2].append(p.offset)
-        g[3].append(of[k] if of is not None else 0)
+        g[3].append(k)
     return list(groups.values())
 
 
