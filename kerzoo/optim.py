@@ -423,12 +423,10 @@ class ZOOptimizer(torch.optim.Optimizer):
 
 
 def _pick(per_group: Sequence[Rows], groups: Sequence[int]) -> Rows:
-    """Rows whose tensor t takes its row from per_group[groups[t]]."""
-    entries: dict[tuple, int] = {}
-    of = []
-    for t, g in enumerate(groups):
-        of.append(entries.setdefault(per_group[g][t], len(entries)))
-    return Rows(list(entries), of)
+    """Rows whose tensor t takes its row from per_group[groups[t]] (one set of seeds for all)."""
+    rows: dict[tuple, int] = {}
+    of = [rows.setdefault(per_group[g][t][0], len(rows)) for t, g in enumerate(groups)]
+    return Rows(list(rows), of, per_group[0].seeds)
 
 
 def make_optimizer(spec: Any, params: Any, **overrides: Any) -> ZOOptimizer:

@@ -83,16 +83,21 @@ class KernelEstimator(Estimator):
         by K_a(r_{i,t}); r_{i,t} ~ U[-a, a] from direction i's seed and t's name."""
         if self.r_scope != "tensor":
             return None
-        a, out = plan.extra["a"], []
-        for p in params:
-            r = [a * (2.0 * uniform(s, f"kernel-r:{p.name}") - 1.0) for s in plan.seeds]
-            out.append((r, [self.weight(ri, a) for ri in r]))
-        return out
+        a, q = plan.extra["a"], len(plan.seeds)
+        r = [
+            [a * (2.0 * uniform(s, f"kernel-r:{p.name}") - 1.0) for s in plan.seeds] for p in params
+        ]
+        w = self.weights([ri for row in r for ri in row], a)
+        return [(row, w[t * q : (t + 1) * q]) for t, row in enumerate(r)]
+
+    def weights(self, rs: list[float], a: float) -> list[float]:
+        """K_a(r) = (C / a) K(r / a) for each r, K evaluated once over all of them."""
+        s = torch.tensor([r / a for r in rs], dtype=torch.float64)
+        return [self.C / a * k for k in self.kernel(s).tolist()]
 
     def weight(self, r: float, a: float) -> float:
         """K_a(r) = (C / a) K(r / a)."""
-        s = torch.tensor([r / a], dtype=torch.float64)
-        return self.C / a * float(self.kernel(s)[0])
+        return self.weights([r], a)[0]
 
     def coefficients(self, plan, losses, eps):
         n, a = len(plan.seeds), plan.extra["a"]

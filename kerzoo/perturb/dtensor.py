@@ -205,7 +205,7 @@ class ShardedOnTheFly(OnTheFly):
             rows = self._rows
             if rows is None:
                 return
-            passes: dict[int, list] = {}
+            items, ts = [], []
             # while the directions are added, a shard's ParamInfo describes the gathered tensor
             # (offset 0, its own shape): projections key their state by the ParamInfo
             shards: list[tuple[ParamInfo, torch.Tensor, int, Any]] = []
@@ -224,13 +224,11 @@ class ShardedOnTheFly(OnTheFly):
                         shards.append((info, info.tensor, info.offset, info.shape))
                         info.tensor, info.offset, info.shape = p, 0, None
                     transient, k = self._transient(p)
-                    passes.setdefault(rows.of[t], []).append((info, transient))
+                    items.append((info, transient))
+                    ts.append(t)
                     self._saved.append((p, p.data, k, p.numel()))
                     p.data = transient
-                for e, items in passes.items():
-                    cs, ss = rows.entries[e]
-                    if cs:
-                        self.projection.add_many(items, list(cs), list(ss))
+                self._pass(items, ts, rows)
             finally:
                 for info, tensor, offset, shape in shards:
                     info.tensor, info.offset, info.shape = tensor, offset, shape

@@ -75,7 +75,7 @@ class MomentumReplay(Update):
             )
 
     def apply(self, ctx, replay=None):
-        passes: dict[tuple, list] = {}
+        passes: dict[tuple, tuple[list, list]] = {}  # seeds -> (items, their coefficients)
         for p in ctx.params:
             st = ctx.state(p)
             past = st.setdefault("history", [])  # newest first: (coefs for p, seeds)
@@ -86,9 +86,13 @@ class MomentumReplay(Update):
                 w = -lr * self.beta**k
                 cs += [w * c for c in coefs]
                 ss += seeds
-            passes.setdefault((tuple(cs), tuple(ss)), []).append((p, p.tensor))
-        for (cs, ss), items in passes.items():  # tensors whose records agree move in one call
-            ctx.projection.add_many(items, list(cs), list(ss))
+            items, coefs = passes.setdefault(tuple(ss), ([], []))
+            items.append((p, p.tensor))
+            coefs.append(tuple(cs))
+        for ss, (items, coefs) in passes.items():  # one call, a row per tensor
+            rows: dict[tuple, int] = {}
+            of = [rows.setdefault(cs, len(rows)) for cs in coefs]
+            ctx.projection.add_table(items, list(rows), of, list(ss))
 
 
 class Adam(Update):
