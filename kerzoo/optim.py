@@ -14,6 +14,7 @@ restore is exact in every dtype.
 from __future__ import annotations
 
 import contextlib
+import copy as _copy
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -23,7 +24,7 @@ import torch
 
 from . import checks, engine, perturb as perturbers
 from .estimators.base import Estimator, Plan
-from .perturb import Perturber, Rows, Table, dtensor
+from .perturb import Perturber, Rows, Table, dtensor, guard
 from .projections.base import ParamInfo, Projection
 from .seeds import derive, direction_seeds
 from .updates.base import Update, UpdateContext
@@ -231,6 +232,8 @@ class ZOOptimizer(torch.optim.Optimizer):
             yield
         except Exception as exc:
             self.perturber.settle()
+            if isinstance(exc, guard.NonFiniteUpdate):
+                raise
             if not hasattr(exc, "_kerzoo_closure") and not hasattr(exc, "_kerzoo_plugin"):
                 where = (
                     f"{kind} {getattr(part, 'name', '') or type(part).__name__!r} raised "
@@ -299,10 +302,23 @@ class ZOOptimizer(torch.optim.Optimizer):
                 )
                 return float("nan")
             checks.coefficients(self, coefs, step)
-        with self._plugin("update", self.update_rule, step):
-            rule_record = self._update(
-                step, coefs, closures, record.get("update") if record else None, table
-            )
+        try:
+            with self._plugin("update", self.update_rule, step):
+                rule_record = self._update(
+                    step, coefs, closures, record.get("update") if record else None, table
+                )
+        except guard.NonFiniteUpdate as exc:  # found before anything was written
+            self.perturber.settle()
+            self._finish(step, seeds, [], losses, skipped=True)
+            if not replaying:
+                self.skipped_steps += 1
+                warnings.warn(
+                    f"kerzoo: {exc.what} at step {step}: step skipped, parameters restored "
+                    f"({self.skipped_steps} skipped so far)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            return float("nan")
         with self._plugin("projection", self.projection, step):
             self.projection.end_step(step, seeds, plan, losses, coefs)
         self._finish(
@@ -320,32 +336,43 @@ class ZOOptimizer(torch.optim.Optimizer):
             scale.append(min(1.0, self.clip / norm) if norm > 0 else 1.0)
         table.set_clip(scale)
 
-    def _decay(self) -> None:
-        """Decoupled weight decay, not on biases and norms (1-D tensors), as in MeZO."""
-        decay: dict[float, list[torch.Tensor]] = {}
+    def _decay_scales(self) -> list[float]:
+        """Per tensor, decoupled weight decay's factor 1 - lr wd (1.0 for biases and norms,
+        1-D tensors, as in MeZO)."""
+        scales = []
         for info in self.infos:
             group = self.param_groups[info.group]
             wd, lr = group["weight_decay"], group["lr"]
-            if wd and len(info.whole_shape) > 1:
-                decay.setdefault(1.0 - lr * wd, []).append(info.tensor)
+            scales.append(1.0 - lr * wd if wd and len(info.whole_shape) > 1 else 1.0)
+        return scales
+
+    def _decay(self, scales: Sequence[float]) -> None:
+        decay: dict[float, list[torch.Tensor]] = {}
+        for info, scale in zip(self.infos, scales):
+            if scale != 1.0:
+                decay.setdefault(scale, []).append(info.tensor)
         for scale, tensors in decay.items():
             torch._foreach_mul_(tensors, scale)
 
     def _update(self, step, coefs, closures, replay_rule, table: Table) -> dict[str, Any]:
+        """The update, checked first (kerzoo.perturb.guard): one that would make a parameter or
+        the rule's state non-finite is a NonFiniteUpdate, raised before anything is written."""
         if self.clip:
             self._clip(coefs, table)
         rounding = "stochastic" if self.stochastic_rounding else "nearest"
         linear = [self.update_rule.linear(coefs, float(g["lr"])) for g in self.param_groups]
-        self._decay()
+        scales = self._decay_scales()
         if all(c is not None for c in linear):
             if len(set(map(tuple, linear))) == 1:
                 rows = table.estimate(linear[0])
             else:  # each group its own lr: per tensor, its group's coefficients
                 per_group = [table.estimate(c) for c in linear]
                 rows = _pick(per_group, [i.group for i in self.infos])
-            self.perturber.update(rows, rounding, derive(self.seed, step, "rounding"))
+            rounding_seed = derive(self.seed, step, "rounding")
+            self.perturber.check(rows, rounding, rounding_seed, scales)
+            self._decay(scales)
+            self.perturber.update(rows, rounding, rounding_seed)
             return {}
-        self.perturber.settle()
 
         def evaluate_at(
             cs: Sequence[float], scale: Callable[[ParamInfo], float] | None = None
@@ -369,8 +396,76 @@ class ZOOptimizer(torch.optim.Optimizer):
             evaluate_at,
             table=table,
         )
+        self._trial(ctx, replay_rule, scales)
+        self._decay(scales)
+        self.perturber.settle()
         self.update_rule.apply(ctx, replay=replay_rule)
+        if not self.update_rule.trial:
+            self._after(step)
         return ctx.record
+
+    def _trial(self, ctx: UpdateContext, replay_rule: Any, scales: Sequence[float]) -> None:
+        """Before a rule's own update: its state must be finite, and a rule that allows it
+        (Update.trial) is run first on a copy of each tensor and of its state, one tensor at a
+        time; a non-finite result is a NonFiniteUpdate, with nothing written."""
+        rule = self.update_rule
+        owner = f"update {rule.name!r}"
+        for info in self.infos:
+            guard.check_state(owner, ctx.state(info), info.name)
+        if not rule.trial:
+            return
+        restore = self.perturber._way_back()
+
+        def refused(*_: Any, **__: Any) -> None:
+            raise RuntimeError("an update rule with trial = True must not evaluate the loss")
+
+        for t, info in enumerate(self.infos):
+            copy = ParamInfo(
+                info.name,
+                info.key,
+                info.tensor.detach().clone(),
+                info.group,
+                info.offset,
+                info.shape,
+            )
+            if scales[t] != 1.0:
+                copy.tensor.mul_(scales[t])
+            if restore[t] is not None:
+                cs, ss = restore[t]
+                self.projection.add_many([(copy, copy.tensor)], list(cs), list(ss))
+            state = {
+                k: v.clone() if isinstance(v, torch.Tensor) else _copy.deepcopy(v)
+                for k, v in ctx.state(info).items()
+            }
+            one = UpdateContext(
+                [copy],
+                ctx.coefs,
+                ctx.seeds,
+                ctx.projection,
+                ctx.groups,
+                lambda _, s=state: s,
+                refused,
+                table=ctx.table,
+            )
+            one._index = {id(copy): t}
+            rule.apply(one, replay=replay_rule)
+            peak = guard.peaks([copy.tensor])[0]
+            if not math.isfinite(peak):
+                raise guard.NonFiniteUpdate(f"{owner} would make {info.name} non-finite ({peak})")
+            guard.check_state(f"{owner}'s update", state, info.name)
+
+    def _after(self, step: int) -> None:
+        """After the update of a rule that cannot be tried first: a non-finite parameter is an
+        error that says the parameters are not restored."""
+        for info, peak in zip(self.infos, guard.peaks([i.tensor for i in self.infos])):
+            if not math.isfinite(peak):
+                err = FloatingPointError(
+                    f"update {self.update_rule.name!r} made {info.name} non-finite ({peak}) at "
+                    f"step {step}; the rule cannot be tried first (Update.trial is False), so "
+                    "the parameters are NOT restored: go back to the last checkpoint"
+                )
+                err._kerzoo_plugin = True  # type: ignore[attr-defined]
+                raise err
 
     def _finish(self, step, seeds, coefs, losses, skipped, extra=None) -> None:
         self.last_record = {

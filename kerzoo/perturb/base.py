@@ -14,6 +14,7 @@ import contextlib
 from collections.abc import Iterator, Sequence
 
 from ..projections.base import ParamInfo, Projection
+from . import guard
 from .table import Rows
 
 
@@ -41,21 +42,54 @@ class Perturber:
     def update(self, rows: Rows, rounding: str = "nearest", rounding_seed: int = 0) -> None:
         """theta += rows (after leaving the step's last point), rounded as asked."""
         self.settle()
-        self._add(rows, [None] * len(self.infos), rounding, rounding_seed)
+        self._add(rows, self._way_back(), rounding, rounding_seed)
 
-    def _add(self, rows: Rows, restore: Sequence, rounding: str, rounding_seed: int) -> None:
-        """One pass per distinct (restore, rows) pair: target += restore, then += rows, fused."""
+    def _way_back(self) -> list:
+        """Per tensor, the (coefficients, seeds) that take it from where it is back to theta,
+        or None: it is at theta."""
+        return [None] * len(self.infos)
+
+    def _passes(self, rows: Rows, restore: Sequence) -> list[tuple[list, list, list]]:
+        """One pass per distinct (restore, rows) pair: (items, coefficients, seeds) with
+        target += restore, then += rows, fused."""
         passes: dict[tuple, list] = {}
         for t, info in enumerate(self.infos):
             passes.setdefault((restore[t], rows.of[t]), []).append((info, info.tensor))
+        work = []
         for (back, k), items in passes.items():
             cs, ss = rows.entries[k]
             if back is not None:
                 cs, ss = back[0] + cs, back[1] + ss
             if cs:
-                self.projection.add_many(
-                    items, list(cs), list(ss), rounding=rounding, rounding_seed=rounding_seed
-                )
+                work.append((items, list(cs), list(ss)))
+        return work
+
+    def check(
+        self,
+        rows: Rows,
+        rounding: str = "nearest",
+        rounding_seed: int = 0,
+        scale: Sequence[float] | None = None,
+    ) -> None:
+        """Raise guard.NonFiniteUpdate, writing nothing, when ``update(rows)`` after each
+        tensor t is multiplied by ``scale[t]`` (the weight decay) would leave a tensor
+        non-finite (kerzoo.perturb.guard)."""
+        scale = scale or [1.0] * len(self.infos)
+        at = {id(info): t for t, info in enumerate(self.infos)}
+        adds = [
+            (info, target, cs, ss, scale[at[id(info)]])
+            for items, cs, ss in self._passes(rows, self._way_back())
+            for info, target in items
+        ]
+        seen = {id(a[0]) for a in adds}
+        adds += [
+            (i, i.tensor, [], [], scale[t]) for t, i in enumerate(self.infos) if id(i) not in seen
+        ]
+        guard.check_adds(self.projection, adds, rounding, rounding_seed)
+
+    def _add(self, rows: Rows, restore: Sequence, rounding: str, rounding_seed: int) -> None:
+        for items, cs, ss in self._passes(rows, restore):
+            self.projection.add_many(items, cs, ss, rounding=rounding, rounding_seed=rounding_seed)
 
     def memory_bytes(self) -> int:
         return 0
@@ -106,12 +140,15 @@ class InPlace(Perturber):
     def replay_at(self, rows):
         self.goto(None if rows.empty else rows)
 
+    def _way_back(self):
+        back = self.current
+        if back is None:
+            return [None] * len(self.infos)
+        neg = [(tuple(-c for c in cs), ss) for cs, ss in back.entries]
+        return [neg[back.of[t]] for t in range(len(self.infos))]
+
     def update(self, rows, rounding="nearest", rounding_seed=0):
         """Restore and update in one pass per tensor class."""
-        back = self.current
-        restore = [None] * len(self.infos)
-        if back is not None:
-            neg = [(tuple(-c for c in cs), ss) for cs, ss in back.entries]
-            restore = [neg[back.of[t]] for t in range(len(self.infos))]
+        restore = self._way_back()
         self.current = None
         self._add(rows, restore, rounding, rounding_seed)

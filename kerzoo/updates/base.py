@@ -48,6 +48,14 @@ class UpdateContext:
         """p += sum_i coefs[i] z_i."""
         self.projection.add(p, p.tensor, self.for_tensor(p, coefs), self.seeds)
 
+    def check(self, moves: Sequence[tuple[ParamInfo, Sequence[float]]]) -> None:
+        """Before ``add(p, coefs)`` for each (p, coefs) of ``moves``: raise
+        guard.NonFiniteUpdate, writing nothing, when one would make its tensor non-finite."""
+        from ..perturb import guard
+
+        adds = [(p, p.tensor, self.for_tensor(p, cs), self.seeds, 1.0) for p, cs in moves]
+        guard.check_adds(self.projection, adds)
+
     def estimate(self, p: ParamInfo) -> torch.Tensor:
         """The estimated gradient of p, materialised (a temporary the size of p)."""
         return self.projection.materialize(p, self.for_tensor(p, self.coefs), self.seeds)
@@ -60,6 +68,12 @@ class Update:
     # True when the rule rebuilds past steps' directions from their seeds: the projection must
     # be stationary (checked when the optimizer is built)
     replays_directions: ClassVar[bool] = False
+    # True when apply() changes nothing but ctx's parameters and ctx.state and evaluates no loss:
+    # the optimizer then runs it first on a copy of each tensor and of its state (one tensor at
+    # a time), and an update that would make either non-finite skips the step with nothing
+    # written (kerzoo.perturb.guard). False: the parameters are checked after the update, and a
+    # non-finite one is an error that cannot restore them.
+    trial: ClassVar[bool] = False
 
     def __init__(self, **options: Any):
         from ..registry import unknown_options

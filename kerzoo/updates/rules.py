@@ -38,6 +38,7 @@ class Momentum(Update):
     name = "momentum"
     defaults = {"beta": 0.9}
     memory = "1 buffer per tensor"
+    trial = True
 
     def apply(self, ctx, replay=None):
         beta = float(self.options["beta"])
@@ -63,6 +64,7 @@ class MomentumReplay(Update):
     defaults = {"beta": 0.9, "history": 32}
     memory = "h x q coefficients per tensor"
     replays_directions = True
+    trial = True
 
     def __init__(self, **options):
         super().__init__(**options)
@@ -97,6 +99,7 @@ class Adam(Update):
     name = "adam"
     defaults = {"beta1": 0.9, "beta2": 0.999, "adam_eps": 1e-8}
     memory = "2 buffers per tensor"
+    trial = True
 
     def apply(self, ctx, replay=None):
         b1, b2, e = (
@@ -143,8 +146,10 @@ class Conservative(Update):
             ctx.record["losses"] = losses
         ctx.record["sign"] = sign
         if sign:
-            for p in ctx.params:
-                ctx.add(p, [sign * ctx.lr(p) * g for g in ctx.coefs])
+            moves = [(p, [sign * ctx.lr(p) * g for g in ctx.coefs]) for p in ctx.params]
+            ctx.check(moves)  # nothing written if one would make a tensor non-finite
+            for p, cs in moves:
+                ctx.add(p, cs)
 
 
 @hookimpl
