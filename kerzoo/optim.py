@@ -142,6 +142,9 @@ class ZOOptimizer(torch.optim.Optimizer):
             if self._dtensors
             else None
         )
+        # sharded tensors (shards= or DTensors): each rank checks its own shard, and the ranks
+        # agree on the verdict (one refusing refuses on all)
+        self._sharded = bool(shard_of or self._dtensors)
         self._fsdp: list[torch.nn.Module] = []
         if self._dtensors:
             dtensor.refuse(self, clip, projection)
@@ -261,28 +264,22 @@ class ZOOptimizer(torch.optim.Optimizer):
         losses: list[float] = []
         replaying = closures is None
         skipped = bool(record and record.get("skipped"))
+        if not replaying:
+            try:  # a projection whose state went non-finite: before any point is visited
+                self._guarded(lambda: guard.check_directions(self.projection, self.infos))
+            except guard.NonFiniteUpdate as exc:
+                return self._skip(step, seeds, losses, exc.what)
         evaluated = plan.points if not skipped else plan.points[: len(record.get("losses", []))]
         for point in evaluated:
             loss = self._evaluate(closures, table.point(point))
             if not replaying:
                 losses.append(loss)
                 if not math.isfinite(loss):
-                    skipped = True
-                    break
+                    return self._skip(step, seeds, losses, f"non-finite loss {loss}")
         if replaying:
             losses = list(record.get("losses", []))
         if skipped:
-            self.perturber.settle()
-            self._finish(step, seeds, [], losses, skipped=True)
-            if not replaying:
-                self.skipped_steps += 1
-                warnings.warn(
-                    f"kerzoo: non-finite loss {losses[-1]} at step {step}: step skipped, "
-                    f"parameters restored ({self.skipped_steps} skipped so far)",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-            return float("nan")
+            return self._skip(step, seeds, losses, None)
         if replaying:
             coefs = list(record["coefs"])
         else:
@@ -290,17 +287,13 @@ class ZOOptimizer(torch.optim.Optimizer):
                 coefs = self.estimator.coefficients(plan, losses, self.eps)
             bad = [c for c in coefs if not math.isfinite(c)]
             if bad:  # skipped as a non-finite loss is: it never reaches the weights
-                self.perturber.settle()
-                self._finish(step, seeds, [], losses, skipped=True)
-                self.skipped_steps += 1
-                warnings.warn(
-                    f"kerzoo: estimator {self.estimator.name!r} gave a non-finite coefficient "
-                    f"{bad[0]} at step {step} (losses {losses}): step skipped, parameters "
-                    f"restored ({self.skipped_steps} skipped so far)",
-                    RuntimeWarning,
-                    stacklevel=3,
+                return self._skip(
+                    step,
+                    seeds,
+                    losses,
+                    f"estimator {self.estimator.name!r} gave a non-finite coefficient {bad[0]} "
+                    f"(losses {losses})",
                 )
-                return float("nan")
             checks.coefficients(self, coefs, step)
         try:
             with self._plugin("update", self.update_rule, step):
@@ -308,23 +301,47 @@ class ZOOptimizer(torch.optim.Optimizer):
                     step, coefs, closures, record.get("update") if record else None, table
                 )
         except guard.NonFiniteUpdate as exc:  # found before anything was written
-            self.perturber.settle()
-            self._finish(step, seeds, [], losses, skipped=True)
-            if not replaying:
-                self.skipped_steps += 1
-                warnings.warn(
-                    f"kerzoo: {exc.what} at step {step}: step skipped, parameters restored "
-                    f"({self.skipped_steps} skipped so far)",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-            return float("nan")
+            return self._skip(step, seeds, losses, None if replaying else exc.what)
         with self._plugin("projection", self.projection, step):
             self.projection.end_step(step, seeds, plan, losses, coefs)
         self._finish(
             step, seeds, coefs, losses, skipped=False, extra={**plan.extra, "update": rule_record}
         )
         return sum(losses) / len(losses) if losses else float("nan")
+
+    def _guarded(self, check: Callable[[], None]) -> None:
+        """Run ``check``; with sharded tensors, the ranks agree: a NonFiniteUpdate on one rank's
+        shard is one on every rank."""
+        refused: guard.NonFiniteUpdate | None = None
+        try:
+            check()
+        except guard.NonFiniteUpdate as exc:
+            refused = exc
+        import torch.distributed as dist
+
+        if self._sharded and dist.is_available() and dist.is_initialized():
+            group, device = self._reduce or (None, self.infos[0].tensor.device)
+            flag = torch.tensor([float(refused is not None)], device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
+            if refused is None and float(flag) > 0:
+                refused = guard.NonFiniteUpdate("another rank's shard refused the update")
+        if refused is not None:
+            raise refused
+
+    def _skip(self, step: int, seeds: list[int], losses: list[float], what: str | None) -> float:
+        """A skipped step: the parameters restored, the step recorded (with the losses
+        evaluated) and, unless replaying (``what`` None), counted and warned about."""
+        self.perturber.settle()
+        self._finish(step, seeds, [], losses, skipped=True)
+        if what is not None:
+            self.skipped_steps += 1
+            warnings.warn(
+                f"kerzoo: {what} at step {step}: step skipped, parameters restored "
+                f"({self.skipped_steps} skipped so far)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        return float("nan")
 
     def _clip(self, coefs: Sequence[float], table: Table) -> None:
         """Per-tensor clipping: the estimate of tensor t is scaled by min(1, clip / ||g_t||).
@@ -369,7 +386,7 @@ class ZOOptimizer(torch.optim.Optimizer):
                 per_group = [table.estimate(c) for c in linear]
                 rows = _pick(per_group, [i.group for i in self.infos])
             rounding_seed = derive(self.seed, step, "rounding")
-            self.perturber.check(rows, rounding, rounding_seed, scales)
+            self._guarded(lambda: self.perturber.check(rows, rounding, rounding_seed, scales))
             self._decay(scales)
             self.perturber.update(rows, rounding, rounding_seed)
             return {}
@@ -378,8 +395,11 @@ class ZOOptimizer(torch.optim.Optimizer):
             cs: Sequence[float], scale: Callable[[ParamInfo], float] | None = None
         ) -> float | None:
             """L(theta + sum_i cs[i] * factor(i, p) * scale(p) z_i); scale: e.g. each group's lr."""
+            rows = table.estimate(cs, scale, skip_zero=True)
+            if self.mode == "inplace":  # the point is written: refused if it would overflow
+                self._guarded(lambda: self.perturber.check(rows))
             try:
-                loss = self._evaluate(closures, table.estimate(cs, scale, skip_zero=True))
+                loss = self._evaluate(closures, rows)
             except Exception as exc:
                 exc._kerzoo_closure = True  # type: ignore[attr-defined]  # not the rule's
                 raise
@@ -396,7 +416,7 @@ class ZOOptimizer(torch.optim.Optimizer):
             evaluate_at,
             table=table,
         )
-        self._trial(ctx, replay_rule, scales)
+        self._guarded(lambda: self._trial(ctx, replay_rule, scales))
         self._decay(scales)
         self.perturber.settle()
         self.update_rule.apply(ctx, replay=replay_rule)

@@ -37,7 +37,8 @@ def peaks(tensors: Sequence[torch.Tensor]) -> list[float]:
         return []
     by_device: dict[tuple, list[int]] = {}
     for i, t in enumerate(tensors):
-        by_device.setdefault((t.device, t.dtype), []).append(i)
+        if t.numel():  # an empty shard: 0
+            by_device.setdefault((t.device, t.dtype), []).append(i)
     out = [0.0] * len(tensors)
     for idx in by_device.values():
         group = [tensors[i].detach() for i in idx]
@@ -52,6 +53,20 @@ def limit(dtype: torch.dtype) -> float:
     return float(torch.finfo(dtype).max) / 2 if dtype.is_floating_point else math.inf
 
 
+def check_directions(projection: Projection, infos: Sequence[ParamInfo]) -> None:
+    """Raise NonFiniteUpdate when the projection's directions are non-finite (its state)."""
+    _directions(projection, infos, projection.bounds(infos))
+
+
+def _directions(projection: Projection, infos: Sequence[ParamInfo], bounds: Sequence) -> None:
+    for info, b in zip(infos, bounds):
+        if b is not None and not math.isfinite(b):
+            raise NonFiniteUpdate(
+                f"projection {projection.name!r} has non-finite directions for {info.name} "
+                f"(its state holds {b})"
+            )
+
+
 def check_adds(
     projection: Projection, adds: Sequence[Add], rounding: str = "nearest", rounding_seed: int = 0
 ) -> None:
@@ -61,12 +76,7 @@ def check_adds(
         if bad:
             raise NonFiniteUpdate(f"a non-finite update coefficient {bad[0]}")
     bounds = projection.bounds([a[0] for a in adds])
-    for (info, *_), b in zip(adds, bounds):
-        if b is not None and not math.isfinite(b):
-            raise NonFiniteUpdate(
-                f"projection {projection.name!r} has non-finite directions for {info.name} "
-                f"(its state holds {b})"
-            )
+    _directions(projection, [a[0] for a in adds], bounds)
     top = peaks([a[1] for a in adds])
     for (info, target, cs, ss, scale), b, peak in zip(adds, bounds, top):
         if not math.isfinite(peak):

@@ -522,8 +522,9 @@ class Run:
                         else "no checkpoint was written yet"
                     )
                     raise TrainingError(
-                        f"{streak} steps in a row had a non-finite loss or coefficient (the last "
-                        f"at step {self.step}; skipped, the parameters restored): stopped; the "
+                        f"{streak} steps in a row had a non-finite loss, coefficient, update or "
+                        f"state (the last at step {self.step}; skipped, the parameters "
+                        "restored): stopped; the "
                         f"parameters are those of the last step that was taken and {kept}. Lower "
                         "the learning rate or eps in [optimizer] (or fix the estimator plugin "
                         "the warnings name) and run again (it resumes from the checkpoint)"

@@ -137,7 +137,8 @@ def test_non_finite_coefficients_skip_the_step_and_never_reach_the_weights(make_
     with (
         pytest.warns(RuntimeWarning, match=r"estimator 'two-point' gave a non-finite coefficient"),
         pytest.raises(
-            TrainingError, match=r"3 steps in a row had a non-finite loss or coefficient"
+            TrainingError,
+            match=r"3 steps in a row had a non-finite loss, coefficient, update or state",
         ),
     ):
         run.train()
@@ -146,6 +147,160 @@ def test_non_finite_coefficients_skip_the_step_and_never_reach_the_weights(make_
         assert torch.isfinite(v).all()
         torch.testing.assert_close(v, weights[k], rtol=1e-6, atol=1e-9)  # in place: fp32 rounding
     assert [r["skipped"] for r in read_jsonl(run.traj_path)[1:]] == [False, False, True, True, True]
+    assert same(trainable_state(replay(None, run.traj_path)[0]), params(run))  # replays too
+
+
+# -- 3b. non-finite updates and optimizer state: found before anything is written -------------
+def _tiny(spec="mezo", **kw):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    x = torch.randn(8, 6)
+    opt = kerzoo.optimizer(spec, model, **{"lr": 1e-2, "eps": 1e-2, **kw})
+    return model, opt, lambda: model(x).pow(2).mean()
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _bitwise(a, b):
+    return all(torch.equal(a[k].nan_to_num(7.0), b[k].nan_to_num(7.0)) for k in a)
+
+
+@pytest.mark.parametrize(
+    ("spec", "kw", "poison", "message"),
+    [
+        # a finite coefficient (in Python) whose update overflows float32 (lr 1e45 x g x z)
+        ("mezo", {}, "lr", r"the update would make 0.weight non-finite"),
+        ("mezo", {"weight_decay": 0.1}, "lr", r"the update would make 0.weight non-finite"),
+        # the same through a projection with no bound: the update tried in a workspace
+        (
+            {"estimator": "two-point", "projection": "lowrank", "update": "sgd"},
+            {},
+            "lr",
+            r"the update would make \S+ non-finite",
+        ),
+        ("mezo", {}, "weight", r"non-finite loss nan"),  # the forward finds it first
+        (
+            {"update": "momentum"},
+            {},
+            "state",
+            r"update 'momentum' state 'momentum' of 0.weight "
+            r"is non-finite",
+        ),
+        (
+            {"update": "adam"},
+            {},
+            "state",
+            r"update 'adam' state 'exp_avg_sq' of 0.weight is "
+            r"non-finite",
+        ),
+        # Adam's v = g^2 overflows float32 for a coefficient of 1e30: the trial finds it
+        (
+            {"update": "adam"},
+            {},
+            "coef",
+            r"update 'adam''s update state 'exp_avg_sq' of "
+            r"0.weight is non-finite \(inf\)",
+        ),
+        (
+            {"update": "momentum-replay"},
+            {},
+            "lr",
+            r"update 'momentum-replay' would make "
+            r"0.weight non-finite",
+        ),
+        ({"update": "conservative"}, {}, "lr", r"the update would make 0.weight non-finite"),
+        (
+            "hizoo",
+            {},
+            "hessian",
+            r"projection 'hessian' has non-finite directions for "
+            r"0.weight \(its state holds nan\)",
+        ),
+    ],
+)
+@pytest.mark.parametrize("perturb", ["inplace", "onthefly"])
+def test_a_non_finite_update_or_state_skips_the_step_bit_for_bit(
+    spec, kw, poison, message, perturb
+):
+    if isinstance(spec, dict):
+        spec = {"estimator": "two-point", "projection": "dense", "update": "sgd", **spec}
+    if perturb == "inplace" and spec == "hizoo":
+        perturb = "onthefly"  # its directions read no weights, but keep one mode per case
+    model, opt, closure = _tiny(spec, perturb=perturb, **kw)
+    opt.step(closure)
+    opt.step(closure)
+    params = dict(model.named_parameters())
+    if poison == "lr":
+        for g in opt.param_groups:
+            g["lr"] = 1e45
+    elif poison == "weight":
+        with torch.no_grad():
+            params["0.weight"][0, 0] = math.nan
+    elif poison == "state":
+        name = "momentum" if "momentum" in str(spec) else "exp_avg_sq"
+        opt.state[params["0.weight"]][name][0, 0] = math.inf
+    elif poison == "coef":
+        opt.estimator.coefficients = lambda plan, losses, eps: [1e30] * len(plan.seeds)
+    else:
+        opt.projection.w["0.weight"][0, 0] = math.nan
+    before = _state(model)
+    state_before = {
+        id(p): {k: v.clone() if torch.is_tensor(v) else v for k, v in st.items()}
+        for p, st in opt.state.items()
+    }
+    if perturb == "onthefly" and "conservative" in str(spec):
+        # on the fly its trial points write nothing: their non-finite losses just lose
+        assert math.isfinite(opt.step(closure)) and opt.last_record["update"]["sign"] == 0
+        assert _bitwise(_state(model), before)
+        return
+    with pytest.warns(
+        RuntimeWarning,
+        match=message + r".* at step 2: step skipped, parameters restored \(1 skipped so far\)",
+    ):
+        assert math.isnan(opt.step(closure))
+    assert opt.skipped_steps == 1 and opt.last_record["skipped"]
+    after = _state(model)
+    if perturb == "onthefly":
+        assert _bitwise(after, before)  # never written
+    else:  # in place the points were visited: restored as a non-finite loss's step is
+        for k in before:
+            torch.testing.assert_close(after[k], before[k], rtol=1e-6, atol=1e-7, equal_nan=True)
+    for p, st in opt.state.items():  # the rule's state untouched too
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                torch.testing.assert_close(
+                    v, state_before[id(p)][k], rtol=0, atol=0, equal_nan=True
+                )
+    if poison == "lr":  # the next step, with a sane lr, goes on
+        for g in opt.param_groups:
+            g["lr"] = 1e-2
+        assert math.isfinite(opt.step(closure))
+        assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+
+
+def test_a_non_finite_update_in_kerzoo_train_is_skipped_counted_and_replays(make_cfg):
+    run = Run(make_cfg(train={"max_nan_streak": 2, "steps": 20}), progress=False)
+    run.train(stop_at=2)
+    weights = params(run)
+    run.opt.estimator.coefficients = lambda plan, losses, eps: [1e37] * len(plan.seeds)
+    for g in run.opt.param_groups:
+        g["lr"] = 1.0
+    run.base_lrs = [10.0 for _ in run.base_lrs]  # lr 10 x 1e37 x z overflows float32
+    with (
+        pytest.warns(RuntimeWarning, match=r"the update would make \S+ non-finite"),
+        pytest.raises(
+            TrainingError,
+            match=r"2 steps in a row had a non-finite loss, coefficient, update or state",
+        ),
+    ):
+        run.train()
+    assert run.opt.skipped_steps == 2
+    assert all(torch.isfinite(v).all() for v in params(run).values())
+    for k, v in params(run).items():  # in place: restored from the last point, fp32 rounding
+        torch.testing.assert_close(v, weights[k], rtol=1e-6, atol=1e-9)
+    assert [r["skipped"] for r in read_jsonl(run.traj_path)[1:]] == [False, False, True, True]
     assert same(trainable_state(replay(None, run.traj_path)[0]), params(run))  # replays too
 
 
