@@ -43,6 +43,24 @@ class TrainingError(RuntimeError):
     """The run cannot go on: the message says what is kept and what to do."""
 
 
+FAULT = "KERZOO_FAULT"  # "<point>@<step>": tests/train/test_faults.py's kill -9 points
+
+
+def _fault(point: str, step: int | None) -> bool:
+    """True when the fault-injection suite asks this process to die at ``point`` of ``step``
+    (the environment variable KERZOO_FAULT = "<point>@<step>"); the caller then writes what a
+    write cut short leaves and calls _die. Unset, one dictionary lookup."""
+    want = os.environ.get(FAULT)
+    return want is not None and want == f"{point}@{step}"
+
+
+def _die() -> None:
+    """kill -9 of this process, as a crash or the OOM killer does it."""
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _checkpoint_bytes(obj: Any) -> tuple[bytes, memoryview]:
     """The checkpoint file's header (MAGIC, "sha256 <hex of the payload>") and its payload,
     torch.save's bytes."""
@@ -61,9 +79,15 @@ def atomic_save(obj: Any, path: Path, kept: str | None = None) -> None:
     try:
         with open(tmp, "wb") as f:
             f.write(header)
+            if _fault("checkpoint", obj.get("step")):  # killed mid-write
+                f.write(payload[: len(payload) // 2])
+                f.flush()
+                _die()
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
+        if _fault("rename", obj.get("step")):  # written, not yet in place
+            _die()
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -275,6 +299,8 @@ class Run:
                     "engine": environment(self.device),
                 },
             )
+            if _fault("start", 0):  # the lock taken and the header written, no step yet
+                _die()
 
     @property
     def sharded(self) -> bool:
@@ -354,7 +380,12 @@ class Run:
             return
         try:
             with path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+                line = json.dumps(record) + "\n"
+                if _fault(f"torn-{path.stem}", record.get("step")):  # killed mid-line
+                    f.write(line[: len(line) // 2])
+                    f.flush()
+                    _die()
+                f.write(line)
         except OSError as exc:
             kept = (
                 f"the checkpoint {self.checkpoint_path} is intact"
@@ -437,6 +468,8 @@ class Run:
                 ),
             )
             self.saved_step = self.step
+            if _fault("saved", self.step):
+                _die()
 
     def _keep_older(self) -> None:
         """train.keep_checkpoints = K > 1: the checkpoint about to be replaced stays as
@@ -453,6 +486,8 @@ class Run:
             import shutil
 
             shutil.copy2(self.checkpoint_path, older)
+        if _fault("link", self.step):  # the older one linked, the new one not yet written
+            _die()
         for stale in sorted(self.out.glob("checkpoint-*.pt"))[: -(keep - 1)]:
             stale.unlink()
 
@@ -490,6 +525,8 @@ class Run:
                 skipped_before = self.opt.skipped_steps
                 loss = self.opt.step([lambda b=b: self.batch_loss(b) for b in batches])
                 self._write(self.traj_path, self.opt.last_record)
+                if _fault("step", self.step):  # between a step's two log lines
+                    _die()
                 streak = streak + 1 if self.opt.skipped_steps > skipped_before else 0
                 self.step += 1
                 self.elapsed = time.perf_counter() - start

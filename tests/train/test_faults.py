@@ -624,3 +624,81 @@ def test_kill_9_a_concurrent_run_and_sigterm_then_the_run_ends_bit_exact(make_cf
     assert same(params(run), params(straight))
     assert [r["step"] for r in read_jsonl(run.traj_path)[1:]] == list(range(steps))
     assert same(trainable_state(replay(None, run.traj_path)[0]), params(straight))
+
+
+# -- kill -9 at seeded random points, during writes too, then resume: bit for bit ---------------
+KILL_POINTS = [  # (point, steps it can fire at); kerzoo.train.loop._fault
+    ("start", [0]),
+    ("step", range(1, 12)),  # after a step's trajectory line, before its metrics line
+    ("torn-trajectory", range(0, 12)),  # half a trajectory line written
+    ("torn-metrics", range(1, 12)),
+    ("checkpoint", range(2, 12, 2)),  # half the checkpoint's temporary file written
+    ("rename", range(2, 12, 2)),  # written and flushed, not yet renamed over checkpoint.pt
+    ("link", range(4, 12, 2)),  # the older checkpoint kept as checkpoint-<step>.pt, no new one
+    ("saved", range(2, 12, 2)),  # checkpoint.pt replaced
+]
+
+
+def kill_plan(seed: int, kills: int = 5) -> list[tuple[str, int]]:
+    """``kills`` (point, step) pairs at increasing steps, one at least during a checkpoint
+    write, drawn from a seeded generator (the same in every CI run)."""
+    import random
+
+    rng = random.Random(seed)
+    while True:
+        steps = sorted(rng.sample(range(12), kills))
+        plan = [rng.choice([(p, s) for p, fire in KILL_POINTS if s in fire]) for s in steps]
+        if any(p == "checkpoint" for p, _ in plan):
+            return plan
+
+
+def _killed_child(cfg: dict, fault: str) -> int:
+    """Run ``cfg`` in a forked child (no new interpreter to start) that kill -9s itself at
+    ``fault``; returns its wait status."""
+    pid = os.fork()
+    if pid == 0:  # the child: never returns to pytest
+        code = 3
+        try:
+            torch.set_num_threads(1)
+            os.environ["KERZOO_FAULT"] = fault
+            Run(cfg, progress=False).train()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return status
+
+
+KILL_SEEDS = [2, 10, 14]  # three plans that together cover every point
+
+
+@pytest.mark.parametrize("seed", KILL_SEEDS)
+def test_kill_9_at_seeded_points_and_mid_write_then_resume_is_bit_exact(make_cfg, seed):
+    over = {"train": {"steps": 12, "checkpoint_every": 2, "eval_every": 6, "keep_checkpoints": 2}}
+    straight = Run(make_cfg("a", **over), progress=False)
+    straight.train()
+    straight.close()
+    cfg = make_cfg("b", **over)
+    out = Path(cfg["train"]["out"])
+    plan = kill_plan(seed)
+    for point, step in plan:
+        status = _killed_child(cfg, f"{point}@{step}")
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, (point, step)
+    run = Run(cfg, progress=False)  # the last kill's lock is free again, its .tmp removed
+    assert run.took_over is not None and not list(out.glob("*.tmp"))
+    run.train()
+    assert same(params(run), params(straight)), plan
+    assert [r["step"] for r in read_jsonl(run.traj_path)[1:]] == list(range(12))
+    assert [r["step"] for r in read_jsonl(run.metrics_path)] == list(range(13))
+    assert (
+        read_jsonl(run.metrics_path)[-1]["eval_acc"]
+        == read_jsonl(straight.metrics_path)[-1]["eval_acc"]
+    )
+    assert same(trainable_state(replay(None, run.traj_path)[0]), params(straight))
+    run.close()
+
+
+def test_the_kill_plans_cover_every_point():
+    drawn = {p for seed in KILL_SEEDS for p, _ in kill_plan(seed)}
+    assert drawn == {p for p, _ in KILL_POINTS}
+    assert kill_plan(2) == kill_plan(2)  # seeded: the same points in every CI run
