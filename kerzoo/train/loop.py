@@ -19,6 +19,7 @@ import json
 import math
 import os
 import random
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -190,15 +191,46 @@ def _digest(path: Path, size: int | None = None) -> str:
         return hashlib.sha256(f.read() if size is None else f.read(size)).hexdigest()
 
 
+def _line(record: dict) -> str:
+    """A log line: the record's JSON with, as its last key, "sum", the first 16 hex digits of
+    the SHA-256 of the JSON without it (so a changed byte in any line is found)."""
+    text = json.dumps(record)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return f'{text[:-1]}, "sum": "{digest}"}}\n' if text != "{}" else text + "\n"
+
+
+_SUM = re.compile(r', "sum": "([0-9a-f]{16})"\}$')
+
+
 def read_jsonl(path: Path) -> list[dict]:
-    """The records of a JSONL file; a line cut short by a kill (the last one) is dropped."""
-    rows = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
+    """The records of a JSONL log, each line checked against its "sum" (removed from the
+    record). The last line, when a kill cut it short (no newline at its end), is dropped; any
+    other line that is not whole is a TrainingError naming the file and the line. A log with
+    no sum in any line (written before sums) has its lines read as they are."""
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    lines = text.split("\n")
+    rows, summed = [], any(_SUM.search(line) for line in lines)
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        m = _SUM.search(line)
+        body = line[: m.start()] + "}" if m else line
+        try:
+            row = json.loads(body)
+            ok = isinstance(row, dict) and (
+                hashlib.sha256(body.encode()).hexdigest()[:16] == m[1] if m else not summed
+            )
+        except json.JSONDecodeError:
+            ok = False
+        if ok:
+            rows.append(row)
+        elif n < len(lines):  # a whole line (a newline follows it): damaged, not cut by a kill
+            raise TrainingError(
+                f"{path}, line {n}, is damaged: its checksum does not match the line written "
+                "(a byte changed, or lines cut or joined), so the log cannot be trusted from "
+                "there on. Restore the file from a copy; a run resumes from its checkpoint "
+                "only with the log that goes with it (--fresh starts over)"
+            )
     return rows
 
 
@@ -380,7 +412,7 @@ class Run:
             return
         try:
             with path.open("a") as f:
-                line = json.dumps(record) + "\n"
+                line = _line(record)
                 if _fault(f"torn-{path.stem}", record.get("step")):  # killed mid-line
                     f.write(line[: len(line) // 2])
                     f.flush()

@@ -24,6 +24,7 @@ from kerzoo.train.loop import (
     LOCK,
     Run,
     TrainingError,
+    _line,
     load_checkpoint,
     lock_folder,
     read_jsonl,
@@ -347,6 +348,155 @@ def test_a_lock_file_or_plot_damaged_does_not_matter(make_cfg):
     assert same(params(resumed), params(straight))
 
 
+# -- bit flips and truncation of every file the run writes ------------------------------------
+def _damage(path: Path, how: str, at: int) -> None:
+    """how: "bit" flips the low bit of byte ``at`` (a digit stays a digit: JSON still parses),
+    "byte" inverts it, "cut" truncates the file to ``at`` bytes."""
+    data = bytearray(path.read_bytes())
+    if how == "cut":
+        del data[at:]
+    else:
+        data[at] ^= 0x01 if how == "bit" else 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _digit_at(path: Path, start: int) -> int:
+    """The first digit at or after ``start`` (a flipped bit there keeps the JSON valid)."""
+    data = path.read_bytes()
+    return next(i for i in range(start, len(data)) if chr(data[i]).isdigit())
+
+
+DAMAGE_OVER = {"train": {"steps": 6, "checkpoint_every": 2, "keep_checkpoints": 2}}
+
+
+@pytest.fixture
+def killed_at_5(make_cfg):
+    """A run stopped at step 5 as a kill leaves it: checkpoint.pt at step 4, the older one as
+    checkpoint-00000002.pt, the logs on to step 5; and the run that never stopped."""
+    straight = Run(make_cfg("a", **DAMAGE_OVER), progress=False)
+    straight.train()
+    straight.close()
+    run = Run(make_cfg("b", **DAMAGE_OVER), progress=False)
+    run.train(stop_at=5)
+    run.close()
+    return run.out, params(straight)
+
+
+@pytest.mark.parametrize(
+    ("name", "how", "where"),
+    [
+        (CHECKPOINT, "byte", "header"),
+        (CHECKPOINT, "bit", "middle"),
+        (CHECKPOINT, "bit", "last"),
+        (CHECKPOINT, "cut", "middle"),
+        (CHECKPOINT, "cut", "zero"),
+        ("trajectory.jsonl", "bit", "header"),
+        ("trajectory.jsonl", "bit", "before"),
+        ("trajectory.jsonl", "byte", "before"),
+        ("trajectory.jsonl", "cut", "before"),
+        ("trajectory.jsonl", "cut", "zero"),
+        ("metrics.jsonl", "bit", "before"),
+        ("metrics.jsonl", "cut", "before"),
+    ],
+)
+def test_a_damaged_checkpoint_or_log_before_its_step_is_refused_and_kept(
+    make_cfg, killed_at_5, name, how, where
+):
+    out, _ = killed_at_5
+    path = out / name
+    size = len(path.read_bytes())
+    mark = load_checkpoint(out / CHECKPOINT)["logs"].get(name, [size])[0]
+    at = {
+        "header": 3,
+        "middle": size // 2,
+        "last": size - 1,
+        "zero": 0,
+        "before": _digit_at(path, mark // 2) if how == "bit" else mark // 2,
+    }[where]
+    _damage(path, how, at)
+    before = path.read_bytes()
+    message = {
+        CHECKPOINT: r"checkpoint .* is corrupt.*older checkpoint.*--fresh",
+        "trajectory.jsonl": r"trajectory.jsonl (was altered before step 4|ends early).*--fresh",
+        "metrics.jsonl": r"metrics.jsonl (was altered before step 4|ends early).*--fresh",
+    }[name]
+    with pytest.raises(TrainingError, match=message):
+        Run(make_cfg("b", **DAMAGE_OVER), progress=False)
+    assert path.read_bytes() == before  # kept as it was
+    release_folder(out)
+
+
+@pytest.mark.parametrize(
+    ("name", "how", "where"),
+    [
+        ("trajectory.jsonl", "bit", "after"),  # a flipped digit in step 4's line
+        ("trajectory.jsonl", "byte", "after"),
+        ("trajectory.jsonl", "cut", "after"),
+        ("metrics.jsonl", "bit", "after"),
+        ("metrics.jsonl", "cut", "after"),
+        ("checkpoint-00000002.pt", "bit", "middle"),  # never read: the run resumes from step 4
+        ("checkpoint-00000002.pt", "cut", "zero"),
+        (LOCK, "byte", "start"),
+        (LOCK, "cut", "zero"),
+    ],
+)
+def test_a_damaged_log_after_the_checkpoint_or_another_file_is_recovered_bit_for_bit(
+    make_cfg, killed_at_5, name, how, where
+):
+    out, straight = killed_at_5
+    path = out / name
+    if name == LOCK:  # a killed run leaves its record in the lock
+        path.write_text("pid 1 on host h since 2026-01-01T00:00:00Z\n")
+    size = len(path.read_bytes())
+    mark = load_checkpoint(out / CHECKPOINT)["logs"].get(name, [0])[0]
+    at = {
+        "after": (_digit_at(path, mark + 2) if how == "bit" else mark + (size - mark) // 2),
+        "middle": size // 2,
+        "zero": 0,
+        "start": 0,
+    }[where]
+    _damage(path, how, at)
+    run = Run(make_cfg("b", **DAMAGE_OVER), progress=False)
+    assert run.step == 4
+    run.train()
+    assert same(params(run), straight)
+    assert [r["step"] for r in read_jsonl(run.traj_path)[1:]] == list(range(6))
+    assert same(trainable_state(replay(None, run.traj_path)[0]), straight)
+    run.close()
+
+
+@pytest.mark.parametrize("how", ["bit", "byte"])
+@pytest.mark.parametrize("name", ["trajectory.jsonl", "metrics.jsonl"])
+def test_a_damaged_line_of_a_finished_runs_log_is_refused_naming_the_line(make_cfg, name, how):
+    run = Run(make_cfg(), progress=False)
+    run.train()
+    run.close()
+    path = run.out / name
+    lines = path.read_bytes().split(b"\n")
+    third = len(b"\n".join(lines[:2])) + 1  # the third line's first byte
+    _damage(path, how, _digit_at(path, third) if how == "bit" else third + 5)
+    with pytest.raises(TrainingError, match=rf"{name}, line 3, is damaged: its checksum"):
+        read_jsonl(path)
+    if name == "trajectory.jsonl":
+        with pytest.raises(TrainingError, match="line 3, is damaged"):
+            replay(None, path)  # never the weights of a changed log
+        assert main(["replay", "header", str(path), "--out", str(run.out / "w.pt")]) == 2
+    with pytest.raises(TrainingError, match=rf"{name} was altered before step 6"):
+        Run(make_cfg(), progress=False)  # the final checkpoint recorded the whole log
+
+
+def test_a_damaged_plot_is_written_again(make_cfg, tmp_path, capsys):
+    cfg = make_cfg()
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps(cfg))
+    assert main(["train", str(path), "--steps", "3"]) == 0
+    png = Path(cfg["train"]["out"]) / "plot.png"
+    _damage(png, "byte", 0)
+    assert main(["train", str(path)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    capsys.readouterr()
+
+
 # -- 5. a full disk ----------------------------------------------------------------------------
 def test_a_full_disk_names_the_path_keeps_the_checkpoint_and_removes_the_temporary(
     make_cfg, monkeypatch
@@ -566,7 +716,7 @@ def test_the_header_records_the_engine_and_replay_says_when_it_differs(make_cfg,
     lines = run.traj_path.read_text().splitlines()
     header["engine"]["backend"] = "cuda"
     log = tmp_path / "other.jsonl"
-    log.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    log.write_text("".join([_line(header), *(line + "\n" for line in lines[1:])]))
     ck = run.out / CHECKPOINT
     argv = ["replay", "header", str(log), "--out", str(tmp_path / "w.pt"), "--check", str(ck)]
     assert main(argv) == 0
