@@ -25,6 +25,7 @@ import torch
 from . import checks, engine, perturb as perturbers
 from .estimators.base import Estimator, Plan
 from .perturb import Perturber, Rows, Table, dtensor, guard
+from .perturb.base import named
 from .projections.base import ParamInfo, Projection
 from .seeds import derive, direction_seeds
 from .updates.base import Update, UpdateContext
@@ -186,8 +187,15 @@ class ZOOptimizer(torch.optim.Optimizer):
         if closures is None:
             self.perturber.replay_at(rows)
             return None
-        with self.perturber.at(rows), checks.forward_mode(self.module):
-            values = [checks.loss_value(c()) for c in closures]
+        try:
+            with self.perturber.at(rows), checks.forward_mode(self.module):
+                values = [checks.loss_value(c()) for c in closures]
+        except Exception as exc:  # the parameters back at theta; a plugin's error named
+            if not hasattr(exc, "_kerzoo_part"):
+                self._settle_after(exc)
+                raise
+            with self._plugin("projection", self.projection, self._step):
+                raise
         dtensor.reshard(self._fsdp)  # FSDP2: the next forward gathers the shards as they are then
         loss = sum(values) / len(values)
         return dtensor.mean_over(loss, *self._reduce) if self._reduce else loss
@@ -229,25 +237,43 @@ class ZOOptimizer(torch.optim.Optimizer):
     @contextlib.contextmanager
     def _plugin(self, kind: str, part: Any, step: int):
         """A plugin part raising mid-step: the parameters are restored (settle) and the
-        exception, of its own type, goes on with the part's name in its message. An exception
-        from the closure (raised in an update rule's evaluation) passes through as it is."""
+        exception, of its own type, goes on with the name of the part that raised in its
+        message: ``kind`` and ``part``'s, or those of a part called inside that tagged it
+        (perturb.base.named: a projection's passes, a kernel). An exception from the closure
+        (raised in an update rule's evaluation) passes through as it is."""
         try:
             yield
         except Exception as exc:
-            self.perturber.settle()
+            restored = self._settle_after(exc)
             if isinstance(exc, guard.NonFiniteUpdate):
                 raise
             if not hasattr(exc, "_kerzoo_closure") and not hasattr(exc, "_kerzoo_plugin"):
-                where = (
-                    f"{kind} {getattr(part, 'name', '') or type(part).__name__!r} raised "
-                    f"{type(exc).__name__} at step {step} (parameters restored)"
+                kind, name = getattr(exc, "_kerzoo_part", None) or (
+                    kind,
+                    getattr(part, "name", "") or type(part).__name__,
                 )
+                state = (
+                    "parameters restored"
+                    if restored
+                    else "parameters NOT restored: restoring them called the failing part "
+                    "again; go back to the last checkpoint"
+                )
+                where = f"{kind} {name!r} raised {type(exc).__name__} at step {step} ({state})"
                 if exc.args and isinstance(exc.args[0], str):
                     exc.args = (f"{where}: {exc.args[0]}", *exc.args[1:])
                 else:
                     exc.add_note(where)
                 exc._kerzoo_plugin = where  # type: ignore[attr-defined]
             raise
+
+    def _settle_after(self, exc: BaseException) -> bool:
+        """Back to theta after ``exc``; False when that raised too (a projection failing in
+        its passes, needed again to leave the point in place)."""
+        try:
+            self.perturber.settle()
+        except Exception:
+            return False
+        return True
 
     @torch.no_grad()
     def _run_step(self, closures: Sequence[Closure] | None, record: dict[str, Any] | None) -> float:
@@ -266,7 +292,8 @@ class ZOOptimizer(torch.optim.Optimizer):
         skipped = bool(record and record.get("skipped"))
         if not replaying:
             try:  # a projection whose state went non-finite: before any point is visited
-                self._guarded(lambda: guard.check_directions(self.projection, self.infos))
+                with self._plugin("projection", self.projection, step):
+                    self._guarded(lambda: guard.check_directions(self.projection, self.infos))
             except guard.NonFiniteUpdate as exc:
                 return self._skip(step, seeds, losses, exc.what)
         evaluated = plan.points if not skipped else plan.points[: len(record.get("losses", []))]
@@ -349,7 +376,8 @@ class ZOOptimizer(torch.optim.Optimizer):
         scale = []
         for t, info in enumerate(self.infos):
             cs = table.estimate_coefs(t, coefs, clipped=False)
-            norm = float(self.projection.materialize(info, cs, table.seeds).norm())
+            with named("projection", self.projection):
+                norm = float(self.projection.materialize(info, cs, table.seeds).norm())
             scale.append(min(1.0, self.clip / norm) if norm > 0 else 1.0)
         table.set_clip(scale)
 

@@ -91,8 +91,11 @@ class KernelEstimator(Estimator):
 
     def weight(self, r: float, a: float) -> float:
         """K_a(r) = (C / a) K(r / a)."""
+        from ..perturb.base import named
+
         s = torch.tensor([r / a], dtype=torch.float64)
-        return self.C / a * float(self.kernel(s)[0])
+        with named("kernel", self.kernel):
+            return self.C / a * float(self.kernel(s)[0])
 
     def coefficients(self, plan, losses, eps):
         n, a = len(plan.seeds), plan.extra["a"]

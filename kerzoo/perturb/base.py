@@ -18,6 +18,19 @@ from . import guard
 from .table import Rows
 
 
+@contextlib.contextmanager
+def named(kind: str, part: object) -> Iterator[None]:
+    """An exception raised inside is tagged with the plugin part it came from (``kind`` and
+    the part's name), unless a part inside tagged it first: the optimizer's message then
+    names that part (ZOOptimizer._plugin)."""
+    try:
+        yield
+    except Exception as exc:
+        if not hasattr(exc, "_kerzoo_part"):
+            exc._kerzoo_part = (kind, getattr(part, "name", "") or type(part).__name__)  # type: ignore[attr-defined]
+        raise
+
+
 class Perturber:
     """Base class: ``at(rows)`` for forwards at a point, ``settle()`` back to theta, ``update``."""
 
@@ -85,11 +98,15 @@ class Perturber:
         adds += [
             (i, i.tensor, [], [], scale[t]) for t, i in enumerate(self.infos) if id(i) not in seen
         ]
-        guard.check_adds(self.projection, adds, rounding, rounding_seed)
+        with named("projection", self.projection):
+            guard.check_adds(self.projection, adds, rounding, rounding_seed)
 
     def _add(self, rows: Rows, restore: Sequence, rounding: str, rounding_seed: int) -> None:
-        for items, cs, ss in self._passes(rows, restore):
-            self.projection.add_many(items, cs, ss, rounding=rounding, rounding_seed=rounding_seed)
+        with named("projection", self.projection):
+            for items, cs, ss in self._passes(rows, restore):
+                self.projection.add_many(
+                    items, cs, ss, rounding=rounding, rounding_seed=rounding_seed
+                )
 
     def memory_bytes(self) -> int:
         return 0
@@ -116,6 +133,11 @@ class InPlace(Perturber):
         for t, info in enumerate(self.infos):
             key = (back.of[t] if back else None, rows.of[t] if rows else None)
             passes.setdefault(key, []).append((info, info.tensor))
+        with named("projection", self.projection):
+            self._moves(back, rows, passes)
+        self.current = rows
+
+    def _moves(self, back: Rows | None, rows: Rows | None, passes: dict) -> None:
         for (b, k), items in passes.items():
             rc, rs = back.entries[b] if b is not None else ((), ())
             rc = tuple(-c for c in rc)
@@ -127,7 +149,6 @@ class InPlace(Perturber):
                     self.projection.add_many(items, list(rc), list(rs))
                 if nc:
                     self.projection.add_many(items, list(nc), list(ns))
-        self.current = rows
 
     @contextlib.contextmanager
     def at(self, rows):
@@ -149,6 +170,5 @@ class InPlace(Perturber):
 
     def update(self, rows, rounding="nearest", rounding_seed=0):
         """Restore and update in one pass per tensor class."""
-        restore = self._way_back()
-        self.current = None
-        self._add(rows, restore, rounding, rounding_seed)
+        self._add(rows, self._way_back(), rounding, rounding_seed)
+        self.current = None  # (a projection raising before it wrote: still at the point)

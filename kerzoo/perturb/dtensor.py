@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from ..projections.base import ParamInfo
+from .base import named
 from .onthefly import OnTheFly
 
 FIX = (
@@ -227,10 +228,11 @@ class ShardedOnTheFly(OnTheFly):
                     passes.setdefault(rows.of[t], []).append((info, transient))
                     self._saved.append((p, p.data, k, p.numel()))
                     p.data = transient
-                for e, items in passes.items():
-                    cs, ss = rows.entries[e]
-                    if cs:
-                        self.projection.add_many(items, list(cs), list(ss))
+                with named("projection", self.projection):
+                    for e, items in passes.items():
+                        cs, ss = rows.entries[e]
+                        if cs:
+                            self.projection.add_many(items, list(cs), list(ss))
             finally:
                 for info, tensor, offset, shape in shards:
                     info.tensor, info.offset, info.shape = tensor, offset, shape

@@ -23,7 +23,7 @@ import warnings
 import torch
 
 from ..projections.base import ParamInfo, Projection
-from .base import Perturber
+from .base import Perturber, named
 from .table import Rows
 
 
@@ -95,10 +95,11 @@ class OnTheFly(Perturber):
                 self._saved.append((p, p.data, k, p.numel()))
                 p.data = transient
                 self._touched.add(id(p))
-            for e, items in passes.items():
-                cs, ss = rows.entries[e]
-                if cs:
-                    self.projection.add_many(items, list(cs), list(ss))
+            with named("projection", self.projection):
+                for e, items in passes.items():
+                    cs, ss = rows.entries[e]
+                    if cs:
+                        self.projection.add_many(items, list(cs), list(ss))
 
         return torch.compiler.disable(hook, recursive=True)
 

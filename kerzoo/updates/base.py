@@ -46,19 +46,27 @@ class UpdateContext:
 
     def add(self, p: ParamInfo, coefs: Sequence[float]) -> None:
         """p += sum_i coefs[i] z_i."""
-        self.projection.add(p, p.tensor, self.for_tensor(p, coefs), self.seeds)
+        from ..perturb.base import named
+
+        with named("projection", self.projection):
+            self.projection.add(p, p.tensor, self.for_tensor(p, coefs), self.seeds)
 
     def check(self, moves: Sequence[tuple[ParamInfo, Sequence[float]]]) -> None:
         """Before ``add(p, coefs)`` for each (p, coefs) of ``moves``: raise
         guard.NonFiniteUpdate, writing nothing, when one would make its tensor non-finite."""
         from ..perturb import guard
+        from ..perturb.base import named
 
         adds = [(p, p.tensor, self.for_tensor(p, cs), self.seeds, 1.0) for p, cs in moves]
-        guard.check_adds(self.projection, adds)
+        with named("projection", self.projection):
+            guard.check_adds(self.projection, adds)
 
     def estimate(self, p: ParamInfo) -> torch.Tensor:
         """The estimated gradient of p, materialised (a temporary the size of p)."""
-        return self.projection.materialize(p, self.for_tensor(p, self.coefs), self.seeds)
+        from ..perturb.base import named
+
+        with named("projection", self.projection):
+            return self.projection.materialize(p, self.for_tensor(p, self.coefs), self.seeds)
 
 
 class Update:

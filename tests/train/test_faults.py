@@ -679,6 +679,107 @@ def test_a_plugin_raising_in_a_hook_is_named_and_the_weights_are_restored(part, 
     assert all(torch.isfinite(v).all() for v in after.values())
 
 
+# the passes and hooks a plugin runs inside a step, beyond the hooks above: (preset and
+# options, the part, the hook, the modes it runs in); each raises at its first call
+HOOKS_INSIDE = [
+    ("mezo", {}, "projection", "add_many", ("inplace", "onthefly")),  # the first point
+    ("mezo", {}, "projection", "move_many", ("inplace",)),  # point to point, in place
+    ("mezo", {}, "projection", "update-pass", ("inplace", "onthefly")),  # the update's pass
+    ("mezo", {}, "projection", "bounds", ("inplace", "onthefly")),  # the update guard
+    ("mezo", {"clip": 1.0}, "projection", "materialize", ("inplace", "onthefly")),  # clipping
+    ({"update": "adam"}, {}, "projection", "materialize", ("inplace", "onthefly")),  # g for Adam
+    ({"update": "momentum"}, {}, "update_rule", "apply", ("inplace", "onthefly")),
+    ("kerzoo", {}, "estimator", "kernel", ("inplace", "onthefly")),  # the kernel K(r)
+]
+
+
+@pytest.mark.parametrize(
+    ("spec", "options", "part", "hook", "perturb"),
+    [(s, o, p, h, m) for s, o, p, h, modes in HOOKS_INSIDE for m in modes],
+)
+def test_a_plugin_raising_inside_a_pass_is_named_and_the_weights_are_restored(
+    spec, options, part, hook, perturb
+):
+    if isinstance(spec, dict):
+        spec = {"estimator": "two-point", "projection": "dense", "update": "sgd", **spec}
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    x = torch.randn(8, 6)
+    opt = kerzoo.optimizer(spec, model, lr=1e-2, eps=1e-2, perturb=perturb, **options)
+
+    def closure():
+        return model(x).pow(2).mean()
+
+    opt.step(closure)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    obj = getattr(opt, part)
+
+    def boom(*args, **kwargs):
+        raise ValueError("plugin bug")
+
+    name = obj.name
+    if hook == "kernel":
+
+        class Broken:
+            name, order = "broken", 2
+
+            def __call__(self, s):
+                raise ValueError("plugin bug")
+
+        obj.kernel, part, name = Broken(), "kernel", "broken"
+    elif hook == "update-pass":  # only the update's pass passes a rounding mode
+        real = obj.add_many
+
+        def boom_at_update(*args, **kwargs):
+            if "rounding" in kwargs:
+                raise ValueError("plugin bug")
+            return real(*args, **kwargs)
+
+        obj.add_many = boom_at_update
+    else:
+        setattr(obj, hook, boom)
+    kind = {"update_rule": "update"}.get(part, part)
+    with pytest.raises(
+        ValueError,
+        match=rf"{kind} '{name}' raised ValueError at step 1 \(parameters restored\): plugin bug",
+    ):
+        opt.step(closure)
+    after = model.state_dict()
+    for k, v in before.items():
+        if perturb == "onthefly" or hook in ("add_many", "bounds"):
+            assert torch.equal(after[k], v), k  # never written while perturbed
+        else:  # in place: left the point it was at (fp32 rounding)
+            torch.testing.assert_close(after[k], v, rtol=1e-6, atol=1e-8)
+    assert opt.steps_done == 1  # not counted as a step: running again does it
+
+
+def test_a_projection_failing_also_while_restoring_says_the_weights_are_not_restored():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    x = torch.randn(8, 6)
+    opt = kerzoo.optimizer("mezo", model, lr=1e-2, eps=1e-2, perturb="inplace")
+    opt.step(lambda: model(x).pow(2).mean())
+    real = opt.projection.add_many
+
+    def boom(*args, **kwargs):
+        raise ValueError("plugin bug")
+
+    def add_many(items, coefs, *args, **kwargs):  # fine at the first point, then broken
+        if coefs[0] > 0:
+            return real(items, coefs, *args, **kwargs)
+        raise ValueError("plugin bug")
+
+    opt.projection.move_many = boom  # to the second point: raises, in place at the first
+    opt.projection.add_many = add_many  # the way back from the first point raises too
+    with pytest.raises(
+        ValueError,
+        match=r"projection 'dense' raised ValueError at step 1 "
+        r"\(parameters NOT restored: restoring them called the failing part "
+        r"again; go back to the last checkpoint\): plugin bug",
+    ):
+        opt.step(lambda: model(x).pow(2).mean())
+
+
 def test_a_plugin_error_in_kerzoo_train_names_it_and_keeps_the_checkpoint(
     make_cfg, tmp_path, capsys, monkeypatch
 ):
