@@ -252,6 +252,7 @@ class Run:
             self.out / "trajectory.jsonl",
         )
         self.checkpoint_path = self.out / CHECKPOINT
+        self._plain: set[Path] = set()  # logs begun without line sums: continued without
         self.saved_step: int | None = None  # the step of checkpoint.pt, once there is one
         self.took_over = None  # the record of a killed run whose lock this run took over
         if self.writer:
@@ -383,6 +384,10 @@ class Run:
         if self.writer:
             for path in (self.traj_path, self.metrics_path):
                 self._rewind(path, ck["logs"].get(path.name))
+                with path.open("rb") if path.exists() else io.BytesIO() as f:
+                    first = f.readline().decode("utf-8", errors="replace").rstrip("\n")
+                if first and not _SUM.search(first):  # a log of a kerzoo before line sums
+                    self._plain.add(path)
 
     def _rewind(self, path: Path, mark: list | None) -> None:
         """Cut ``path`` back to where it was when the checkpoint was written, after checking
@@ -412,7 +417,7 @@ class Run:
             return
         try:
             with path.open("a") as f:
-                line = _line(record)
+                line = _line(record) if path not in self._plain else json.dumps(record) + "\n"
                 if _fault(f"torn-{path.stem}", record.get("step")):  # killed mid-line
                     f.write(line[: len(line) // 2])
                     f.flush()

@@ -953,3 +953,21 @@ def test_the_kill_plans_cover_every_point():
     drawn = {p for seed in KILL_SEEDS for p, _ in kill_plan(seed)}
     assert drawn == {p for p, _ in KILL_POINTS}
     assert kill_plan(2) == kill_plan(2)  # seeded: the same points in every CI run
+
+
+def test_a_log_begun_without_line_sums_is_continued_without_them(make_cfg, monkeypatch):
+    from kerzoo.train import loop
+
+    straight = Run(make_cfg("a"), progress=False)
+    straight.train()
+    with monkeypatch.context() as m:  # a run begun by a kerzoo that wrote no sums
+        m.setattr(loop, "_line", lambda record: json.dumps(record) + "\n")
+        run = Run(make_cfg("b"), progress=False)
+        run.train(stop_at=4)
+        run.close()
+    assert '"sum"' not in run.traj_path.read_text()
+    run = Run(make_cfg("b"), progress=False)
+    run.train()
+    assert '"sum"' not in run.traj_path.read_text() + run.metrics_path.read_text()
+    assert [r["step"] for r in read_jsonl(run.traj_path)[1:]] == list(range(6))
+    assert same(trainable_state(replay(None, run.traj_path)[0]), params(straight))
