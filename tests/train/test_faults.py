@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -971,3 +972,49 @@ def test_a_log_begun_without_line_sums_is_continued_without_them(make_cfg, monke
     assert '"sum"' not in run.traj_path.read_text() + run.metrics_path.read_text()
     assert [r["step"] for r in read_jsonl(run.traj_path)[1:]] == list(range(6))
     assert same(trainable_state(replay(None, run.traj_path)[0]), params(straight))
+
+
+def test_an_update_that_overflows_float16_but_not_float32_is_skipped_bit_for_bit():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    model = model.to(torch.float16)
+    x = torch.randn(8, 6).to(torch.float16)
+    opt = kerzoo.optimizer("mezo", model, lr=1e-2, eps=1e-1)  # on the fly (fp16)
+
+    def closure():
+        return model(x).float().pow(2).mean()
+
+    opt.step(closure)
+    before = _state(model)
+    for g in opt.param_groups:
+        g["lr"] = 1e6  # lr g z of about 1e6: finite in float32, over float16's 65504
+    with pytest.warns(RuntimeWarning, match=r"the update would make 0.weight non-finite"):
+        assert math.isnan(opt.step(closure))
+    assert _bitwise(_state(model), before)
+    for g in opt.param_groups:
+        g["lr"] = 1.0  # lr g z of about 1: the bound holds, no trial
+    assert math.isfinite(opt.step(closure)) and not _bitwise(_state(model), before)
+
+
+def test_the_guard_copies_nothing_when_the_projection_bounds_its_directions(monkeypatch):
+    from kerzoo.projections.dense import Dense
+
+    model, opt, closure = _tiny("mezo", perturb="inplace")
+    ids = {id(p) for p in model.parameters()}
+    targets = []
+    real = Dense.add_many
+
+    def spy(self, items, *args, **kwargs):
+        targets.extend(id(t) for _, t in items)
+        return real(self, items, *args, **kwargs)
+
+    monkeypatch.setattr(Dense, "add_many", spy)
+    for _ in range(3):
+        opt.step(closure)
+    assert targets and set(targets) <= ids  # every pass wrote a parameter: no workspace trial
+    for g in opt.param_groups:
+        g["lr"] = 1e39  # near float32's limit: now each tensor is tried in a workspace first
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # skipped or not, as the trial finds
+        opt.step(closure)
+    assert not set(targets) <= ids
