@@ -40,9 +40,13 @@ def peaks(tensors: Sequence[torch.Tensor]) -> list[float]:
         if t.numel():  # an empty shard: 0
             by_device.setdefault((t.device, t.dtype), []).append(i)
     out = [0.0] * len(tensors)
-    for idx in by_device.values():
+    for (device, _), idx in by_device.items():
         group = [tensors[i].detach() for i in idx]
-        norms = torch._foreach_norm(group, math.inf)
+        if device.type == "cpu":  # one pass each (the CPU's foreach_norm is ~15x slower)
+            ends = [torch.aminmax(t) for t in group]
+            norms = [torch.maximum(-lo, hi) for lo, hi in ends]
+        else:  # one fused kernel over the tensors
+            norms = torch._foreach_norm(group, math.inf)
         values = torch.stack([n.float() for n in norms]).cpu().tolist()
         for i, v in zip(idx, values):
             out[i] = v

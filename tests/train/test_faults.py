@@ -996,21 +996,23 @@ def test_an_update_that_overflows_float16_but_not_float32_is_skipped_bit_for_bit
     assert math.isfinite(opt.step(closure)) and not _bitwise(_state(model), before)
 
 
-def test_the_guard_copies_nothing_when_the_projection_bounds_its_directions(monkeypatch):
-    from kerzoo.projections.dense import Dense
-
-    model, opt, closure = _tiny("mezo", perturb="inplace")
-    ids = {id(p) for p in model.parameters()}
+@pytest.mark.parametrize("preset", ["mezo", "subzero", "lozo", "hizoo"])
+def test_the_guard_copies_nothing_when_the_projection_bounds_its_directions(monkeypatch, preset):
+    model, opt, closure = _tiny(preset, perturb="onthefly" if preset == "hizoo" else "inplace")
     targets = []
-    real = Dense.add_many
+    cls = type(opt.projection)
+    real = cls.add_many
 
     def spy(self, items, *args, **kwargs):
-        targets.extend(id(t) for _, t in items)
+        targets.extend(t.untyped_storage().data_ptr() for _, t in items)
         return real(self, items, *args, **kwargs)
 
-    monkeypatch.setattr(Dense, "add_many", spy)
+    monkeypatch.setattr(cls, "add_many", spy)
     for _ in range(3):
         opt.step(closure)
+    # the storages a pass may write: the parameters, and on the fly the perturber's workspace
+    ids = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    ids |= {w.untyped_storage().data_ptr() for w in getattr(opt.perturber, "_ws", {}).values()}
     assert targets and set(targets) <= ids  # every pass wrote a parameter: no workspace trial
     for g in opt.param_groups:
         g["lr"] = 1e39  # near float32's limit: now each tensor is tried in a workspace first
