@@ -150,7 +150,8 @@ class ZOOptimizer(torch.optim.Optimizer):
         if self._dtensors:
             dtensor.refuse(self, clip, projection)
             self._fsdp = dtensor.fsdp_modules(module, self.infos[self._dtensors[0][0]].name)
-        self.projection.setup(self.infos, self.seed)
+        with self._plugin("projection", projection, "setup"):
+            self.projection.setup(self.infos, self.seed)
         low = any(i.tensor.dtype in LOW_PRECISION for i in self.infos)
         if perturb in ("onthefly", "outputs") and module is None:
             raise ValueError(
@@ -235,16 +236,17 @@ class ZOOptimizer(torch.optim.Optimizer):
         return Table(self.infos, plan.seeds, rho, factors)
 
     @contextlib.contextmanager
-    def _plugin(self, kind: str, part: Any, step: int):
+    def _plugin(self, kind: str, part: Any, step: int | str):
         """A plugin part raising mid-step: the parameters are restored (settle) and the
         exception, of its own type, goes on with the name of the part that raised in its
         message: ``kind`` and ``part``'s, or those of a part called inside that tagged it
         (perturb.base.named: a projection's passes, a kernel). An exception from the closure
-        (raised in an update rule's evaluation) passes through as it is."""
+        (raised in an update rule's evaluation) passes through as it is. ``step`` a string:
+        outside a step (the method called: setup, state_dict), with nothing to restore."""
         try:
             yield
         except Exception as exc:
-            restored = self._settle_after(exc)
+            restored = self._settle_after(exc) if not isinstance(step, str) else None
             if isinstance(exc, guard.NonFiniteUpdate):
                 raise
             if not hasattr(exc, "_kerzoo_closure") and not hasattr(exc, "_kerzoo_plugin"):
@@ -258,7 +260,11 @@ class ZOOptimizer(torch.optim.Optimizer):
                     else "parameters NOT restored: restoring them called the failing part "
                     "again; go back to the last checkpoint"
                 )
-                where = f"{kind} {name!r} raised {type(exc).__name__} at step {step} ({state})"
+                where = (
+                    f"{kind} {name!r} raised {type(exc).__name__} at step {step} ({state})"
+                    if restored is not None
+                    else f"{kind} {name!r} raised {type(exc).__name__} in {step}"
+                )
                 if exc.args and isinstance(exc.args[0], str):
                     exc.args = (f"{where}: {exc.args[0]}", *exc.args[1:])
                 else:
@@ -535,7 +541,7 @@ class ZOOptimizer(torch.optim.Optimizer):
             "step": self._step,
             "seed": self.seed,
             "skipped_steps": self.skipped_steps,
-            "projection": self.projection.state_dict(),
+            "projection": self._projection_state(),
             "spec": self.spec,
         }
         return sd
@@ -551,8 +557,13 @@ class ZOOptimizer(torch.optim.Optimizer):
             int(zo["seed"]),
             int(zo["skipped_steps"]),
         )
-        self.projection.setup(self.infos, self.seed)  # the projection's bases derive from the seed
-        self.projection.load_state_dict(zo["projection"])
+        with self._plugin("projection", self.projection, "load_state_dict"):
+            self.projection.setup(self.infos, self.seed)  # its bases derive from the seed
+            self.projection.load_state_dict(zo["projection"])
+
+    def _projection_state(self) -> dict[str, Any]:
+        with self._plugin("projection", self.projection, "state_dict"):
+            return self.projection.state_dict()
 
     @property
     def steps_done(self) -> int:

@@ -1020,3 +1020,51 @@ def test_the_guard_copies_nothing_when_the_projection_bounds_its_directions(monk
         warnings.simplefilter("ignore")  # skipped or not, as the trial finds
         opt.step(closure)
     assert not set(targets) <= ids
+
+
+@pytest.mark.parametrize("hook", ["setup", "state_dict", "load_state_dict"])
+def test_a_projection_raising_outside_a_step_is_named(monkeypatch, hook):
+    from kerzoo.projections.dense import Dense
+
+    model, opt, closure = _tiny("mezo")
+    opt.step(closure)
+    state = opt.state_dict()
+
+    def boom(*args, **kwargs):
+        raise ValueError("plugin bug")
+
+    monkeypatch.setattr(Dense, hook, boom)
+    message = rf"projection 'dense' raised ValueError in {hook}: plugin bug"
+    with pytest.raises(ValueError, match=message):
+        if hook == "setup":
+            kerzoo.optimizer("mezo", model)
+        elif hook == "state_dict":
+            opt.state_dict()
+        else:
+            opt.load_state_dict(state)
+
+
+def test_a_projection_failing_to_save_its_state_in_kerzoo_train_keeps_the_checkpoint(
+    make_cfg, tmp_path, capsys, monkeypatch
+):
+    from kerzoo.projections.dense import Dense
+
+    cfg = make_cfg()
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps(cfg))
+    assert main(["train", str(path), "--steps", "3"]) == 0
+    ck = Path(cfg["train"]["out"]) / CHECKPOINT
+    good = ck.read_bytes()
+    capsys.readouterr()
+
+    def boom(self):
+        raise RuntimeError("cannot pickle the bases")
+
+    monkeypatch.setattr(Dense, "state_dict", boom)
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "kerzoo train: a plugin failed: projection 'dense' raised RuntimeError in state_dict: "
+        "cannot pickle the bases; the checkpoint in" in err
+    )
+    assert ck.read_bytes() == good  # the step-3 checkpoint, as it was
