@@ -334,7 +334,13 @@ class ZOOptimizer(torch.optim.Optimizer):
                     step, coefs, closures, record.get("update") if record else None, table
                 )
         except guard.NonFiniteUpdate as exc:  # found before anything was written
-            return self._skip(step, seeds, losses, None if replaying else exc.what)
+            if replaying:  # the run took this step: replaying it otherwise would diverge
+                raise ValueError(
+                    f"record of step {step}: the run took this step, and replaying it is "
+                    f"refused ({exc.what}); the log was written under another engine or "
+                    "version, or altered"
+                ) from None
+            return self._skip(step, seeds, losses, exc.what)
         with self._plugin("projection", self.projection, step):
             self.projection.end_step(step, seeds, plan, losses, coefs)
         self._finish(

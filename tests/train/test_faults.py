@@ -1068,3 +1068,19 @@ def test_a_projection_failing_to_save_its_state_in_kerzoo_train_keeps_the_checkp
         "cannot pickle the bases; the checkpoint in" in err
     )
     assert ck.read_bytes() == good  # the step-3 checkpoint, as it was
+
+
+def test_replaying_a_step_the_guard_now_refuses_is_an_error_not_a_silent_skip():
+    model, opt, closure = _tiny("mezo")
+    start = _state(model)
+    opt.step(closure)
+    record = json.loads(json.dumps(opt.last_record))
+    model.load_state_dict(start)
+    fresh = kerzoo.optimizer("mezo", model, lr=1e-2, eps=1e-2)
+    record["lr"] = [1e45]  # as if altered: the update now overflows
+    with pytest.raises(
+        ValueError,
+        match=r"record of step 0: the run took this step, and "
+        r"replaying it is refused \(the update would make",
+    ):
+        fresh.replay(record)
