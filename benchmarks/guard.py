@@ -1,6 +1,6 @@
 """The update guard's cost (docs/run-integrity.md, What a check costs): the passes of one step
 alone (a closure that runs no forward and returns a seeded random loss, so every coefficient is
-non-zero) with the guard and with it switched off, on all-MiniLM-L6-v2's shapes (random
+non-zero; in place: on the fly needs a forward) with the guard and with it switched off, on all-MiniLM-L6-v2's shapes (random
 weights, every parameter trained, fp32), one thread.
 
     python benchmarks/guard.py [--rounds 7] [--presets mezo subzero ...] [--out FILE.json]
@@ -26,7 +26,6 @@ from kerzoo.perturb import guard
 
 PRESETS = {
     "mezo": ("mezo", {}),  # dense: the bound from one read
-    "mezo:onthefly": ("mezo", {"perturb": "onthefly"}),
     "subzero": ("subzero", {}),  # low-rank: no bound, each tensor tried in a workspace
     "momentum": ({"estimator": "two-point", "projection": "dense", "update": "momentum"}, {}),
     "adam": ({"estimator": "two-point", "projection": "dense", "update": "adam"}, {}),

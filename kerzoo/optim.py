@@ -470,16 +470,26 @@ class ZOOptimizer(torch.optim.Optimizer):
         time; a non-finite result is a NonFiniteUpdate, with nothing written."""
         rule = self.update_rule
         owner = f"update {rule.name!r}"
-        for info in self.infos:
-            guard.check_state(owner, ctx.state(info), info.name)
+        held = guard.state_peaks(
+            owner, [ctx.state(i) for i in self.infos], [i.name for i in self.infos]
+        )
         if not rule.trial:
             return
         restore = self.perturber._way_back()
+        with named("projection", self.projection):
+            bounds = self.projection.bounds(self.infos)
+        tops = guard.peaks([i.tensor for i in self.infos])
 
         def refused(*_: Any, **__: Any) -> None:
             raise RuntimeError("an update rule with trial = True must not evaluate the loss")
 
         for t, info in enumerate(self.infos):
+            z = bounds[t]
+            if z is not None and math.isfinite(z) and math.isfinite(tops[t]):
+                back = sum(map(abs, restore[t][0])) if restore[t] is not None else 0.0
+                theta = tops[t] * abs(scales[t]) + z * back  # max|p| once settled and decayed
+                if rule.safe(ctx, info, z, theta, held[t], guard.limit(info.tensor.dtype)):
+                    continue  # proven finite: no trial for this tensor
             copy = ParamInfo(
                 info.name,
                 info.key,

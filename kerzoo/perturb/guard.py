@@ -98,9 +98,26 @@ def check_adds(
             )
 
 
+def state_peaks(
+    owner: str, states: Sequence[dict[str, object]], names: Sequence[str]
+) -> list[dict[str, float]]:
+    """max |buffer| of each floating-point tensor of each parameter's optimizer state, in one
+    sync; a non-finite one is a NonFiniteUpdate naming the rule, the buffer and the tensor."""
+    keys = [
+        [k for k, v in st.items() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+        for st in states
+    ]
+    flat = peaks([st[k] for st, ks in zip(states, keys) for k in ks])  # type: ignore[misc]
+    out, i = [], 0
+    for ks, name in zip(keys, names):
+        out.append(dict(zip(ks, flat[i : i + len(ks)])))
+        i += len(ks)
+        for k, peak in out[-1].items():
+            if not math.isfinite(peak):
+                raise NonFiniteUpdate(f"{owner} state {k!r} of {name} is non-finite ({peak})")
+    return out
+
+
 def check_state(owner: str, state: dict[str, object], name: str) -> None:
     """Raise NonFiniteUpdate when a tensor of one parameter's optimizer state is non-finite."""
-    keys = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()]
-    for k, peak in zip(keys, peaks([state[k] for k in keys])):  # type: ignore[misc]
-        if not math.isfinite(peak):
-            raise NonFiniteUpdate(f"{owner} state {k!r} of {name} is non-finite ({peak})")
+    state_peaks(owner, [state], [name])

@@ -89,6 +89,22 @@ class Update:
         unknown_options(f"update {self.name!r}", options, self.defaults)
         self.options = {**self.defaults, **options}
 
+    def safe(
+        self,
+        ctx: UpdateContext,
+        p: ParamInfo,
+        z: float,
+        theta: float,
+        state: dict[str, float],
+        limit: float,
+    ) -> bool:
+        """True when this step's ``apply`` provably leaves ``p`` and its state finite (then it
+        is not tried first on copies, Update.trial), given: ``z`` >= |Z_i| of every element of
+        every direction (the projection's bound), ``theta`` >= max|p|, ``state`` the max |x|
+        of each buffer of p's state (absent before the first step) and ``limit``, the largest
+        magnitude p may reach (half its dtype's). False: not known, tried first."""
+        return False
+
     def linear(self, coefs: Sequence[float], lr: float) -> list[float] | None:
         """Coefficients c_i of the change sum_i c_i z_i, or None if the rule is not linear."""
         return None

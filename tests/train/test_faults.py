@@ -1084,3 +1084,28 @@ def test_replaying_a_step_the_guard_now_refuses_is_an_error_not_a_silent_skip():
         r"replaying it is refused \(the update would make",
     ):
         fresh.replay(record)
+
+
+@pytest.mark.parametrize("rule", ["momentum", "momentum-replay", "adam"])
+def test_a_stateful_rule_proven_finite_is_not_tried_first(monkeypatch, rule):
+    spec = {"estimator": "two-point", "projection": "dense", "update": rule}
+    _, opt, closure = _tiny(spec)
+    calls = []
+    cls = type(opt.update_rule)
+    real = cls.apply
+
+    def spy(self, ctx, replay=None):
+        calls.append(len(ctx.params))
+        return real(self, ctx, replay)
+
+    monkeypatch.setattr(cls, "apply", spy)
+    for _ in range(3):
+        opt.step(closure)
+    assert calls == [4, 4, 4]  # once a step, on every tensor: no trial on copies
+    calls.clear()
+    for g in opt.param_groups:
+        g["lr"] = 1e39  # past what the bound proves: each tensor tried first, one at a time
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        opt.step(closure)
+    assert calls[0] == 1  # a trial on one tensor's copy comes first
