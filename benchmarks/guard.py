@@ -1,7 +1,7 @@
 """The update guard's cost (docs/run-integrity.md, What a check costs): the passes of one step
 alone (a closure that runs no forward and returns a seeded random loss, so every coefficient is
-non-zero; in place: on the fly needs a forward) with the guard and with it switched off, on all-MiniLM-L6-v2's shapes (random
-weights, every parameter trained, fp32), one thread.
+non-zero; in place, as on the fly needs a forward) with the guard and with it switched off, on
+all-MiniLM-L6-v2's shapes (random weights, every parameter trained, fp32), one thread.
 
     python benchmarks/guard.py [--rounds 7] [--presets mezo subzero ...] [--out FILE.json]
 
@@ -17,12 +17,13 @@ import random
 import time
 from contextlib import contextmanager
 
-import models
 import torch
 
 import kerzoo
 from kerzoo.optim import ZOOptimizer
 from kerzoo.perturb import guard
+
+import models
 
 PRESETS = {
     "mezo": ("mezo", {}),  # dense: the bound from one read
