@@ -27,7 +27,7 @@ import models
 
 PRESETS = {
     "mezo": ("mezo", {}),  # dense: the bound from one read
-    "subzero": ("subzero", {}),  # low-rank: no bound, each tensor tried in a workspace
+    "subzero": ("subzero", {}),  # low-rank: the bound 7 sqrt(mn), no read of bases
     "momentum": ({"estimator": "two-point", "projection": "dense", "update": "momentum"}, {}),
     "adam": ({"estimator": "two-point", "projection": "dense", "update": "adam"}, {}),
 }
