@@ -911,6 +911,7 @@ def _killed_child(cfg: dict, fault: str) -> int:
     if pid == 0:  # the child: never returns to pytest
         code = 3
         try:
+            signal.alarm(120)  # a child that hangs (a fork of a threaded process) dies instead
             torch.set_num_threads(1)
             os.environ["KERZOO_FAULT"] = fault
             Run(cfg, progress=False).train()
