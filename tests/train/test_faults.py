@@ -1110,3 +1110,40 @@ def test_a_stateful_rule_proven_finite_is_not_tried_first(monkeypatch, rule):
         warnings.simplefilter("ignore")
         opt.step(closure)
     assert calls[0] == 1  # a trial on one tensor's copy comes first
+
+
+def test_one_ranks_refused_update_is_refused_on_every_rank(tmp_path, monkeypatch):
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+        x = torch.randn(8, 6)
+        shards = {p: (n, 0) for n, p in model.named_parameters()}  # each rank: its shard
+        opt = kerzoo.optimizer("mezo", model, lr=1e-2, eps=1e-2, shards=shards)
+
+        def closure():
+            return model(x).pow(2).mean()
+
+        opt.step(closure)  # the ranks agree: nothing refused
+        assert opt.skipped_steps == 0
+        real = dist.all_reduce
+
+        def another_rank_refuses(flag, op=None, group=None):
+            real(flag, op=op, group=group)
+            flag.fill_(1.0)  # as the MAX over the ranks is when another rank refused
+
+        monkeypatch.setattr(dist, "all_reduce", another_rank_refuses)
+        before = _state(model)
+        with pytest.warns(
+            RuntimeWarning,
+            match=r"another rank's shard refused the update at "
+            r"step 1: step skipped",
+        ):
+            assert math.isnan(opt.step(closure))
+        assert _bitwise(_state(model), before)  # refused before any point: nothing written
+    finally:
+        dist.destroy_process_group()
