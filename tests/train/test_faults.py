@@ -997,7 +997,7 @@ def test_an_update_that_overflows_float16_but_not_float32_is_skipped_bit_for_bit
     assert math.isfinite(opt.step(closure)) and not _bitwise(_state(model), before)
 
 
-@pytest.mark.parametrize("preset", ["mezo", "subzero", "lozo", "hizoo"])
+@pytest.mark.parametrize("preset", ["mezo", "subzero", "lozo", "hizoo", "pgap"])
 def test_the_guard_copies_nothing_when_the_projection_bounds_its_directions(monkeypatch, preset):
     model, opt, closure = _tiny(preset, perturb="onthefly" if preset == "hizoo" else "inplace")
     targets = []
