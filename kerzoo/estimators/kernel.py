@@ -92,8 +92,11 @@ class KernelEstimator(Estimator):
 
     def weights(self, rs: list[float], a: float) -> list[float]:
         """K_a(r) = (C / a) K(r / a) for each r, K evaluated once over all of them."""
+        from ..perturb.base import named
+
         s = torch.tensor([r / a for r in rs], dtype=torch.float64)
-        return [self.C / a * k for k in self.kernel(s).tolist()]
+        with named("kernel", self.kernel):
+            return [self.C / a * k for k in self.kernel(s).tolist()]
 
     def weight(self, r: float, a: float) -> float:
         """K_a(r) = (C / a) K(r / a)."""

@@ -17,7 +17,21 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from ..projections.base import ParamInfo, Projection
+from . import guard
 from .table import Rows
+
+
+@contextlib.contextmanager
+def named(kind: str, part: object) -> Iterator[None]:
+    """An exception raised inside is tagged with the plugin part it came from (``kind`` and
+    the part's name), unless a part inside tagged it first: the optimizer's message then
+    names that part (ZOOptimizer._plugin)."""
+    try:
+        yield
+    except Exception as exc:
+        if not hasattr(exc, "_kerzoo_part"):
+            exc._kerzoo_part = (kind, getattr(part, "name", "") or type(part).__name__)  # type: ignore[attr-defined]
+        raise
 
 
 class Perturber:
@@ -73,7 +87,33 @@ class Perturber:
             return
         if seeds:
             split = len(back.seeds) if move and back is not None and rows is not None else 0
-            self.projection.add_table(items, table, of, seeds, split, rounding, rounding_seed)
+            with named("projection", self.projection):
+                self.projection.add_table(items, table, of, seeds, split, rounding, rounding_seed)
+
+    def _way_back(self) -> list[tuple[tuple[float, ...], tuple[int, ...]] | None]:
+        """Per tensor, the (coefficients, seeds) that take it from where it is back to theta,
+        or None: it is at theta."""
+        return [None] * len(self.infos)
+
+    def check(
+        self,
+        rows: Rows,
+        rounding: str = "nearest",
+        rounding_seed: int = 0,
+        scale: Sequence[float] | None = None,
+    ) -> None:
+        """Raise guard.NonFiniteUpdate, writing nothing, when ``update(rows)`` after each
+        tensor t is multiplied by ``scale[t]`` (the weight decay) would leave a tensor
+        non-finite (kerzoo.perturb.guard)."""
+        scale = scale or [1.0] * len(self.infos)
+        adds = []
+        for t, (info, back) in enumerate(zip(self.infos, self._way_back())):
+            cs, ss = rows[t]
+            if back is not None:
+                cs, ss = back[0] + cs, back[1] + ss
+            adds.append((info, info.tensor, list(cs), list(ss), scale[t]))
+        with named("projection", self.projection):
+            guard.check_adds(self.projection, adds, rounding, rounding_seed)
 
     def memory_bytes(self) -> int:
         return 0
@@ -110,8 +150,15 @@ class InPlace(Perturber):
     def replay_at(self, rows):
         self.goto(None if rows.empty else rows)
 
+    def _way_back(self):
+        back = self.current
+        if back is None:
+            return [None] * len(self.infos)
+        neg = [tuple(-c for c in cs) for cs in back.coefs]
+        return [(neg[back.of[t]], back.seeds) for t in range(len(self.infos))]
+
     def update(self, rows, rounding="nearest", rounding_seed=0):
         """Restore and update in one pass (one rounding)."""
-        back, self.current = self.current, None
         items = [(info, info.tensor) for info in self.infos]
-        self._pass(items, range(len(items)), rows, back, False, rounding, rounding_seed)
+        self._pass(items, range(len(items)), rows, self.current, False, rounding, rounding_seed)
+        self.current = None  # (a projection raising before it wrote: still at the point)

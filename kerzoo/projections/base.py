@@ -156,6 +156,13 @@ class Projection:
         self.add(p, out, coefs, seeds)
         return out
 
+    def bounds(self, params: Sequence[ParamInfo]) -> list[float | None]:
+        """For each tensor, a bound b with |Z_i| <= b in every element of every direction, or
+        None (unknown): the update guard (kerzoo.perturb.guard) then checks an update of that
+        tensor in a workspace before writing it. A non-finite bound (a state gone non-finite)
+        skips the step."""
+        return [None] * len(params)
+
     def end_step(
         self,
         step: int,

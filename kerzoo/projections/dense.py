@@ -8,6 +8,9 @@ from .. import engine
 from ..hookspecs import hookimpl
 from .base import Projection
 
+# the largest |z| the engine draws: Box-Muller of u >= 2^-33 gives r <= sqrt(66 ln 2) = 6.77
+Z_MAX = {"gaussian": 7.0, "rademacher": 1.0}
+
 
 class Dense(Projection):
     """z_i = the engine's z(seed_i, key, j) for every element: no memory held."""
@@ -28,6 +31,9 @@ class Dense(Projection):
             rounding=rounding,
             rounding_seed=rounding_seed,
         )
+
+    def bounds(self, params):
+        return [Z_MAX[self.options["dist"]]] * len(params)
 
     def move(self, p, target, restore, new):
         engine.restore_perturb(

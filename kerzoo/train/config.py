@@ -133,7 +133,11 @@ SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
         "schedule": ("constant", "constant, linear or cosine learning rate"),
         "warmup_steps": (0, "linear warm-up steps"),
         "min_lr_factor": (0.0, "linear/cosine: the lr at the end, as a fraction of the initial lr"),
-        "max_nan_streak": (20, "stop after this many steps in a row skipped for a non-finite loss"),
+        "max_nan_streak": (
+            20,
+            "stop after this many steps in a row skipped (a non-finite loss, coefficient, "
+            "update or optimizer state)",
+        ),
         "threads": (0, "torch threads (0: torch's default)"),
     },
     "log": {

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -58,6 +59,24 @@ class TrainingError(RuntimeError):
     """The run cannot go on: the message says what is kept and what to do."""
 
 
+FAULT = "KERZOO_FAULT"  # "<point>@<step>": tests/train/test_faults.py's kill -9 points
+
+
+def _fault(point: str, step: int | None) -> bool:
+    """True when the fault-injection suite asks this process to die at ``point`` of ``step``
+    (the environment variable KERZOO_FAULT = "<point>@<step>"); the caller then writes what a
+    write cut short leaves and calls _die. Unset, one dictionary lookup."""
+    want = os.environ.get(FAULT)
+    return want is not None and want == f"{point}@{step}"
+
+
+def _die() -> None:
+    """kill -9 of this process, as a crash or the OOM killer does it."""
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _checkpoint_bytes(obj: Any) -> tuple[bytes, memoryview]:
     """The checkpoint file's header (MAGIC, "sha256 <hex of the payload>") and its payload,
     torch.save's bytes."""
@@ -76,9 +95,15 @@ def atomic_save(obj: Any, path: Path, kept: str | None = None) -> None:
     try:
         with open(tmp, "wb") as f:
             f.write(header)
+            if _fault("checkpoint", obj.get("step")):  # killed mid-write
+                f.write(payload[: len(payload) // 2])
+                f.flush()
+                _die()
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
+        if _fault("rename", obj.get("step")):  # written, not yet in place
+            _die()
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -181,15 +206,46 @@ def _digest(path: Path, size: int | None = None) -> str:
         return hashlib.sha256(f.read() if size is None else f.read(size)).hexdigest()
 
 
+def _line(record: dict) -> str:
+    """A log line: the record's JSON with, as its last key, "sum", the first 16 hex digits of
+    the SHA-256 of the JSON without it (so a changed byte in any line is found)."""
+    text = json.dumps(record)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return f'{text[:-1]}, "sum": "{digest}"}}\n' if text != "{}" else text + "\n"
+
+
+_SUM = re.compile(r', "sum": "([0-9a-f]{16})"\}$')
+
+
 def read_jsonl(path: Path) -> list[dict]:
-    """The records of a JSONL file; a line cut short by a kill (the last one) is dropped."""
-    rows = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
+    """The records of a JSONL log, each line checked against its "sum" (removed from the
+    record). The last line, when a kill cut it short (no newline at its end), is dropped; any
+    other line that is not whole is a TrainingError naming the file and the line. A log with
+    no sum in any line (written before sums) has its lines read as they are."""
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    lines = text.split("\n")
+    rows, summed = [], any(_SUM.search(line) for line in lines)
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        m = _SUM.search(line)
+        body = line[: m.start()] + "}" if m else line
+        try:
+            row = json.loads(body)
+            ok = isinstance(row, dict) and (
+                hashlib.sha256(body.encode()).hexdigest()[:16] == m[1] if m else not summed
+            )
+        except json.JSONDecodeError:
+            ok = False
+        if ok:
+            rows.append(row)
+        elif n < len(lines):  # a whole line (a newline follows it): damaged, not cut by a kill
+            raise TrainingError(
+                f"{path}, line {n}, is damaged: its checksum does not match the line written "
+                "(a byte changed, or lines cut or joined), so the log cannot be trusted from "
+                "there on. Restore the file from a copy; a run resumes from its checkpoint "
+                "only with the log that goes with it (--fresh starts over)"
+            )
     return rows
 
 
@@ -233,6 +289,7 @@ class Run:
             self.out / "trajectory.jsonl",
         )
         self.checkpoint_path = self.out / CHECKPOINT
+        self._plain: set[Path] = set()  # logs begun without line sums: continued without
         self.saved_step: int | None = None  # the step of checkpoint.pt, once there is one
         self.took_over = None  # the record of a killed run whose lock this run took over
         if self.writer:
@@ -309,6 +366,8 @@ class Run:
                     "engine": environment(self.device),
                 },
             )
+            if _fault("start", 0):  # the lock taken and the header written, no step yet
+                _die()
         if board is not None:  # a resumed run hides the events of the steps after its checkpoint
             self.tensorboard = board(
                 str(self.out / TENSORBOARD), purge_step=self.step + 1 if self.step else None
@@ -349,6 +408,10 @@ class Run:
         if self.writer:
             for path in (self.traj_path, self.metrics_path):
                 self._rewind(path, ck["logs"].get(path.name))
+                with path.open("rb") if path.exists() else io.BytesIO() as f:
+                    first = f.readline().decode("utf-8", errors="replace").rstrip("\n")
+                if first and not _SUM.search(first):  # a log of a kerzoo before line sums
+                    self._plain.add(path)
 
     def _rewind(self, path: Path, mark: list | None) -> None:
         """Cut ``path`` back to where it was when the checkpoint was written, after checking
@@ -378,7 +441,12 @@ class Run:
             return
         try:
             with path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+                line = _line(record) if path not in self._plain else json.dumps(record) + "\n"
+                if _fault(f"torn-{path.stem}", record.get("step")):  # killed mid-line
+                    f.write(line[: len(line) // 2])
+                    f.flush()
+                    _die()
+                f.write(line)
         except OSError as exc:
             kept = (
                 f"the checkpoint {self.checkpoint_path} is intact"
@@ -491,6 +559,8 @@ class Run:
                 ),
             )
             self.saved_step = self.step
+            if _fault("saved", self.step):
+                _die()
 
     def _keep_older(self) -> None:
         """train.keep_checkpoints = K > 1: the checkpoint about to be replaced stays as
@@ -507,6 +577,8 @@ class Run:
             import shutil
 
             shutil.copy2(self.checkpoint_path, older)
+        if _fault("link", self.step):  # the older one linked, the new one not yet written
+            _die()
         for stale in sorted(self.out.glob("checkpoint-*.pt"))[: -(keep - 1)]:
             stale.unlink()
 
@@ -545,6 +617,8 @@ class Run:
                 skipped_before = self.opt.skipped_steps
                 loss = self.opt.step([lambda b=b: self.batch_loss(b) for b in batches])
                 self._write(self.traj_path, self.opt.last_record)
+                if _fault("step", self.step):  # between a step's two log lines
+                    _die()
                 streak = streak + 1 if self.opt.skipped_steps > skipped_before else 0
                 self.step += 1
                 self.elapsed = time.perf_counter() - start
@@ -583,8 +657,9 @@ class Run:
                         else "no checkpoint was written yet"
                     )
                     raise TrainingError(
-                        f"{streak} steps in a row had a non-finite loss or coefficient (the last "
-                        f"at step {self.step}; skipped, the parameters restored): stopped; the "
+                        f"{streak} steps in a row had a non-finite loss, coefficient, update or "
+                        f"state (the last at step {self.step}; skipped, the parameters "
+                        "restored): stopped; the "
                         f"parameters are those of the last step that was taken and {kept}. Lower "
                         "the learning rate or eps in [optimizer] (or fix the estimator plugin "
                         "the warnings name) and run again (it resumes from the checkpoint)"
