@@ -683,8 +683,8 @@ def test_a_plugin_raising_in_a_hook_is_named_and_the_weights_are_restored(part, 
 # the passes and hooks a plugin runs inside a step, beyond the hooks above: (preset and
 # options, the part, the hook, the modes it runs in); each raises at its first call
 HOOKS_INSIDE = [
-    ("mezo", {}, "projection", "add_many", ("inplace", "onthefly")),  # the first point
-    ("mezo", {}, "projection", "move_many", ("inplace",)),  # point to point, in place
+    ("mezo", {}, "projection", "add_table", ("inplace", "onthefly")),  # the first point
+    ("mezo", {}, "projection", "add_table-move", ("inplace",)),  # point to point, in place
     ("mezo", {}, "projection", "update-pass", ("inplace", "onthefly")),  # the update's pass
     ("mezo", {}, "projection", "bounds", ("inplace", "onthefly")),  # the update guard
     ("mezo", {"clip": 1.0}, "projection", "materialize", ("inplace", "onthefly")),  # clipping
@@ -728,15 +728,32 @@ def test_a_plugin_raising_inside_a_pass_is_named_and_the_weights_are_restored(
                 raise ValueError("plugin bug")
 
         obj.kernel, part, name = Broken(), "kernel", "broken"
-    elif hook == "update-pass":  # only the update's pass passes a rounding mode
-        real = obj.add_many
+    elif hook == "update-pass":  # the pass made inside the perturber's update
+        real, real_update, inside = obj.add_table, opt.perturber.update, []
+
+        def update(*args, **kwargs):
+            inside.append(True)
+            try:
+                return real_update(*args, **kwargs)
+            finally:
+                inside.pop()
 
         def boom_at_update(*args, **kwargs):
-            if "rounding" in kwargs:
+            if inside:
                 raise ValueError("plugin bug")
             return real(*args, **kwargs)
 
-        obj.add_many = boom_at_update
+        opt.perturber.update, obj.add_table = update, boom_at_update
+    elif hook == "add_table-move":  # the second pass: from the first point to the second
+        real, calls = obj.add_table, []
+
+        def boom_second(*args, **kwargs):
+            calls.append(True)
+            if len(calls) == 2:
+                raise ValueError("plugin bug")
+            return real(*args, **kwargs)
+
+        obj.add_table = boom_second
     else:
         setattr(obj, hook, boom)
     kind = {"update_rule": "update"}.get(part, part)
@@ -747,7 +764,7 @@ def test_a_plugin_raising_inside_a_pass_is_named_and_the_weights_are_restored(
         opt.step(closure)
     after = model.state_dict()
     for k, v in before.items():
-        if perturb == "onthefly" or hook in ("add_many", "bounds"):
+        if perturb == "onthefly" or hook in ("add_table", "bounds"):
             assert torch.equal(after[k], v), k  # never written while perturbed
         else:  # in place: left the point it was at (fp32 rounding)
             torch.testing.assert_close(after[k], v, rtol=1e-6, atol=1e-8)
@@ -760,18 +777,16 @@ def test_a_projection_failing_also_while_restoring_says_the_weights_are_not_rest
     x = torch.randn(8, 6)
     opt = kerzoo.optimizer("mezo", model, lr=1e-2, eps=1e-2, perturb="inplace")
     opt.step(lambda: model(x).pow(2).mean())
-    real = opt.projection.add_many
+    real, calls = opt.projection.add_table, []
 
-    def boom(*args, **kwargs):
+    def add_table(*args, **kwargs):  # fine to the first point, then broken
+        calls.append(True)
+        if len(calls) == 1:
+            return real(*args, **kwargs)
         raise ValueError("plugin bug")
 
-    def add_many(items, coefs, *args, **kwargs):  # fine at the first point, then broken
-        if coefs[0] > 0:
-            return real(items, coefs, *args, **kwargs)
-        raise ValueError("plugin bug")
-
-    opt.projection.move_many = boom  # to the second point: raises, in place at the first
-    opt.projection.add_many = add_many  # the way back from the first point raises too
+    # the move to the second point raises, in place at the first; the way back raises too
+    opt.projection.add_table = add_table
     with pytest.raises(
         ValueError,
         match=r"projection 'dense' raised ValueError at step 1 "
@@ -1002,13 +1017,14 @@ def test_the_guard_copies_nothing_when_the_projection_bounds_its_directions(monk
     model, opt, closure = _tiny(preset, perturb="onthefly" if preset == "hizoo" else "inplace")
     targets = []
     cls = type(opt.projection)
-    real = cls.add_many
+    for method in ("add_many", "add_table"):  # the passes, and the guard's trials
+        real = getattr(cls, method)
 
-    def spy(self, items, *args, **kwargs):
-        targets.extend(t.untyped_storage().data_ptr() for _, t in items)
-        return real(self, items, *args, **kwargs)
+        def spy(self, items, *args, real=real, **kwargs):
+            targets.extend(t.untyped_storage().data_ptr() for _, t in items)
+            return real(self, items, *args, **kwargs)
 
-    monkeypatch.setattr(cls, "add_many", spy)
+        monkeypatch.setattr(cls, method, spy)
     for _ in range(3):
         opt.step(closure)
     # the storages a pass may write: the parameters, and on the fly the perturber's workspace
