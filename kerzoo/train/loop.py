@@ -19,6 +19,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -229,7 +230,7 @@ class Run:
         self.model, self.tokenizer, self.kind = load_model(cfg["model"], self.device)
         self.task = make_task(cfg["task"], self.tokenizer, self.kind, examples)
         self.trained, self.total_params = count_parameters(self.model)
-        if ck is not None:
+        if ck is not None and ck["params"] is not None:  # a sharded one's: after sharding
             self._restore_params(ck)
         start_state = trainable_state(self.model) if ck is None and self.writer else None
         self.step, self.elapsed = (
@@ -251,6 +252,8 @@ class Run:
         except (KeyError, TypeError, ValueError) as exc:
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
             raise config_mod.ConfigError(f"[optimizer] {cfg['optimizer']!r}: {message}") from None
+        if parallel is not None:
+            parallel.built(self)
         self.base_lrs = [g["lr"] for g in self.opt.param_groups]
         if self.writer:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -261,6 +264,8 @@ class Run:
                 p.unlink(missing_ok=True)
             for p in self.out.glob("checkpoint-*.pt"):
                 p.unlink()
+            for p in self.out.glob("shards-*"):  # a sharded run's DCP folders
+                shutil.rmtree(p, ignore_errors=True)
             self._write(
                 self.traj_path,
                 {
@@ -298,13 +303,15 @@ class Run:
                 params[name].copy_(value)
 
     def _restore_optimizer(self, ck: dict) -> None:
-        per_rank = ck.get("optimizer_ranks")
         world = self.parallel.world if self.parallel else 1
-        if per_rank is not None or self.sharded:
-            if per_rank is None or not self.sharded or len(per_rank) != world:
-                was = (
-                    f"{len(per_rank)} ranks with sharded parameters"
-                    if per_rank
+        was = ck.get("shards")
+        if was is not None or self.sharded or "optimizer_ranks" in ck:
+            if was is None or not self.sharded or was["world"] != world:
+                before = (
+                    f"{was['world']} ranks with sharded parameters"
+                    if was is not None
+                    else "an older kerzoo's sharded parameters"
+                    if "optimizer_ranks" in ck
                     else "replicated parameters"
                 )
                 now = (
@@ -313,11 +320,11 @@ class Run:
                     else "replicated parameters"
                 )
                 raise TrainingError(
-                    f"{self.checkpoint_path} was written by a run with {was}; this run has {now}, "
-                    "and each rank's optimizer state belongs to its shard. Resume with the same "
-                    "number of ranks and distributed.shard, or pass --fresh"
+                    f"{self.checkpoint_path} was written by a run with {before}; this run has "
+                    f"{now}, and each rank's checkpoint files hold its shard. Resume with the "
+                    "same number of ranks and distributed.shard, or pass --fresh"
                 )
-            self.opt.load_state_dict(per_rank[self.parallel.rank])
+            self.parallel.load_shards(self, ck, self.checkpoint_path)
         else:
             self.opt.load_state_dict(ck["optimizer"])
         self.step, self.elapsed = ck["step"], float(ck.get("elapsed", 0.0))
@@ -402,12 +409,8 @@ class Run:
     # -- the loop --------------------------------------------------------------------------------
     def save(self) -> None:
         """Write the checkpoint (rank 0; every rank joins in when the parameters are sharded)."""
-        if self.sharded:
-            params = self.parallel.full_state(self)
-            per_rank = self.parallel.all_gather_object(
-                self.opt.state_dict(), "gather of the optimizer states"
-            )
-            extra = {"optimizer": per_rank[0], "optimizer_ranks": per_rank}
+        if self.sharded:  # each rank writes its rows (DCP); checkpoint.pt is their manifest
+            params, extra = None, {"optimizer": None, "shards": self.parallel.save_shards(self)}
         elif self.writer:
             params, extra = trainable_state(self.model), {"optimizer": self.opt.state_dict()}
         if self.writer:
@@ -437,6 +440,8 @@ class Run:
                 ),
             )
             self.saved_step = self.step
+            if self.sharded:
+                self.parallel.prune(self)
 
     def _keep_older(self) -> None:
         """train.keep_checkpoints = K > 1: the checkpoint about to be replaced stays as
@@ -450,8 +455,6 @@ class Run:
         try:
             os.link(self.checkpoint_path, older)
         except OSError:
-            import shutil
-
             shutil.copy2(self.checkpoint_path, older)
         for stale in sorted(self.out.glob("checkpoint-*.pt"))[: -(keep - 1)]:
             stale.unlink()
