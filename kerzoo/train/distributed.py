@@ -18,10 +18,11 @@ its rows, ``checkpoint.pt`` holds the manifest (the sha256 of every file), and t
 also writes ``weights.pt``, the trained tensors whole in one file. ``distributed.offload`` adds
 FSDP2's CPUOffloadPolicy: the shards live in CPU memory between forwards.
 
-Failures: every collective is wrapped (FSDP's gathers inside a forward too), so a rank that died or hung (``distributed.timeout``)
-ends the run on the others with a TrainingError naming the step and the checkpoint, which is
-written atomically and so is intact. Every ``distributed.check_every`` steps the ranks compare a
-hash of their trained parameters (replicated mode) and stop if they differ.
+Failures: every collective is wrapped (FSDP's gathers inside a forward too), so a rank that died
+or hung (``distributed.timeout``) ends the run on the others with a TrainingError naming the step
+and the checkpoint, which is written atomically and so is intact. Every
+``distributed.check_every`` steps the ranks compare a hash of their trained parameters (replicated;
+sharded: their optimizer steps) and stop if they differ.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import datetime
 import hashlib
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -312,9 +314,7 @@ class DataParallel:
         folder = path.parent / manifest["folder"]
         files = sorted(manifest["files"])
         problems = [verify(folder, f, manifest["files"][f], path) for f in self._turn(files)]
-        seen = self.all_gather_object(
-            [p for p in problems if p], "check of the checkpoint files"
-        )
+        seen = self.all_gather_object([p for p in problems if p], "check of the checkpoint files")
         for found in seen:
             if found:
                 raise TrainingError(found[0])
@@ -330,8 +330,15 @@ class DataParallel:
         state = torch.load(folder / f"optimizer-{self.rank}.pt", weights_only=False)
         run.opt.load_state_dict(state)
 
-    def prune(self, run) -> None:
-        """Remove the shards-<step>/ folders no checkpoint*.pt refers to (rank 0)."""
+    def saved(self, run) -> None:
+        """After rank 0 wrote checkpoint.pt: it removes the shards-<step>/ folders no
+        checkpoint*.pt refers to, and every rank waits for it (a rank returns from a checkpoint
+        once it is complete)."""
+        if self.rank == 0:
+            self._prune(run)
+        self.barrier("end of the checkpoint")
+
+    def _prune(self, run) -> None:
         keep = {f"shards-{run.step:08d}"}
         keep |= {f"shards-{p.stem.split('-')[1]}" for p in run.out.glob("checkpoint-*.pt")}
         for folder in run.out.glob("shards-*"):
@@ -445,7 +452,9 @@ def checkpoint_params(path: Path) -> dict[str, torch.Tensor]:
         for k, m in meta.items()
         if k.startswith("params.")
     }
-    dcp.load(state, checkpoint_id=folder, no_dist=True)
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": yes
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load(state, checkpoint_id=folder, no_dist=True)
     return {k[len("params.") :]: v for k, v in state.items()}
 
 

@@ -440,8 +440,8 @@ class Run:
                 ),
             )
             self.saved_step = self.step
-            if self.sharded:
-                self.parallel.prune(self)
+        if self.sharded:
+            self.parallel.saved(self)
 
     def _keep_older(self) -> None:
         """train.keep_checkpoints = K > 1: the checkpoint about to be replaced stays as
