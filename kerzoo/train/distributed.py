@@ -246,7 +246,9 @@ class DataParallel:
                 return fn(*args, **kwargs)
             except TrainingError:
                 raise
-            except self.dist.DistError as exc:
+            except Exception as exc:
+                if not from_collective(exc):
+                    raise
                 raise self._failed(what, exc) from None
 
         return guarded
@@ -268,7 +270,9 @@ class DataParallel:
         for name, p in self._params(run).items():
             try:
                 out[name] = p.full_tensor().detach().cpu()
-            except self.dist.DistError as exc:
+            except Exception as exc:
+                if not from_collective(exc):
+                    raise
                 raise self._failed(f"gather of {name}", exc) from None
         return out
 
@@ -289,7 +293,19 @@ class DataParallel:
         torch.save(run.opt.state_dict(), folder / f"optimizer-{self.rank}.pt")
         try:
             dcp.save({"params": params}, checkpoint_id=folder)
-        except self.dist.DistError as exc:
+        except dcp.api.CheckpointException as exc:  # a rank could not write its files
+            kept = (
+                f"the previous checkpoint {run.checkpoint_path} (step {run.saved_step}) is intact"
+                if run.checkpoint_path.exists()
+                else "no checkpoint was written yet"
+            )
+            raise TrainingError(
+                f"could not write the sharded checkpoint {folder} ({exc}); {kept}. Free some "
+                "space (or fix the folder) and run the same command to resume"
+            ) from None
+        except Exception as exc:
+            if not from_collective(exc):
+                raise
             raise self._failed("sharded checkpoint (DCP save)", exc) from None
         files = self.all_gather_object(
             sorted(f.name for f in folder.iterdir()), "listing of the checkpoint"
@@ -320,9 +336,9 @@ class DataParallel:
                 raise TrainingError(found[0])
         try:
             dcp.load({"params": self._params(run)}, checkpoint_id=folder)
-        except self.dist.DistError as exc:
-            raise self._failed("sharded checkpoint (DCP load)", exc) from None
         except Exception as exc:
+            if from_collective(exc):
+                raise self._failed("sharded checkpoint (DCP load)", exc) from None
             raise TrainingError(
                 f"the sharded checkpoint {folder} could not be loaded ({type(exc).__name__}: "
                 f"{exc}); it is left as it is: pass --fresh to start over"
@@ -400,6 +416,18 @@ def shard_model(model: torch.nn.Module, dp: DataParallel) -> list:
         fsdp.fully_shard(block, **options)
     fsdp.fully_shard(model, **options)
     return [m for m in model.modules() if isinstance(m, fsdp.FSDPModule)]
+
+
+def from_collective(exc: BaseException) -> bool:
+    """Whether ``exc`` came out of torch.distributed (a collective whose peer is gone): a
+    DistError, or (gloo raises plain RuntimeErrors) an error raised inside torch.distributed."""
+    if isinstance(exc, torch.distributed.DistError):
+        return True
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    inner = Path(tb.tb_frame.f_code.co_filename) if tb is not None else None
+    return inner is not None and Path(torch.distributed.__file__).parent in inner.parents
 
 
 def _sha256(path: Path) -> str:
