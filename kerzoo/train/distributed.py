@@ -495,8 +495,22 @@ def traffic_line(run) -> str:
         return "communication: no step recorded"
     mean = sum(steps) / len(steps)
     grads = sum(p.numel() * 4 for p in run.model.parameters() if p.requires_grad)
-    return (
+    line = (
         f"communication: {mean:,.0f} bytes per training step per rank (mean of {len(steps)}); a "
         f"first-order data-parallel step all-reduces {grads:,} bytes of fp32 gradients "
         f"({grads / max(mean, 1):,.0f}x more)"
     )
+    if run.sharded:
+        from kerzoo.perturb import dtensor
+
+        dtensor.reshard(run.parallel.sharded)  # the root stays gathered after a forward
+        gathered = sum(
+            (p.numel() - p.to_local().numel()) * p.element_size()
+            for p in run.model.parameters()
+            if dtensor.is_dtensor(p)
+        )
+        line += (
+            f"; besides, FSDP's all-gathers bring each rank the {gathered:,} bytes of parameters it "
+            "does not hold, every forward (not counted above)"
+        )
+    return line

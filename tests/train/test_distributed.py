@@ -299,9 +299,16 @@ def test_a_rank_that_dies_ends_the_run_with_a_clear_error_and_the_last_checkpoin
     assert kept["step"] % 5 == 0 and kept["step"] >= 5
 
 
-def test_kerzoo_train_under_torchrun_matches_one_process_and_reports_bytes(make_cfg, tmp_path):
+@pytest.mark.parametrize("shard", [False, True])
+def test_kerzoo_train_under_torchrun_matches_one_process_and_reports_bytes(
+    make_cfg, tmp_path, capsys, shard
+):
+    """Replicated and sharded (FSDP2): the run follows one process; the sharded one's weights are
+    rebuilt from its trajectory log by `kerzoo replay`, bit for bit against its DCP checkpoint."""
+    from kerzoo.cli import main
+
     over = {"optimizer": {"preset": "mezo", "lr": 1e-3}, **BATCH16}
-    one, two = make_cfg("one", **over), make_cfg("torchrun", **over)
+    one, two = make_cfg("one", **over), make_cfg("torchrun", distributed={"shard": shard}, **over)
     path = tmp_path / "two.yaml"
     path.write_text(json.dumps(two))  # JSON is YAML
     cmd = [
@@ -321,13 +328,21 @@ def test_kerzoo_train_under_torchrun_matches_one_process_and_reports_bytes(make_
         cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "data parallel: 2 ranks (gloo), global batch 16, parameters replicated" in done.stdout, (
+    how = "sharded with FSDP2 (4 fully_shard units)" if shard else "replicated"
+    assert f"data parallel: 2 ranks (gloo), global batch 16, parameters {how}" in done.stdout, (
         done.stdout
     )
     assert "communication: 32 bytes per training step per rank" in done.stdout, done.stdout
     assert done.stdout.count("eval accuracy:") == 1, done.stdout  # rank 0 speaks for the run
+    assert ("weights:     " in done.stdout) == shard, done.stdout
     Run(one, progress=False).train()
     assert_close_runs(one, two)
+    if shard:
+        out = Path(two["train"]["out"])
+        log, ck = str(out / "trajectory.jsonl"), str(out / CHECKPOINT)
+        rebuilt = str(tmp_path / "replayed.pt")
+        assert main(["replay", "header", log, "--out", rebuilt, "--check", ck]) == 0
+        assert "identical to" in capsys.readouterr().out
 
 
 def test_bad_distributed_settings_and_an_old_torch_are_refused(make_cfg, monkeypatch):
