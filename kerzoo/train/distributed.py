@@ -510,7 +510,7 @@ def traffic_line(run) -> str:
             if dtensor.is_dtensor(p)
         )
         line += (
-            f"; besides, FSDP's all-gathers bring each rank the {gathered:,} bytes of parameters it "
-            "does not hold, every forward (not counted above)"
+            f"; besides, FSDP's all-gathers bring each rank the {gathered:,} bytes of parameters "
+            "it does not hold, every forward (not counted above)"
         )
     return line
