@@ -261,7 +261,8 @@ class DataParallel:
         return {n: p for n, p in run.model.named_parameters() if p.requires_grad}
 
     def full_state(self, run) -> dict[str, torch.Tensor]:
-        """The trained tensors whole (gathered from the ranks when sharded)."""
+        """The trained tensors whole; sharded, gathered one at a time and kept by rank 0 only
+        (the other ranks return an empty dict)."""
         from .model import trainable_state
 
         if not self.sharded:
@@ -269,7 +270,10 @@ class DataParallel:
         out = {}
         for name, p in self._params(run).items():
             try:
-                out[name] = p.full_tensor().detach().cpu()
+                whole = p.full_tensor().detach()
+                if self.rank == 0:
+                    out[name] = whole.to("cpu", copy=True)  # never a view of a shard
+                del whole
             except Exception as exc:
                 if not from_collective(exc):
                     raise
