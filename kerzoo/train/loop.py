@@ -455,6 +455,8 @@ class Run:
         try:
             os.link(self.checkpoint_path, older)
         except OSError:
+            import shutil
+
             shutil.copy2(self.checkpoint_path, older)
         for stale in sorted(self.out.glob("checkpoint-*.pt"))[: -(keep - 1)]:
             stale.unlink()
