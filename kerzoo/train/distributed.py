@@ -294,7 +294,7 @@ class DataParallel:
         self.barrier(f"removal of a stale {folder}")
         folder.mkdir(parents=True, exist_ok=True)
         params = self._params(run)
-        torch.save(run.opt.state_dict(), folder / f"optimizer-{self.rank}.pt")
+        write_file(run.opt.state_dict(), folder / f"optimizer-{self.rank}.pt", run)
         try:
             dcp.save({"params": params}, checkpoint_id=folder)
         except dcp.api.CheckpointException as exc:  # a rank could not write its files
@@ -373,10 +373,7 @@ class DataParallel:
             return
         path = run.out / EXPORT
         tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
+        write_file(state, tmp, run)
         os.replace(tmp, path)
 
     def barrier(self, what: str) -> None:
@@ -432,6 +429,26 @@ def from_collective(exc: BaseException) -> bool:
         tb = tb.tb_next
     inner = Path(tb.tb_frame.f_code.co_filename) if tb is not None else None
     return inner is not None and Path(torch.distributed.__file__).parent in inner.parents
+
+
+def write_file(obj: Any, path: Path, run) -> None:
+    """torch.save ``obj`` to ``path`` and flush it to disk; a disk error is a TrainingError."""
+    try:
+        with open(path, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        kept = (
+            f"the previous checkpoint {run.checkpoint_path} is intact"
+            if run.checkpoint_path.exists()
+            else "no checkpoint was written yet"
+        )
+        raise TrainingError(
+            f"could not write {path} ({exc.strerror or exc}); {kept}. Free some space (or fix "
+            "the folder) and run the same command to resume"
+        ) from None
 
 
 def _sha256(path: Path) -> str:
