@@ -264,14 +264,21 @@ def test_a_sharded_run_resumes_bit_for_bit_and_a_flipped_byte_in_its_shards_is_r
 
 def test_one_rank_with_fsdp2_cpu_offload_follows_the_plain_run_bit_for_bit(make_cfg, tmp_path):
     """torchrun --nproc_per_node 1 with distributed.shard and offload (FSDP2's CPUOffloadPolicy; on
-    the CPU without pinned memory) trains exactly as one plain process."""
+    the CPU without pinned memory) trains exactly as one plain process; so does a LoRA model
+    (peft's adapters and the frozen base in the same fully_shard units)."""
     over = {"optimizer": {"preset": "mezo", "lr": 1e-3}, **SMALL2}
-    plain = make_cfg("plain", **over)
-    offload = make_cfg("offload", distributed={"shard": True, "offload": True}, **over)
-    out = finish(start([{"cfg": offload}], tmp_path, world=1))[0]
-    assert "DONE 2" in out, out
-    Run(plain, progress=False).train()
-    assert_same_run(plain, offload)
+    lora = {"trainable": [], "lora": {"r": 4, "lora_alpha": 8, "target_modules": ["query"]}}
+    pairs = [
+        (make_cfg(f"plain{i}", **over, **extra), make_cfg(f"offload{i}", **over, **extra, **on))
+        for i, extra in enumerate(({}, {"model": lora}))
+        for on in [{"distributed": {"shard": True, "offload": True}}]
+    ]
+    out = finish(start([{"cfg": b} for _, b in pairs], tmp_path, world=1))[0]
+    assert out.count("DONE 2") == 2, out
+    for plain, offload in pairs:
+        Run(plain, progress=False).train()
+        assert_same_run(plain, offload)
+    assert all("lora_" in name for name in exported(pairs[1][1]))
 
 
 @pytest.mark.parametrize("shard", [False, True])
