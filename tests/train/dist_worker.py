@@ -2,9 +2,11 @@
 environment torchrun would set (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT).
 
 argv[1]: a JSON list of jobs {"cfg": a validated config, "diverge": bool, "stop_at": step,
-"flip": path}. Each job trains one Run on this rank; with ``stop_at`` it stops there and a new Run
-resumes from the checkpoint to the end; with ``flip``, rank 0 first flips a byte in the middle of
-that file. A TrainingError is printed as "ERROR <message>" and the next job runs.
+"flip": path, "seed": n}. Each job trains one Run on this rank (after torch.manual_seed(n) when
+``seed`` is given: peft draws LoRA's initial adapters from torch's generator); with ``stop_at``
+it stops there and a new Run resumes from the checkpoint to the end; with ``flip``, rank 0 first
+flips a byte in the middle of that file. A TrainingError is printed as "ERROR <message>" and the
+next job runs.
 """
 
 import json
@@ -26,6 +28,8 @@ for job in jobs:
             byte = f.read(1)
             f.seek(-1, 1)
             f.write(bytes([byte[0] ^ 1]))
+    if "seed" in job:
+        torch.manual_seed(job["seed"])
     try:
         if job.get("stop_at"):
             first = Run(job["cfg"], progress=False, parallel=dp)
