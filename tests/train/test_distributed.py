@@ -172,6 +172,7 @@ def assert_same_run(a, b, params=ckpt_params):
         assert torch.equal(fa["params"][k], fb["params"][k]), k
 
 
+@pytest.mark.slow  # one launch of 2 ranks, 33 short runs
 def test_fsdp2_sharded_runs_equal_replicated_bit_for_bit_for_every_shardable_preset(
     make_cfg, tmp_path
 ):
