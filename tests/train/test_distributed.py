@@ -239,8 +239,8 @@ def test_a_sharded_run_resumes_bit_for_bit_and_a_flipped_byte_in_its_shards_is_r
 ):
     """Interrupted at step 2 and resumed on 2 ranks (DCP), a sharded run equals the one that never
     stopped, logs and weights; keep_checkpoints keeps step 2's shards beside its checkpoint-*.pt.
-    A byte flipped in a shard file is refused on every rank (the manifest's sha256), and by
-    checkpoint_params in one process."""
+    Resuming it replicated is refused, naming both layouts. A byte flipped in a shard file is
+    refused on every rank (the manifest's sha256), and by checkpoint_params in one process."""
     over = {
         "optimizer": {"preset": "zo-adam", "lr": 1e-3},
         "train": {**SMALL2["train"], "steps": 4, "keep_checkpoints": 2},
@@ -248,12 +248,17 @@ def test_a_sharded_run_resumes_bit_for_bit_and_a_flipped_byte_in_its_shards_is_r
     }
     whole, resumed = make_cfg("whole", **over), make_cfg("resumed", **over)
     shard1 = Path(whole["train"]["out"]) / "shards-00000004" / "__1_0.distcp"
-    jobs = [{"cfg": whole}, {"cfg": resumed, "stop_at": 2}, {"cfg": whole, "flip": str(shard1)}]
+    replicated = make_cfg("resumed", **{**over, "distributed": {"shard": False}})
+    jobs = [{"cfg": whole}, {"cfg": resumed, "stop_at": 2}, {"cfg": replicated}]
+    jobs.append({"cfg": whole, "flip": str(shard1)})
     for out in finish(start(jobs, tmp_path)):
         assert out.count("DONE 4") == 2, out
+        assert (
+            "was written by a run with 2 ranks with sharded parameters; this run has replicated "
+            "parameters" in out
+        ), out
         assert f"ERROR checkpoint file {shard1} is corrupt: its content hash does not match" in out
     assert_same_run(whole, resumed, params=exported)  # whole's checkpoint has the flipped byte
-    assert_same_run(resumed, resumed, params=exported)
     params = ckpt_params(resumed)
     assert all(torch.equal(v, exported(resumed)[k]) for k, v in params.items())
     out = Path(resumed["train"]["out"])
