@@ -58,7 +58,6 @@ class ZOOptimizer(torch.optim.Optimizer):
         stochastic_rounding: bool | None = None,
         clip: float = 0.0,
         module: torch.nn.Module | None = None,
-        shards: Any = None,
         spec: dict | None = None,
     ):
         if not eps > 0:
@@ -89,26 +88,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         if clip < 0:
             raise ValueError(f"clip must be >= 0 (0 turns per-tensor clipping off), got {clip!r}")
         self.clip = float(clip)
-        self.spec = {k: v for k, v in (spec or {}).items() if k not in ("module", "shards")}
-        # shards: {tensor: (name, offset[, whole shape])} for tensors that are the slice [offset,
-        # offset + numel) of the named parameter's elements (a data-parallel shard; a block of rows
-        # of a matrix): their directions are that slice of the whole tensor's
-        shard_of = {
-            id(t): (str(v[0]), int(v[1]), tuple(v[2]) if len(v) > 2 else None)
-            for t, v in (shards or {}).items()
-        }
-        if shard_of and clip:
-            raise ValueError(
-                f"clip = {clip} clips by each tensor's norm, which a shard does not know; use clip "
-                "= 0 with sharded parameters, or replicated data parallel (distributed.shard = "
-                "false)"
-            )
-        if shard_of and not projection.shardable:
-            raise ValueError(
-                f"projection {projection.name!r} builds each direction from the whole matrix, so "
-                "it cannot perturb a flat shard; use an elementwise projection (dense, hessian) "
-                "with sharded parameters, or replicated data parallel (distributed.shard = false)"
-            )
+        self.spec = {k: v for k, v in (spec or {}).items() if k != "module"}
         self.infos: list[ParamInfo] = []
         # the parameter each tensor the perturber moves belongs to (its optimizer state's key): a
         # DTensor's ParamInfo holds its local shard
@@ -122,16 +102,9 @@ class ZOOptimizer(torch.optim.Optimizer):
                     raise ValueError(
                         f"parameter {pi} of group {gi} is not a parameter of the module given"
                     )
-                name, offset, whole = shard_of.get(
-                    id(p), (names.get(id(p), f"group{gi}.param{pi}"), 0, None)
-                )
+                name, offset, whole = names.get(id(p), f"group{gi}.param{pi}"), 0, None
                 tensor = p
                 if dtensor.is_dtensor(p):
-                    if id(p) in shard_of:
-                        raise ValueError(
-                            f"parameter {name} is a DTensor, which carries its own shard: leave "
-                            "it out of shards="
-                        )
                     tensor, offset, whole = dtensor.local_shard(p, name)
                     self._dtensors.append((len(self.infos), p))
                 info = ParamInfo(name, engine.param_key(name), tensor, gi, offset, whole)

@@ -74,7 +74,12 @@ def cmd_train(args) -> int:
             say(
                 f"data parallel: {parallel.world} ranks ({parallel.backend}), global batch "
                 f"{cfg['train']['batch_size']}, parameters "
-                f"{'sharded' if run.sharded else 'replicated'}"
+                + (
+                    f"sharded with FSDP2 ({len(parallel.sharded)} fully_shard units"
+                    + (", CPU offload)" if cfg["distributed"]["offload"] else ")")
+                    if run.sharded
+                    else "replicated"
+                )
             )
         say(
             f"kerzoo train: {cfg['model']['name']} ({run.kind}), training {run.trained:,} of "
@@ -161,6 +166,9 @@ def cmd_train(args) -> int:
         f"checkpoint:  {run.checkpoint_path} ({_size(run.checkpoint_path)}; run the same command "
         "to resume)"
     )
+    if run.sharded:
+        weights = run.out / distributed.EXPORT
+        print(f"weights:     {weights} ({_size(weights)}; the trained tensors whole, torch.load)")
     print(
         f"trajectory:  {run.traj_path} ({_size(run.traj_path)}); rebuild the weights from the base "
         f"model with `kerzoo replay header {run.traj_path}`"
@@ -208,6 +216,7 @@ def cmd_export(args) -> int:
 def cmd_replay(args) -> int:
     import torch
 
+    from .distributed import checkpoint_params
     from .loop import TrainingError, load_checkpoint
     from .model import ModelError, trainable_state
     from .replay import ReplayError, environment, environment_changes, read_log, replay
@@ -232,9 +241,8 @@ def cmd_replay(args) -> int:
             )
         if args.check:
             ck = load_checkpoint(Path(args.check))
-            diff = [
-                k for k, v in ck["params"].items() if k not in state or not torch.equal(state[k], v)
-            ]
+            params = checkpoint_params(Path(args.check))  # a sharded one's from its DCP files
+            diff = [k for k, v in params.items() if k not in state or not torch.equal(state[k], v)]
             if ck["step"] != n:
                 print(
                     f"the checkpoint is at step {ck['step']} but the log has {n} steps",

@@ -164,8 +164,14 @@ SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
         "backend": ("auto", "gloo, nccl, or auto: nccl when CUDA is available, else gloo"),
         "shard": (
             False,
-            "ZeRO-3 style: each rank keeps and perturbs only its slice of each trained tensor "
-            "(elementwise projections only); false: every rank holds the whole model",
+            "shard the model with torch's FSDP2 (fully_shard per transformer block and the root): "
+            "each rank keeps, perturbs and checkpoints only its rows of each tensor; false: every "
+            "rank holds the whole model",
+        ),
+        "offload": (
+            False,
+            "with shard: FSDP2's CPUOffloadPolicy, the shards kept in CPU memory between forwards "
+            "(their perturbation and update on the CPU engine)",
         ),
         "check_every": (
             100,
@@ -308,6 +314,11 @@ def validate(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for key in ("check_every", "timeout"):
         if cfg["distributed"][key] < 1:
             raise ConfigError(f"distributed.{key} must be >= 1, got {cfg['distributed'][key]}")
+    if cfg["distributed"]["offload"] and not cfg["distributed"]["shard"]:
+        raise ConfigError(
+            "distributed.offload = true offloads FSDP2's shards, so it needs distributed.shard = "
+            "true: set both (under torchrun, also with --nproc_per_node 1)"
+        )
     if cfg["data"]["eval_size"] < 1:
         raise ConfigError(f"data.eval_size must be >= 1, got {cfg['data']['eval_size']}")
     if cfg["model"]["lora"] and cfg["model"]["trainable"]:

@@ -10,7 +10,6 @@ the trained model bit for bit (tests/train/test_export.py).
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 from pathlib import Path
 
@@ -36,30 +35,10 @@ def export_path(cfg: dict, out: str | Path | None = None) -> Path:
     return p if p.is_absolute() else out / p
 
 
-@contextlib.contextmanager
-def _holding(model: torch.nn.Module, state: dict[str, torch.Tensor] | None):
-    """The model with ``state``'s tensors as its parameters' data (a sharded run's trained
-    tensors, gathered whole) for as long as the block runs."""
-    if not state:
-        yield
-        return
-    kept = {}
-    try:
-        for name, p in model.named_parameters():
-            if name in state:
-                kept[name], p.data = p.data, state[name]
-        yield
-    finally:
-        for name, p in model.named_parameters():
-            if name in kept:
-                p.data = kept[name]
-
-
 def write(
     model: torch.nn.Module,
     tokenizer,
     path: Path,
-    state: dict[str, torch.Tensor] | None = None,
     guard: tuple[Path, ...] = (),
 ) -> Path:
     """Write ``model`` (a PEFT model: its adapters) and ``tokenizer`` to ``path`` with
@@ -87,7 +66,7 @@ def write(
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.parent.mkdir(parents=True, exist_ok=True)
-        with _holding(model, state), torch.no_grad():
+        with torch.no_grad():
             model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if path.exists():
@@ -108,10 +87,20 @@ def export_run(run) -> Path | None:
     gathers its trained tensors), rank 0 writes. Returns the folder (None elsewhere)."""
     if not run.cfg["export"]["enabled"]:
         return None
-    state = run.parallel.full_state(run) if run.sharded else None
+    if not run.sharded:
+        if not run.writer:
+            return None
+        return write(run.model, run.tokenizer, export_path(run.cfg), guard=(run.out,))
+    state = run.parallel.full_state(run)  # FSDP2: gathered one tensor at a time, kept by rank 0
     if not run.writer:
         return None
-    return write(run.model, run.tokenizer, export_path(run.cfg), state, guard=(run.out,))
+    from .loop import restore_params
+    from .model import load_model
+
+    # the model's FSDP2 modules hold DTensors: rank 0 writes a plain copy of it, trained
+    model, tokenizer, _ = load_model(run.cfg["model"])
+    restore_params(model, state, run.checkpoint_path)
+    return write(model, tokenizer, export_path(run.cfg), guard=(run.out,))
 
 
 def loader(kind: str, lora: bool) -> str:
@@ -126,11 +115,12 @@ def loader(kind: str, lora: bool) -> str:
 
 def from_checkpoint(checkpoint: Path):
     """The trained model of a checkpoint: (model, tokenizer, kind, the checkpoint's dict)."""
+    from .distributed import checkpoint_params
     from .loop import load_checkpoint, restore_params
     from .model import load_model
 
     ck = load_checkpoint(checkpoint)
     model_cfg = {**config_mod.defaults()["model"], **ck["config"]["model"]}
     model, tokenizer, kind = load_model(model_cfg)
-    restore_params(model, ck["params"], checkpoint)
+    restore_params(model, checkpoint_params(checkpoint), checkpoint)  # sharded: its DCP files
     return model, tokenizer, kind, ck

@@ -319,7 +319,7 @@ class Run:
             cfg["task"], self.tokenizer, self.kind, self.train_set + self.eval_set
         )
         self.trained, self.total_params = count_parameters(self.model)
-        if ck is not None:
+        if ck is not None and ck["params"] is not None:  # a sharded one's: after sharding
             self._restore_params(ck)
         start_state = trainable_state(self.model) if ck is None and self.writer else None
         self.step, self.elapsed = (
@@ -341,6 +341,8 @@ class Run:
         except (KeyError, TypeError, ValueError) as exc:
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
             raise config_mod.ConfigError(f"[optimizer] {cfg['optimizer']!r}: {message}") from None
+        if parallel is not None:
+            parallel.built(self)
         self.base_lrs = [g["lr"] for g in self.opt.param_groups]
         if self.writer:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -352,6 +354,8 @@ class Run:
             shutil.rmtree(self.out / TENSORBOARD, ignore_errors=True)
             for p in self.out.glob("checkpoint-*.pt"):
                 p.unlink()
+            for p in self.out.glob("shards-*"):  # a sharded run's DCP folders
+                shutil.rmtree(p, ignore_errors=True)
             self._write(
                 self.traj_path,
                 {
@@ -381,13 +385,15 @@ class Run:
         restore_params(self.model, ck["params"], self.checkpoint_path)
 
     def _restore_optimizer(self, ck: dict) -> None:
-        per_rank = ck.get("optimizer_ranks")
         world = self.parallel.world if self.parallel else 1
-        if per_rank is not None or self.sharded:
-            if per_rank is None or not self.sharded or len(per_rank) != world:
-                was = (
-                    f"{len(per_rank)} ranks with sharded parameters"
-                    if per_rank
+        was = ck.get("shards")
+        if was is not None or self.sharded or "optimizer_ranks" in ck:
+            if was is None or not self.sharded or was["world"] != world:
+                before = (
+                    f"{was['world']} ranks with sharded parameters"
+                    if was is not None
+                    else "an older kerzoo's sharded parameters"
+                    if "optimizer_ranks" in ck
                     else "replicated parameters"
                 )
                 now = (
@@ -396,11 +402,11 @@ class Run:
                     else "replicated parameters"
                 )
                 raise TrainingError(
-                    f"{self.checkpoint_path} was written by a run with {was}; this run has {now}, "
-                    "and each rank's optimizer state belongs to its shard. Resume with the same "
-                    "number of ranks and distributed.shard, or pass --fresh"
+                    f"{self.checkpoint_path} was written by a run with {before}; this run has "
+                    f"{now}, and each rank's checkpoint files hold its shard. Resume with the "
+                    "same number of ranks and distributed.shard, or pass --fresh"
                 )
-            self.opt.load_state_dict(per_rank[self.parallel.rank])
+            self.parallel.load_shards(self, ck, self.checkpoint_path)
         else:
             self.opt.load_state_dict(ck["optimizer"])
         self.step, self.elapsed = ck["step"], float(ck.get("elapsed", 0.0))
@@ -522,12 +528,8 @@ class Run:
     # -- the loop --------------------------------------------------------------------------------
     def save(self) -> None:
         """Write the checkpoint (rank 0; every rank joins in when the parameters are sharded)."""
-        if self.sharded:
-            params = self.parallel.full_state(self)
-            per_rank = self.parallel.all_gather_object(
-                self.opt.state_dict(), "gather of the optimizer states"
-            )
-            extra = {"optimizer": per_rank[0], "optimizer_ranks": per_rank}
+        if self.sharded:  # each rank writes its rows (DCP); checkpoint.pt is their manifest
+            params, extra = None, {"optimizer": None, "shards": self.parallel.save_shards(self)}
         elif self.writer:
             params, extra = trainable_state(self.model), {"optimizer": self.opt.state_dict()}
         if self.tensorboard is not None:
@@ -561,6 +563,8 @@ class Run:
             self.saved_step = self.step
             if _fault("saved", self.step):
                 _die()
+        if self.sharded:
+            self.parallel.saved(self)
 
     def _keep_older(self) -> None:
         """train.keep_checkpoints = K > 1: the checkpoint about to be replaced stays as
