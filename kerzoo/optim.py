@@ -116,9 +116,9 @@ class ZOOptimizer(torch.optim.Optimizer):
             if self._dtensors
             else None
         )
-        # sharded tensors (shards= or DTensors): each rank checks its own shard, and the ranks
-        # agree on the verdict (one refusing refuses on all)
-        self._sharded = bool(shard_of or self._dtensors)
+        # sharded tensors (DTensors): each rank checks its own shard, and the ranks agree on the
+        # verdict (one refusing refuses on all)
+        self._sharded = bool(self._dtensors)
         self._fsdp: list[torch.nn.Module] = []
         if self._dtensors:
             dtensor.refuse(self, clip, projection)
