@@ -1138,8 +1138,8 @@ def test_one_ranks_refused_update_is_refused_on_every_rank(tmp_path, monkeypatch
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
         x = torch.randn(8, 6)
-        shards = {p: (n, 0) for n, p in model.named_parameters()}  # each rank: its shard
-        opt = kerzoo.optimizer("mezo", model, lr=1e-2, eps=1e-2, shards=shards)
+        opt = kerzoo.optimizer("mezo", model, lr=1e-2, eps=1e-2)
+        opt._sharded = True  # as with FSDP2's DTensors: each rank checks its shard
 
         def closure():
             return model(x).pow(2).mean()
