@@ -1,7 +1,8 @@
 """The ``kerzoo`` command.
 
 Subcommands here: list, check-kernel, info. Other parts of kerzoo add their own
-(``add_cli(subparsers)`` in the modules of ``SUBCOMMAND_MODULES``): build-ext, train, replay.
+(``add_cli(subparsers)`` in the modules of ``SUBCOMMAND_MODULES``): build-ext, train, export,
+replay.
 """
 
 from __future__ import annotations

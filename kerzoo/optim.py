@@ -14,6 +14,7 @@ restore is exact in every dtype.
 from __future__ import annotations
 
 import contextlib
+import copy as _copy
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -23,7 +24,8 @@ import torch
 
 from . import checks, engine, perturb as perturbers
 from .estimators.base import Estimator, Plan
-from .perturb import Perturber, Rows, Table, dtensor
+from .perturb import Perturber, Rows, Table, dtensor, guard
+from .perturb.base import named
 from .projections.base import ParamInfo, Projection
 from .seeds import derive, direction_seeds
 from .updates.base import Update, UpdateContext
@@ -56,7 +58,6 @@ class ZOOptimizer(torch.optim.Optimizer):
         stochastic_rounding: bool | None = None,
         clip: float = 0.0,
         module: torch.nn.Module | None = None,
-        shards: Any = None,
         spec: dict | None = None,
     ):
         if not eps > 0:
@@ -88,26 +89,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         if clip < 0:
             raise ValueError(f"clip must be >= 0 (0 turns per-tensor clipping off), got {clip!r}")
         self.clip = float(clip)
-        self.spec = {k: v for k, v in (spec or {}).items() if k not in ("module", "shards")}
-        # shards: {tensor: (name, offset[, whole shape])} for tensors that are the slice [offset,
-        # offset + numel) of the named parameter's elements (a data-parallel shard; a block of rows
-        # of a matrix): their directions are that slice of the whole tensor's
-        shard_of = {
-            id(t): (str(v[0]), int(v[1]), tuple(v[2]) if len(v) > 2 else None)
-            for t, v in (shards or {}).items()
-        }
-        if shard_of and clip:
-            raise ValueError(
-                f"clip = {clip} clips by each tensor's norm, which a shard does not know; use clip "
-                "= 0 with sharded parameters, or replicated data parallel (distributed.shard = "
-                "false)"
-            )
-        if shard_of and not projection.shardable:
-            raise ValueError(
-                f"projection {projection.name!r} builds each direction from the whole matrix, so "
-                "it cannot perturb a flat shard; use an elementwise projection (dense, hessian) "
-                "with sharded parameters, or replicated data parallel (distributed.shard = false)"
-            )
+        self.spec = {k: v for k, v in (spec or {}).items() if k != "module"}
         self.infos: list[ParamInfo] = []
         # the parameter each tensor the perturber moves belongs to (its optimizer state's key): a
         # DTensor's ParamInfo holds its local shard
@@ -121,16 +103,9 @@ class ZOOptimizer(torch.optim.Optimizer):
                     raise ValueError(
                         f"parameter {pi} of group {gi} is not a parameter of the module given"
                     )
-                name, offset, whole = shard_of.get(
-                    id(p), (names.get(id(p), f"group{gi}.param{pi}"), 0, None)
-                )
+                name, offset, whole = names.get(id(p), f"group{gi}.param{pi}"), 0, None
                 tensor = p
                 if dtensor.is_dtensor(p):
-                    if id(p) in shard_of:
-                        raise ValueError(
-                            f"parameter {name} is a DTensor, which carries its own shard: leave "
-                            "it out of shards="
-                        )
                     tensor, offset, whole = dtensor.local_shard(p, name)
                     self._dtensors.append((len(self.infos), p))
                 info = ParamInfo(name, engine.param_key(name), tensor, gi, offset, whole)
@@ -142,11 +117,15 @@ class ZOOptimizer(torch.optim.Optimizer):
             if self._dtensors
             else None
         )
+        # sharded tensors (DTensors): each rank checks its own shard, and the ranks agree on the
+        # verdict (one refusing refuses on all)
+        self._sharded = bool(self._dtensors)
         self._fsdp: list[torch.nn.Module] = []
         if self._dtensors:
             dtensor.refuse(self, clip, projection)
             self._fsdp = dtensor.fsdp_modules(module, self.infos[self._dtensors[0][0]].name)
-        self.projection.setup(self.infos, self.seed)
+        with self._plugin("projection", projection, "setup"):
+            self.projection.setup(self.infos, self.seed)
         low = any(i.tensor.dtype in LOW_PRECISION for i in self.infos)
         if perturb not in ("auto", "inplace") and module is None:
             raise ValueError(
@@ -185,8 +164,11 @@ class ZOOptimizer(torch.optim.Optimizer):
             return None
         if self.mode == "batched":
             return self._evaluate_together(closures, [rows])[0]
-        with self.perturber.at(rows), checks.forward_mode(self.module):
-            values = [checks.loss_value(c()) for c in closures]
+        try:
+            with self.perturber.at(rows), checks.forward_mode(self.module):
+                values = [checks.loss_value(c()) for c in closures]
+        except Exception as exc:
+            self._forward_failed(exc)
         dtensor.reshard(self._fsdp)  # FSDP2: the next forward gathers the shards as they are then
         loss = sum(values) / len(values)
         return dtensor.mean_over(loss, *self._reduce) if self._reduce else loss
@@ -194,9 +176,20 @@ class ZOOptimizer(torch.optim.Optimizer):
     def _evaluate_together(self, closures: Sequence[Closure], points: list[Rows]) -> list[float]:
         """perturb='batched': the losses at all points from one call of each closure with n."""
         n = len(points)
-        with self.perturber.at_many(points), checks.forward_mode(self.module):
-            values = [checks.loss_values(c(n), n) for c in closures]
+        try:
+            with self.perturber.at_many(points), checks.forward_mode(self.module):
+                values = [checks.loss_values(c(n), n) for c in closures]
+        except Exception as exc:
+            self._forward_failed(exc)
         return [sum(v[k] for v in values) / len(values) for k in range(n)]
+
+    def _forward_failed(self, exc: Exception) -> None:
+        """A closure's forward raised: the parameters back at theta; a plugin's error named."""
+        if not hasattr(exc, "_kerzoo_part"):
+            self._settle_after(exc)
+            raise exc
+        with self._plugin("projection", self.projection, self._step):
+            raise exc
 
     def step(self, closure: Closure | Sequence[Closure] | None = None) -> float:  # type: ignore[override]
         if closure is None:
@@ -233,18 +226,34 @@ class ZOOptimizer(torch.optim.Optimizer):
         return Table(self.infos, plan.seeds, rho, factors)
 
     @contextlib.contextmanager
-    def _plugin(self, kind: str, part: Any, step: int):
+    def _plugin(self, kind: str, part: Any, step: int | str):
         """A plugin part raising mid-step: the parameters are restored (settle) and the
-        exception, of its own type, goes on with the part's name in its message. An exception
-        from the closure (raised in an update rule's evaluation) passes through as it is."""
+        exception, of its own type, goes on with the name of the part that raised in its
+        message: ``kind`` and ``part``'s, or those of a part called inside that tagged it
+        (perturb.base.named: a projection's passes, a kernel). An exception from the closure
+        (raised in an update rule's evaluation) passes through as it is. ``step`` a string:
+        outside a step (the method called: setup, state_dict), with nothing to restore."""
         try:
             yield
         except Exception as exc:
-            self.perturber.settle()
+            restored = self._settle_after(exc) if not isinstance(step, str) else None
+            if isinstance(exc, guard.NonFiniteUpdate):
+                raise
             if not hasattr(exc, "_kerzoo_closure") and not hasattr(exc, "_kerzoo_plugin"):
+                kind, name = getattr(exc, "_kerzoo_part", None) or (
+                    kind,
+                    getattr(part, "name", "") or type(part).__name__,
+                )
+                state = (
+                    "parameters restored"
+                    if restored
+                    else "parameters NOT restored: restoring them called the failing part "
+                    "again; go back to the last checkpoint"
+                )
                 where = (
-                    f"{kind} {getattr(part, 'name', '') or type(part).__name__!r} raised "
-                    f"{type(exc).__name__} at step {step} (parameters restored)"
+                    f"{kind} {name!r} raised {type(exc).__name__} at step {step} ({state})"
+                    if restored is not None
+                    else f"{kind} {name!r} raised {type(exc).__name__} in {step}"
                 )
                 if exc.args and isinstance(exc.args[0], str):
                     exc.args = (f"{where}: {exc.args[0]}", *exc.args[1:])
@@ -252,6 +261,15 @@ class ZOOptimizer(torch.optim.Optimizer):
                     exc.add_note(where)
                 exc._kerzoo_plugin = where  # type: ignore[attr-defined]
             raise
+
+    def _settle_after(self, exc: BaseException) -> bool:
+        """Back to theta after ``exc``; False when that raised too (a projection failing in
+        its passes, needed again to leave the point in place)."""
+        try:
+            self.perturber.settle()
+        except Exception:
+            return False
+        return True
 
     @torch.no_grad()
     def _run_step(self, closures: Sequence[Closure] | None, record: dict[str, Any] | None) -> float:
@@ -268,6 +286,12 @@ class ZOOptimizer(torch.optim.Optimizer):
         losses: list[float] = []
         replaying = closures is None
         skipped = bool(record and record.get("skipped"))
+        if not replaying:
+            try:  # a projection whose state went non-finite: before any point is visited
+                with self._plugin("projection", self.projection, step):
+                    self._guarded(lambda: guard.check_directions(self.projection, self.infos))
+            except guard.NonFiniteUpdate as exc:
+                return self._skip(step, seeds, losses, exc.what)
         evaluated = plan.points if not skipped else plan.points[: len(record.get("losses", []))]
         if self.mode == "batched" and not replaying:
             losses = self._evaluate_together(closures, [table.point(p) for p in evaluated])
@@ -280,22 +304,11 @@ class ZOOptimizer(torch.optim.Optimizer):
             if not replaying:
                 losses.append(loss)
                 if not math.isfinite(loss):
-                    skipped = True
-                    break
+                    return self._skip(step, seeds, losses, f"non-finite loss {loss}")
         if replaying:
             losses = list(record.get("losses", []))
         if skipped:
-            self.perturber.settle()
-            self._finish(step, seeds, [], losses, skipped=True)
-            if not replaying:
-                self.skipped_steps += 1
-                warnings.warn(
-                    f"kerzoo: non-finite loss {losses[-1]} at step {step}: step skipped, "
-                    f"parameters restored ({self.skipped_steps} skipped so far)",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-            return float("nan")
+            return self._skip(step, seeds, losses, None)
         if replaying:
             coefs = list(record["coefs"])
         else:
@@ -303,22 +316,27 @@ class ZOOptimizer(torch.optim.Optimizer):
                 coefs = self.estimator.coefficients(plan, losses, self.eps)
             bad = [c for c in coefs if not math.isfinite(c)]
             if bad:  # skipped as a non-finite loss is: it never reaches the weights
-                self.perturber.settle()
-                self._finish(step, seeds, [], losses, skipped=True)
-                self.skipped_steps += 1
-                warnings.warn(
-                    f"kerzoo: estimator {self.estimator.name!r} gave a non-finite coefficient "
-                    f"{bad[0]} at step {step} (losses {losses}): step skipped, parameters "
-                    f"restored ({self.skipped_steps} skipped so far)",
-                    RuntimeWarning,
-                    stacklevel=3,
+                return self._skip(
+                    step,
+                    seeds,
+                    losses,
+                    f"estimator {self.estimator.name!r} gave a non-finite coefficient {bad[0]} "
+                    f"(losses {losses})",
                 )
-                return float("nan")
             checks.coefficients(self, coefs, step)
-        with self._plugin("update", self.update_rule, step):
-            rule_record = self._update(
-                step, coefs, closures, record.get("update") if record else None, table
-            )
+        try:
+            with self._plugin("update", self.update_rule, step):
+                rule_record = self._update(
+                    step, coefs, closures, record.get("update") if record else None, table
+                )
+        except guard.NonFiniteUpdate as exc:  # found before anything was written
+            if replaying:  # the run took this step: replaying it otherwise would diverge
+                raise ValueError(
+                    f"record of step {step}: the run took this step, and replaying it is "
+                    f"refused ({exc.what}); the log was written under another engine or "
+                    "version, or altered"
+                ) from None
+            return self._skip(step, seeds, losses, exc.what)
         with self._plugin("projection", self.projection, step):
             self.projection.end_step(step, seeds, plan, losses, coefs)
         self._finish(
@@ -326,49 +344,98 @@ class ZOOptimizer(torch.optim.Optimizer):
         )
         return sum(losses) / len(losses) if losses else float("nan")
 
+    def _guarded(self, check: Callable[[], None]) -> None:
+        """Run ``check``; with sharded tensors, the ranks agree: a NonFiniteUpdate on one rank's
+        shard is one on every rank."""
+        refused: guard.NonFiniteUpdate | None = None
+        try:
+            check()
+        except guard.NonFiniteUpdate as exc:
+            refused = exc
+        import torch.distributed as dist
+
+        if self._sharded and dist.is_available() and dist.is_initialized():
+            group, device = self._reduce or (None, self.infos[0].tensor.device)
+            flag = torch.tensor([float(refused is not None)], device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
+            if refused is None and float(flag) > 0:
+                refused = guard.NonFiniteUpdate("another rank's shard refused the update")
+        if refused is not None:
+            raise refused
+
+    def _skip(self, step: int, seeds: list[int], losses: list[float], what: str | None) -> float:
+        """A skipped step: the parameters restored, the step recorded (with the losses
+        evaluated) and, unless replaying (``what`` None), counted and warned about."""
+        self.perturber.settle()
+        self._finish(step, seeds, [], losses, skipped=True)
+        if what is not None:
+            self.skipped_steps += 1
+            warnings.warn(
+                f"kerzoo: {what} at step {step}: step skipped, parameters restored "
+                f"({self.skipped_steps} skipped so far)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        return float("nan")
+
     def _clip(self, coefs: Sequence[float], table: Table) -> None:
         """Per-tensor clipping: the estimate of tensor t is scaled by min(1, clip / ||g_t||).
         Measuring ||g_t|| builds g_t once, a temporary the tensor's size."""
         scale = []
         for t, info in enumerate(self.infos):
             cs = table.estimate_coefs(t, coefs, clipped=False)
-            norm = float(self.projection.materialize(info, cs, table.seeds).norm())
+            with named("projection", self.projection):
+                norm = float(self.projection.materialize(info, cs, table.seeds).norm())
             scale.append(min(1.0, self.clip / norm) if norm > 0 else 1.0)
         table.set_clip(scale)
 
-    def _decay(self) -> None:
-        """Decoupled weight decay, not on biases and norms (1-D tensors), as in MeZO."""
-        decay: dict[float, list[torch.Tensor]] = {}
+    def _decay_scales(self) -> list[float]:
+        """Per tensor, decoupled weight decay's factor 1 - lr wd (1.0 for biases and norms,
+        1-D tensors, as in MeZO)."""
+        scales = []
         for info in self.infos:
             group = self.param_groups[info.group]
             wd, lr = group["weight_decay"], group["lr"]
-            if wd and len(info.whole_shape) > 1:
-                decay.setdefault(1.0 - lr * wd, []).append(info.tensor)
+            scales.append(1.0 - lr * wd if wd and len(info.whole_shape) > 1 else 1.0)
+        return scales
+
+    def _decay(self, scales: Sequence[float]) -> None:
+        decay: dict[float, list[torch.Tensor]] = {}
+        for info, scale in zip(self.infos, scales):
+            if scale != 1.0:
+                decay.setdefault(scale, []).append(info.tensor)
         for scale, tensors in decay.items():
             torch._foreach_mul_(tensors, scale)
 
     def _update(self, step, coefs, closures, replay_rule, table: Table) -> dict[str, Any]:
+        """The update, checked first (kerzoo.perturb.guard): one that would make a parameter or
+        the rule's state non-finite is a NonFiniteUpdate, raised before anything is written."""
         if self.clip:
             self._clip(coefs, table)
         rounding = "stochastic" if self.stochastic_rounding else "nearest"
         linear = [self.update_rule.linear(coefs, float(g["lr"])) for g in self.param_groups]
-        self._decay()
+        scales = self._decay_scales()
         if all(c is not None for c in linear):
             if len(set(map(tuple, linear))) == 1:
                 rows = table.estimate(linear[0])
             else:  # each group its own lr: per tensor, its group's coefficients
                 per_group = [table.estimate(c) for c in linear]
                 rows = _pick(per_group, [i.group for i in self.infos])
-            self.perturber.update(rows, rounding, derive(self.seed, step, "rounding"))
+            rounding_seed = derive(self.seed, step, "rounding")
+            self._guarded(lambda: self.perturber.check(rows, rounding, rounding_seed, scales))
+            self._decay(scales)
+            self.perturber.update(rows, rounding, rounding_seed)
             return {}
-        self.perturber.settle()
 
         def evaluate_at(
             cs: Sequence[float], scale: Callable[[ParamInfo], float] | None = None
         ) -> float | None:
             """L(theta + sum_i cs[i] * factor(i, p) * scale(p) z_i); scale: e.g. each group's lr."""
+            rows = table.estimate(cs, scale, skip_zero=True)
+            if self.mode == "inplace":  # the point is written: refused if it would overflow
+                self._guarded(lambda: self.perturber.check(rows))
             try:
-                loss = self._evaluate(closures, table.estimate(cs, scale, skip_zero=True))
+                loss = self._evaluate(closures, rows)
             except Exception as exc:
                 exc._kerzoo_closure = True  # type: ignore[attr-defined]  # not the rule's
                 raise
@@ -385,8 +452,86 @@ class ZOOptimizer(torch.optim.Optimizer):
             evaluate_at,
             table=table,
         )
+        self._guarded(lambda: self._trial(ctx, replay_rule, scales))
+        self._decay(scales)
+        self.perturber.settle()
         self.update_rule.apply(ctx, replay=replay_rule)
+        if not self.update_rule.trial:
+            self._after(step)
         return ctx.record
+
+    def _trial(self, ctx: UpdateContext, replay_rule: Any, scales: Sequence[float]) -> None:
+        """Before a rule's own update: its state must be finite, and a rule that allows it
+        (Update.trial) is run first on a copy of each tensor and of its state, one tensor at a
+        time; a non-finite result is a NonFiniteUpdate, with nothing written."""
+        rule = self.update_rule
+        owner = f"update {rule.name!r}"
+        held = guard.state_peaks(
+            owner, [ctx.state(i) for i in self.infos], [i.name for i in self.infos]
+        )
+        if not rule.trial:
+            return
+        restore = self.perturber._way_back()
+        with named("projection", self.projection):
+            bounds = self.projection.bounds(self.infos)
+        tops = guard.peaks([i.tensor for i in self.infos])
+
+        def refused(*_: Any, **__: Any) -> None:
+            raise RuntimeError("an update rule with trial = True must not evaluate the loss")
+
+        for t, info in enumerate(self.infos):
+            z = bounds[t]
+            if z is not None and math.isfinite(z) and math.isfinite(tops[t]):
+                back = sum(map(abs, restore[t][0])) if restore[t] is not None else 0.0
+                theta = tops[t] * abs(scales[t]) + z * back  # max|p| once settled and decayed
+                if rule.safe(ctx, info, z, theta, held[t], guard.limit(info.tensor.dtype)):
+                    continue  # proven finite: no trial for this tensor
+            copy = ParamInfo(
+                info.name,
+                info.key,
+                info.tensor.detach().clone(),
+                info.group,
+                info.offset,
+                info.shape,
+            )
+            if scales[t] != 1.0:
+                copy.tensor.mul_(scales[t])
+            if restore[t] is not None:
+                cs, ss = restore[t]
+                self.projection.add_many([(copy, copy.tensor)], list(cs), list(ss))
+            state = {
+                k: v.clone() if isinstance(v, torch.Tensor) else _copy.deepcopy(v)
+                for k, v in ctx.state(info).items()
+            }
+            one = UpdateContext(
+                [copy],
+                ctx.coefs,
+                ctx.seeds,
+                ctx.projection,
+                ctx.groups,
+                lambda _, s=state: s,
+                refused,
+                table=ctx.table,
+            )
+            one._index = {id(copy): t}
+            rule.apply(one, replay=replay_rule)
+            peak = guard.peaks([copy.tensor])[0]
+            if not math.isfinite(peak):
+                raise guard.NonFiniteUpdate(f"{owner} would make {info.name} non-finite ({peak})")
+            guard.check_state(f"{owner}'s update", state, info.name)
+
+    def _after(self, step: int) -> None:
+        """After the update of a rule that cannot be tried first: a non-finite parameter is an
+        error that says the parameters are not restored."""
+        for info, peak in zip(self.infos, guard.peaks([i.tensor for i in self.infos])):
+            if not math.isfinite(peak):
+                err = FloatingPointError(
+                    f"update {self.update_rule.name!r} made {info.name} non-finite ({peak}) at "
+                    f"step {step}; the rule cannot be tried first (Update.trial is False), so "
+                    "the parameters are NOT restored: go back to the last checkpoint"
+                )
+                err._kerzoo_plugin = True  # type: ignore[attr-defined]
+                raise err
 
     def _finish(self, step, seeds, coefs, losses, skipped, extra=None) -> None:
         self.last_record = {
@@ -408,7 +553,7 @@ class ZOOptimizer(torch.optim.Optimizer):
             "step": self._step,
             "seed": self.seed,
             "skipped_steps": self.skipped_steps,
-            "projection": self.projection.state_dict(),
+            "projection": self._projection_state(),
             "spec": self.spec,
         }
         return sd
@@ -424,8 +569,13 @@ class ZOOptimizer(torch.optim.Optimizer):
             int(zo["seed"]),
             int(zo["skipped_steps"]),
         )
-        self.projection.setup(self.infos, self.seed)  # the projection's bases derive from the seed
-        self.projection.load_state_dict(zo["projection"])
+        with self._plugin("projection", self.projection, "load_state_dict"):
+            self.projection.setup(self.infos, self.seed)  # its bases derive from the seed
+            self.projection.load_state_dict(zo["projection"])
+
+    def _projection_state(self) -> dict[str, Any]:
+        with self._plugin("projection", self.projection, "state_dict"):
+            return self.projection.state_dict()
 
     @property
     def steps_done(self) -> int:
@@ -439,12 +589,10 @@ class ZOOptimizer(torch.optim.Optimizer):
 
 
 def _pick(per_group: Sequence[Rows], groups: Sequence[int]) -> Rows:
-    """Rows whose tensor t takes its row from per_group[groups[t]]."""
-    entries: dict[tuple, int] = {}
-    of = []
-    for t, g in enumerate(groups):
-        of.append(entries.setdefault(per_group[g][t], len(entries)))
-    return Rows(list(entries), of)
+    """Rows whose tensor t takes its row from per_group[groups[t]] (one set of seeds for all)."""
+    rows: dict[tuple, int] = {}
+    of = [rows.setdefault(per_group[g][t][0], len(rows)) for t, g in enumerate(groups)]
+    return Rows(list(rows), of, per_group[0].seeds)
 
 
 def make_optimizer(spec: Any, params: Any, **overrides: Any) -> ZOOptimizer:

@@ -24,7 +24,6 @@ OPTIMIZER_OPTIONS = {
     "stochastic_rounding": None,
     "clip": 0.0,
     "module": None,
-    "shards": None,
 }
 DEFAULT_PARTS = {"estimator": "two-point", "projection": "dense", "update": "sgd"}
 

@@ -27,6 +27,7 @@ __all__ = [
     "add_z_foreach",
     "add_z_multi_foreach",
     "restore_perturb_foreach",
+    "add_z_table",
     "build",
     "info",
     "info_lines",
@@ -190,9 +191,15 @@ def _tensors(thetas, keys: Sequence[int], offsets: Sequence[int] | None, what: s
         raise ValueError(
             f"{what} are on several devices {sorted(map(str, devices))}: call once per device"
         )
-    for t, k, o in zip(thetas, keys, offsets):
-        _check(t, what[:-1])
-        _ints(0, k, o)
+    for t in thetas:  # once per tensor of every pass: the checks inline, _check names a failure
+        if not (isinstance(t, torch.Tensor) and t.is_floating_point() and t.is_contiguous()):
+            _check(t, what[:-1])
+    if thetas and not (min(keys) >= 0 and max(keys) < _LIMIT):
+        for k in keys:
+            _ints(0, k, 0)
+    if thetas and not (min(offsets) >= 0 and max(offsets) < _LIMIT):
+        for o in offsets:
+            _ints(0, 0, o)
     return thetas, keys, offsets
 
 
@@ -211,6 +218,60 @@ def fill_z_foreach(
         torch.ops.kerzoo.fill_z_foreach(outs, seed, keys, offsets, _dist(dist))
 
 
+def add_z_table(
+    thetas,
+    coefs,
+    seeds: Sequence[int],
+    keys: Sequence[int],
+    offsets: Sequence[int] | None = None,
+    dist: str = "gaussian",
+    split: int = 0,
+    rounding: str = "nearest",
+    rounding_seed: int = 0,
+) -> None:
+    """thetas[t] += sum_i coefs[t, i] * z(seeds[i], keys[t]) for each tensor of a list, in one call
+    (on CUDA, one launch per dtype and 48 tensors): a pass over a model whose tensors each take
+    their own coefficients (per-tensor factors). ``coefs``: tensors x seeds, a float64 or float32
+    CPU tensor (a row may be broadcast: stride 0) or nested lists. Columns [0, split) are added
+    and rounded first, then [split, q), rounded as asked: ``split`` > 0 is a move from a point
+    to the next, bit for bit restore_perturb's two roundings. Columns of one seed within a phase
+    are one term (summed in float64), as in add_z_multi; zero coefficients are skipped."""
+    thetas, keys, offsets = _tensors(thetas, keys, offsets)
+    if not isinstance(coefs, torch.Tensor):
+        coefs = torch.tensor(coefs, dtype=torch.float64).reshape(len(thetas), len(seeds))
+    if coefs.dim() != 2 or tuple(coefs.shape) != (len(thetas), len(seeds)):
+        raise ValueError(
+            f"coefs must be {len(thetas)} x {len(seeds)} (one row per tensor, one column per "
+            f"seed), got shape {tuple(coefs.shape)}"
+        )
+    if coefs.dtype not in (torch.float64, torch.float32) or coefs.device.type != "cpu":
+        raise ValueError(
+            f"coefs must be a float64 or float32 CPU tensor, got {coefs.dtype} on {coefs.device}: "
+            "the kernels take the coefficients as launch parameters"
+        )
+    if type(split) is not int or not 0 <= split <= len(seeds):
+        raise ValueError(f"split must be an int in [0, {len(seeds)}], got {split!r}")
+    _directions([0.0] * len(seeds), seeds, rounding, rounding_seed)  # checks seeds and rounding
+    load_extension()
+    with torch.no_grad():
+        torch.ops.kerzoo.add_z_table(
+            thetas,
+            coefs,
+            [int(s) for s in seeds],
+            keys,
+            offsets,
+            _dist(dist),
+            split,
+            rounding == "stochastic",
+            rounding_seed,
+        )
+
+
+def _row(thetas, coefs: Sequence[float]) -> torch.Tensor:
+    """One row of coefficients for every tensor: a broadcast table (stride 0)."""
+    return torch.tensor(coefs, dtype=torch.float64).expand(len(thetas), len(coefs))
+
+
 def add_z_multi_foreach(
     thetas,
     coefs: Sequence[float],
@@ -222,21 +283,10 @@ def add_z_multi_foreach(
     rounding_seed: int = 0,
 ) -> None:
     """add_z_multi on each tensor of a list: one pass of a ZO step over a whole model in one call
-    (on CUDA, one kernel launch per dtype and 48 tensors instead of one per tensor)."""
-    thetas, keys, offsets = _tensors(thetas, keys, offsets)
+    (add_z_table with one row for all)."""
     coefs, seeds = _directions(coefs, seeds, rounding, rounding_seed)
-    load_extension()
-    with torch.no_grad():
-        torch.ops.kerzoo.add_z_multi_foreach(
-            thetas,
-            coefs,
-            seeds,
-            keys,
-            offsets,
-            _dist(dist),
-            rounding == "stochastic",
-            rounding_seed,
-        )
+    thetas = list(thetas)
+    add_z_table(thetas, _row(thetas, coefs), seeds, keys, offsets, dist, 0, rounding, rounding_seed)
 
 
 def add_z_foreach(
@@ -261,19 +311,7 @@ def restore_perturb_foreach(
     offsets: Sequence[int] | None = None,
     dist: str = "gaussian",
 ) -> None:
-    """restore_perturb on each tensor of a list."""
-    thetas, keys, offsets = _tensors(thetas, keys, offsets)
-    _ints(seed_restore, 0, 0)
-    _ints(seed_new, 0, 0)
-    load_extension()
-    with torch.no_grad():
-        torch.ops.kerzoo.restore_perturb_foreach(
-            thetas,
-            float(c_restore),
-            seed_restore,
-            float(c_new),
-            seed_new,
-            keys,
-            offsets,
-            _dist(dist),
-        )
+    """restore_perturb on each tensor of a list (add_z_table with one row and split 1)."""
+    thetas = list(thetas)
+    row = _row(thetas, [float(c_restore), float(c_new)])
+    add_z_table(thetas, row, [seed_restore, seed_new], keys, offsets, dist, 1)

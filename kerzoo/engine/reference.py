@@ -3,7 +3,9 @@
 Every op works chunk by chunk (``CHUNK`` elements), so even this path never allocates a
 temporary proportional to a parameter tensor. Arithmetic is in float64 for float32/float64
 tensors and float32 for bf16/fp16, with one rounding to the tensor's dtype per written value.
-The ``*_foreach`` ops are the single-tensor ops applied to each tensor of a list.
+``fill_z_foreach`` is fill_z on each tensor of a list; ``add_z_table`` applies one row of a
+coefficient table to each tensor of a list, and add_z_multi and restore_perturb are one-row
+tables.
 """
 
 from __future__ import annotations
@@ -73,6 +75,61 @@ def stochastic_round(
     return torch.where(u.to(torch.float32).view_as(x) < frac, other, down)
 
 
+def phases(row: Sequence[float], seeds: Sequence[int], split: int) -> list[tuple[list, list]]:
+    """A table row as its two rounding phases, (coefs, seeds) of columns [0, split) and of
+    [split, q), each with the columns of one seed summed in float64 in column order."""
+    out = []
+    for a, b in ((0, split), (split, len(seeds))):
+        merged: dict[int, float] = {}
+        for c, s in zip(row[a:b], seeds[a:b]):
+            merged[int(s)] = merged.get(int(s), 0.0) + float(c)
+        out.append((list(merged.values()), list(merged)))
+    return out
+
+
+def _apply(theta, terms, key, offset, dist, stochastic, rounding_seed) -> None:
+    """theta += phase 1, rounded (where both phases have terms), then += phase 2, rounded as
+    asked; zero coefficients skipped, so an all-zero row leaves theta as it is."""
+    c1, c2 = terms[0][0], terms[1][0]
+    if not any(c1) and not any(c2):
+        return
+    ct = compute_dtype(theta.dtype)
+    flat = theta.view(-1)
+    for a, b in _chunks(flat.numel()):
+        acc = flat[a:b].to(ct)
+        zs: dict[int, torch.Tensor] = {}  # a seed of both phases (restore, then perturb) drawn once
+        for k, (coefs, seeds) in enumerate(terms):
+            if k == 1 and c1 and c2:
+                acc = acc.to(theta.dtype).to(ct)
+            for c, s in zip(coefs, seeds):
+                if c != 0.0:
+                    if s not in zs:
+                        zs[s] = _z(s, key, offset + a, b - a, dist, flat, ct)
+                    acc = acc + _coef(c, theta.dtype) * zs[s]
+        if stochastic and c2:
+            flat[a:b] = stochastic_round(acc.float(), theta.dtype, rounding_seed, key, offset + a)
+        else:
+            flat[a:b] = acc.to(theta.dtype)
+
+
+def add_z_table(
+    thetas,
+    coefs: torch.Tensor,
+    seeds: Sequence[int],
+    keys: Sequence[int],
+    offsets: Sequence[int],
+    dist: int,
+    split: int = 0,
+    stochastic: bool = False,
+    rounding_seed: int = 0,
+) -> None:
+    """thetas[t] += sum_i coefs[t, i] z(seeds[i], keys[t]): columns [0, split) rounded on their
+    own first (the restore of a move), then [split, q), rounded as asked (csrc/table.h)."""
+    rows = coefs.to(torch.float64).tolist()
+    for t, row, k, o in zip(thetas, rows, keys, offsets, strict=True):
+        _apply(t, phases(row, seeds, split), k, o, dist, stochastic, rounding_seed)
+
+
 def add_z_multi(
     theta: torch.Tensor,
     coefs: Sequence[float],
@@ -84,17 +141,7 @@ def add_z_multi(
     rounding_seed: int = 0,
 ) -> None:
     """theta += sum_i coefs[i] * z(seeds[i]), one rounding per element."""
-    ct = compute_dtype(theta.dtype)
-    flat = theta.view(-1)
-    for a, b in _chunks(flat.numel()):
-        acc = flat[a:b].to(ct)
-        for c, s in zip(coefs, seeds):
-            if c != 0.0:
-                acc = acc + _coef(c, theta.dtype) * _z(s, key, offset + a, b - a, dist, flat, ct)
-        if stochastic:
-            flat[a:b] = stochastic_round(acc.float(), theta.dtype, rounding_seed, key, offset + a)
-        else:
-            flat[a:b] = acc.to(theta.dtype)
+    _apply(theta, phases(coefs, seeds, 0), key, offset, dist, stochastic, rounding_seed)
 
 
 def restore_perturb(
@@ -108,16 +155,8 @@ def restore_perturb(
     dist: int,
 ) -> None:
     """t = round(theta + c_restore z(seed_restore)); theta = round(t + c_new z(seed_new))."""
-    ct = compute_dtype(theta.dtype)
-    flat = theta.view(-1)
-    for a, b in _chunks(flat.numel()):
-        cr, cn = _coef(c_restore, theta.dtype), _coef(c_new, theta.dtype)
-        t = (flat[a:b].to(ct) + cr * _z(seed_restore, key, offset + a, b - a, dist, flat, ct)).to(
-            theta.dtype
-        )
-        flat[a:b] = (t.to(ct) + cn * _z(seed_new, key, offset + a, b - a, dist, flat, ct)).to(
-            theta.dtype
-        )
+    terms = phases([c_restore, c_new], [seed_restore, seed_new], 1)
+    _apply(theta, terms, key, offset, dist, False, 0)
 
 
 def add_lowrank(
@@ -140,31 +179,3 @@ def add_lowrank(
 def fill_z_foreach(outs, seed: int, keys: Sequence[int], offsets: Sequence[int], dist: int) -> None:
     for t, k, o in zip(outs, keys, offsets, strict=True):
         fill_z(t, seed, k, o, dist)
-
-
-def add_z_multi_foreach(
-    thetas,
-    coefs: Sequence[float],
-    seeds: Sequence[int],
-    keys: Sequence[int],
-    offsets: Sequence[int],
-    dist: int,
-    stochastic: bool = False,
-    rounding_seed: int = 0,
-) -> None:
-    for t, k, o in zip(thetas, keys, offsets, strict=True):
-        add_z_multi(t, coefs, seeds, k, o, dist, stochastic, rounding_seed)
-
-
-def restore_perturb_foreach(
-    thetas,
-    c_restore: float,
-    seed_restore: int,
-    c_new: float,
-    seed_new: int,
-    keys: Sequence[int],
-    offsets: Sequence[int],
-    dist: int,
-) -> None:
-    for t, k, o in zip(thetas, keys, offsets, strict=True):
-        restore_perturb(t, c_restore, seed_restore, c_new, seed_new, k, o, dist)

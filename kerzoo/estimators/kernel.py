@@ -95,18 +95,26 @@ class KernelEstimator(Estimator):
         by K_a(r_{i,t}); r_{i,t} ~ U[-a, a] from direction i's seed and t's name."""
         if self.r_scope != "tensor":
             return None
-        a, out = plan.extra["a"], []
-        for p in params:
-            r = [a * (2.0 * uniform(s, f"kernel-r:{p.name}") - 1.0) for s in plan.seeds]
-            out.append((r, [self.weight(ri, a) for ri in r]))
-        return out
+        a, q = plan.extra["a"], len(plan.seeds)
+        r = [
+            [a * (2.0 * uniform(s, f"kernel-r:{p.name}") - 1.0) for s in plan.seeds] for p in params
+        ]
+        w = self.weights([ri for row in r for ri in row], a)
+        return [(row, w[t * q : (t + 1) * q]) for t, row in enumerate(r)]
+
+    def weights(self, rs: list[float], a: float) -> list[float]:
+        """K_a(r) = (C / a) K(r / a) for each r (without rescaling, C K(r)), K evaluated once
+        over all of them."""
+        from ..perturb.base import named
+
+        scale = 1.0 if not self.rescale else a
+        s = torch.tensor([r / scale for r in rs], dtype=torch.float64)
+        with named("kernel", self.kernel):
+            return [self.C / scale * k for k in self.kernel(s).tolist()]
 
     def weight(self, r: float, a: float) -> float:
         """K_a(r) = (C / a) K(r / a); without rescaling, C K(r)."""
-        if not self.rescale:
-            return self.C * float(self.kernel(torch.tensor([r], dtype=torch.float64))[0])
-        s = torch.tensor([r / a], dtype=torch.float64)
-        return self.C / a * float(self.kernel(s)[0])
+        return self.weights([r], a)[0]
 
     def coefficients(self, plan, losses, eps):
         n, a = len(plan.seeds), plan.extra["a"]

@@ -148,19 +148,17 @@ class Batched(OnTheFly):
                     outs.append(forward(*a, **kw))
                     continue
                 base = len(self._saved)
-                passes: dict[int, list] = {}
-                for p in owned:
-                    t = self.index[id(p)]
-                    transient, key = self._transient(p)
-                    passes.setdefault(rows.of[t], []).append((self.infos[t], transient))
-                    self._saved.append((p, p.data, key, p.numel()))
-                    p.data = transient
-                    self._touched.add(id(p))
-                for e, items in passes.items():
-                    cs, ss = rows.entries[e]
-                    if cs:
-                        self.projection.add_many(items, list(cs), list(ss))
+                items, ts = [], []
                 try:
+                    for p in owned:
+                        t = self.index[id(p)]
+                        transient, key = self._transient(p)
+                        items.append((self.infos[t], transient))
+                        ts.append(t)
+                        self._saved.append((p, p.data, key, p.numel()))
+                        p.data = transient
+                        self._touched.add(id(p))
+                    self._pass(items, ts, rows)
                     outs.append(forward(*a, **kw))
                 finally:
                     self._restore(base)

@@ -164,11 +164,28 @@ def fsdp_modules(module: Any, first: str) -> list:
             "module was given: pass the model itself, kerzoo.optimizer(name, model) (or module= "
             "beside param groups), so that kerzoo can reshard it between forwards"
         )
+    fsdp = fsdp2(f"parameter {first} is a DTensor (FSDP2) and kerzoo reshards its modules")
+    return [m for m in module.modules() if isinstance(m, fsdp.FSDPModule)]
+
+
+FSDP2_TORCH = (2, 6)  # torch.distributed.fsdp.fully_shard and FSDPModule are public from 2.6
+
+
+def fsdp2(what: str) -> Any:
+    """``torch.distributed.fsdp`` with FSDP2 (``fully_shard``, ``FSDPModule``); a torch before
+    2.6 is refused, naming ``what`` needed it."""
+    version = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
     try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:  # torch before FSDP2
-        return []
-    return [m for m in module.modules() if isinstance(m, FSDPModule)]
+        import torch.distributed.fsdp as fsdp
+    except ImportError:  # a torch built without torch.distributed
+        fsdp = None
+    if version < FSDP2_TORCH or not hasattr(fsdp, "fully_shard") or not hasattr(fsdp, "FSDPModule"):
+        raise RuntimeError(
+            f"{what}: this needs torch's FSDP2 (torch.distributed.fsdp.fully_shard, public in "
+            f"torch 2.6), but torch is {torch.__version__}; install torch >= 2.6 "
+            "(pip install 'torch>=2.6')"
+        )
+    return fsdp
 
 
 def reshard(modules: list) -> None:
@@ -206,7 +223,7 @@ class ShardedOnTheFly(OnTheFly):
             rows = self._rows
             if rows is None:
                 return
-            passes: dict[int, list] = {}
+            items, ts = [], []
             # while the directions are added, a shard's ParamInfo describes the gathered tensor
             # (offset 0, its own shape): projections key their state by the ParamInfo
             shards: list[tuple[ParamInfo, torch.Tensor, int, Any]] = []
@@ -225,13 +242,11 @@ class ShardedOnTheFly(OnTheFly):
                         shards.append((info, info.tensor, info.offset, info.shape))
                         info.tensor, info.offset, info.shape = p, 0, None
                     transient, k = self._transient(p)
-                    passes.setdefault(rows.of[t], []).append((info, transient))
+                    items.append((info, transient))
+                    ts.append(t)
                     self._saved.append((p, p.data, k, p.numel()))
                     p.data = transient
-                for e, items in passes.items():
-                    cs, ss = rows.entries[e]
-                    if cs:
-                        self.projection.add_many(items, list(cs), list(ss))
+                self._pass(items, ts, rows)
             finally:
                 for info, tensor, offset, shape in shards:
                     info.tensor, info.offset, info.shape = tensor, offset, shape

@@ -6,8 +6,8 @@ module's forward see W' (``p.data`` is swapped for the duration of that module's
 forward hook swaps W back. Only the update ever writes W, so leaving a point is exact in every
 dtype, and a skipped step leaves W bit-identical. Memory: a workspace the size of the largest
 module's own parameters (per dtype and device), reused by every forward (nested modules take
-the next slice; a fresh tensor when it is full). Work: one copy per tensor and one engine call per
-module per forward.
+the next slice; a fresh tensor when it is full). Work: one copy per tensor and one projection
+call (one engine call for the dense projection) per module per forward.
 
 Limits, checked where possible: a tensor must be read inside the forward of the module that
 owns it (true of torch and transformers layers, tied embeddings included). A tensor that no
@@ -91,18 +91,16 @@ class OnTheFly(Perturber):
             rows = self._rows
             if rows is None:
                 return
-            passes: dict[int, list] = {}
+            items, ts = [], []
             for p in owned:
                 t = self.index[id(p)]
                 transient, k = self._transient(p)
-                passes.setdefault(rows.of[t], []).append((self.infos[t], transient))
+                items.append((self.infos[t], transient))
+                ts.append(t)
                 self._saved.append((p, p.data, k, p.numel()))
                 p.data = transient
                 self._touched.add(id(p))
-            for e, items in passes.items():
-                cs, ss = rows.entries[e]
-                if cs:
-                    self.projection.add_many(items, list(cs), list(ss))
+            self._pass(items, ts, rows)
 
         return torch.compiler.disable(hook, recursive=True)
 

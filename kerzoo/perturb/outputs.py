@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from ..projections.base import Projection
+from .base import named
 from .onthefly import OnTheFly
 
 
@@ -49,27 +50,33 @@ class OutputPerturbation(OnTheFly):
 
     def _pre(self, owned):
         def hook(module, args):
-            rows = self._rows
-            if rows is None:
+            if self._rows is None:
                 return
-            factors, swapped = None, 0
-            for p in owned:
-                info = self.infos[self.index[id(p)]]
-                cs, ss = map(list, rows[self.index[id(p)]])
-                if isinstance(module, torch.nn.Linear) and p is module.weight:
-                    factors = self.projection.factors(info, cs, ss)
-                    if factors is not None:
-                        self._touched.add(id(p))
-                        continue
-                transient, k = self._transient(p)
-                self.projection.add(info, transient, cs, ss)
-                self._saved.append((p, p.data, k, p.numel()))
-                p.data = transient
-                self._touched.add(id(p))
-                swapped += 1
-            self._stack.append((swapped, factors))
+            with named("projection", self.projection):
+                self._stack.append(self._enter(module, owned))
 
         return torch.compiler.disable(hook, recursive=True)
+
+    def _enter(self, module, owned):
+        """Show the module's forward its perturbed tensors: (tensors swapped, the weight's
+        factors or None)."""
+        rows = self._rows
+        factors, swapped = None, 0
+        for p in owned:
+            info = self.infos[self.index[id(p)]]
+            cs, ss = map(list, rows[self.index[id(p)]])
+            if isinstance(module, torch.nn.Linear) and p is module.weight:
+                factors = self.projection.factors(info, cs, ss)
+                if factors is not None:
+                    self._touched.add(id(p))
+                    continue
+            transient, k = self._transient(p)
+            self.projection.add(info, transient, cs, ss)
+            self._saved.append((p, p.data, k, p.numel()))
+            p.data = transient
+            self._touched.add(id(p))
+            swapped += 1
+        return swapped, factors
 
     def _post(self, count):
         def hook(module, args, output):

@@ -9,9 +9,10 @@ per-tensor weight, divided by rho, times t's clipping scale once it is known). T
 factors agree form one class, so a model whose tensors all share factors (the common case) has
 one class, however many tensors it holds.
 
-A point, or the estimate, becomes ``Rows``: the distinct (coefficients, seeds) pairs and, for each
-tensor, which pair it adds. Perturbers (kerzoo.perturb.base) take Rows and move tensors that share
-a pair in one engine pass; no closure is called per tensor and point.
+A point, or the estimate, becomes ``Rows``: the directions' seeds, the distinct rows of
+coefficients and, for each tensor, which row it adds. Perturbers (kerzoo.perturb.base) hand a
+pass's rows to the projection at once (``Projection.add_table``): for the dense projection one
+engine call (``add_z_table``) however many rows; no closure is called per tensor and point.
 """
 
 from __future__ import annotations
@@ -26,17 +27,18 @@ Factors = Sequence[float]  # one factor per direction
 
 @dataclass(frozen=True)
 class Rows:
-    """Per tensor, the coefficients and seeds it adds: ``entries[of[t]]`` for tensor t."""
+    """Tensor t adds sum_i coefs[of[t]][i] Z_i(seeds[i]): the distinct rows, and which is whose."""
 
-    entries: list[tuple[tuple[float, ...], tuple[int, ...]]]
+    coefs: list[tuple[float, ...]]
     of: list[int]
+    seeds: tuple[int, ...]
 
     def __getitem__(self, t: int) -> tuple[tuple[float, ...], tuple[int, ...]]:
-        return self.entries[self.of[t]]
+        return self.coefs[self.of[t]], self.seeds
 
     @property
     def empty(self) -> bool:
-        return all(not cs for cs, _ in self.entries)
+        return not self.seeds
 
 
 class Table:
@@ -74,21 +76,19 @@ class Table:
             classes.setdefault(f, []).append(t)
         return list(classes.items())
 
-    def _rows(self, classes, coefficient: Callable[[tuple[float, ...]], tuple]) -> Rows:
-        entries: dict[tuple, int] = {}
+    def _rows(self, classes, idx, coefficient: Callable[[tuple[float, ...]], tuple]) -> Rows:
+        rows: dict[tuple, int] = {}
         of = [0] * len(self.infos)
         for f, members in classes:
-            entry = coefficient(f)
-            k = entries.setdefault(entry, len(entries))
+            k = rows.setdefault(coefficient(f), len(rows))
             for t in members:
                 of[t] = k
-        return Rows(list(entries), of)
+        return Rows(list(rows), of, tuple(self.seeds[i] for i in idx))
 
     def point(self, point: dict[int, float]) -> Rows:
         """theta + sum_i point[i] perturb[t][i] z_i for each tensor t."""
         idx = sorted(point)
-        seeds = tuple(self.seeds[i] for i in idx)
-        return self._rows(self._classes, lambda f: (tuple(point[i] * f[i] for i in idx), seeds))
+        return self._rows(self._classes, idx, lambda f: tuple(point[i] * f[i] for i in idx))
 
     def restore(self, point: dict[int, float]) -> Rows:
         """The move from theta + point back to theta."""
@@ -120,7 +120,6 @@ class Table:
         """Rows of sum_i coefs[i] update[t][i] scale(t) z_i; ``skip_zero`` leaves out the
         directions whose coefficient is 0 (an evaluation point)."""
         idx = [i for i, c in enumerate(coefs) if c != 0.0] if skip_zero else range(len(coefs))
-        seeds = tuple(self.seeds[i] for i in idx)
         factors = []
         for t, info in enumerate(self.infos):
             uf = self.update_factors(t)
@@ -128,6 +127,4 @@ class Table:
                 s = scale(info)
                 uf = tuple(f * s for f in uf)
             factors.append(uf)
-        return self._rows(
-            self._group(factors), lambda f: (tuple(coefs[i] * f[i] for i in idx), seeds)
-        )
+        return self._rows(self._group(factors), idx, lambda f: tuple(coefs[i] * f[i] for i in idx))

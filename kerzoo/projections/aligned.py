@@ -35,6 +35,7 @@ import torch
 
 from ..hookspecs import hookimpl
 from ..seeds import derive
+from .dense import Z_MAX
 from .lowrank import LowRankDirections, gaussian
 
 
@@ -171,6 +172,33 @@ class Aligned(LowRankDirections):
         core = sum(c * ci for c, ci in zip(coefs, self.cores(p, seeds)))
         m, n = p.whole_shape
         return math.sqrt(m * n) / u.shape[1], u[rows], core, v
+
+    def bounds(self, params):
+        """Probing: |a_j b_k| <= 7 * 7. Aligned: |Z_jk| <= sqrt(mn)/r |C|_F (U, V orthonormal
+        columns), and |C|_F <= |C_init|_F + |<h, C_init> - xi sqrt(delta)| <= 2 * 7r +
+        sqrt(delta); non-finite bases (U, V, H gone non-finite) give their non-finite peak.
+        1-D tensors: dense z."""
+        from ..perturb.guard import peaks
+
+        z, delta = Z_MAX["gaussian"], float(self.options["delta"])
+        held = [] if self.probing else [p for p in params if p.name in self.bases]
+        tops = peaks([t for p in held for t in self.bases[p.name]])
+        bad = {
+            p.name: next((x for x in tops[3 * i : 3 * i + 3] if not math.isfinite(x)), None)
+            for i, p in enumerate(held)
+        }
+        out = []
+        for p in params:
+            if len(p.whole_shape) != 2:
+                out.append(z)
+            elif p.name not in bad:
+                out.append(z * z)
+            elif bad[p.name] is not None:
+                out.append(bad[p.name])
+            else:
+                r = self.bases[p.name][0].shape[1]
+                out.append(math.sqrt(math.prod(p.whole_shape)) / r * (2 * z * r + math.sqrt(delta)))
+        return out
 
     # -- learning the subspace from the step's estimate -----------------------------------
     def end_step(self, step, seeds, plan, losses, coefs):

@@ -118,6 +118,35 @@ class Projection:
         for p, target in items:
             self.move(p, target, restore, new)
 
+    def add_table(
+        self,
+        items: Sequence[tuple[ParamInfo, torch.Tensor]],
+        rows: Sequence[Sequence[float]],
+        of: Sequence[int],
+        seeds: Sequence[int],
+        split: int = 0,
+        rounding: str = "nearest",
+        rounding_seed: int = 0,
+    ) -> None:
+        """A pass whose tensors take different coefficients (per-tensor factors): item k adds
+        sum_i rows[of[k]][i] Z_i(seeds[i]). With 0 < split < q, a move from a point to the next:
+        the terms [0, split) (the restore) are added and rounded first, then the others. The
+        optimizer calls this once per pass over the model; the default makes one ``add_many``
+        (``move_many`` for a move of one direction) per distinct row, and the dense projection
+        one engine call (``add_z_table``) for all the rows."""
+        groups: dict[int, list] = {}
+        for item, k in zip(items, of, strict=True):
+            groups.setdefault(k, []).append(item)
+        for k, group in groups.items():
+            cs, ss = list(rows[k]), list(seeds)
+            if 0 < split < len(cs) and split == 1 and len(cs) == 2 and rounding == "nearest":
+                self.move_many(group, (cs[0], ss[0]), (cs[1], ss[1]))
+            elif 0 < split < len(cs):
+                self.add_many(group, cs[:split], ss[:split])
+                self.add_many(group, cs[split:], ss[split:], rounding, rounding_seed)
+            elif cs:
+                self.add_many(group, cs, ss, rounding=rounding, rounding_seed=rounding_seed)
+
     def materialize(
         self, p: ParamInfo, coefs: Sequence[float], seeds: Sequence[int]
     ) -> torch.Tensor:
@@ -126,6 +155,13 @@ class Projection:
         out = torch.zeros(p.tensor.shape, dtype=dtype, device=p.tensor.device)
         self.add(p, out, coefs, seeds)
         return out
+
+    def bounds(self, params: Sequence[ParamInfo]) -> list[float | None]:
+        """For each tensor, a bound b with |Z_i| <= b in every element of every direction, or
+        None (unknown): the update guard (kerzoo.perturb.guard) then checks an update of that
+        tensor in a workspace before writing it. A non-finite bound (a state gone non-finite)
+        skips the step."""
+        return [None] * len(params)
 
     def end_step(
         self,

@@ -26,6 +26,7 @@ from ..estimators.base import Plan
 from ..estimators.two_point import TwoPoint
 from ..hookspecs import hookimpl
 from .base import Projection
+from .dense import Z_MAX
 
 
 class ThreePoint(TwoPoint):
@@ -120,6 +121,13 @@ class Hessian(Projection):
                     torch.empty_like(w), seeds[i], p.key, p.offset, self.options["dist"]
                 )
                 w.div_(z.square_().mul_(alpha * h).add_(1.0 - alpha).sqrt_())
+
+    def bounds(self, params):
+        """|w (.) z| <= max|w| Z_MAX; a non-finite w gives a non-finite bound."""
+        from ..perturb.guard import peaks
+
+        z = Z_MAX[self.options["dist"]]
+        return [z * peak for peak in peaks([self.w[p.name] for p in params])]
 
     def hessian(self, p) -> torch.Tensor:
         """The current diagonal Hessian estimate D = w^{-2} of tensor ``p``."""

@@ -26,7 +26,7 @@ from .. import engine
 from ..hookspecs import hookimpl
 from ..seeds import derive
 from .base import Projection
-from .dense import add_dense_many
+from .dense import Z_MAX, add_dense_many
 
 
 def gaussian(shape, seed: int, key: int, dtype=torch.float32, device=None) -> torch.Tensor:
@@ -120,6 +120,15 @@ class Subspace(_LowRank):
             n, r, derive(seed, "V"), p.key, dev
         )
 
+    def bounds(self, params):
+        """|Z_jk| <= sqrt(mn)/r |U_j| |S| |V_k| <= sqrt(mn)/r * 1 * 7r * 1 (orthonormal columns:
+        rows of norm <= 1; |S|_F <= 7r); 1-D tensors: dense z."""
+        z = Z_MAX["gaussian"]
+        return [
+            z * math.sqrt(math.prod(p.whole_shape)) if len(p.whole_shape) == 2 else z
+            for p in params
+        ]
+
     def matrix_factors(self, p, coefs, seeds):
         u, v = self.bases[id(p)]
         m, n = p.whole_shape
@@ -143,6 +152,11 @@ class LowRankLOZO(_LowRank):
                 (p.whole_shape[1], self.rank(p)), derive(seed, "V"), p.key, device=p.tensor.device
             ),
         )
+
+    def bounds(self, params):
+        """|Z_jk| <= sum_l |A_jl| |V_kl| / sqrt(r) <= 49 r / sqrt(r); 1-D tensors: dense z."""
+        z = Z_MAX["gaussian"]
+        return [z * z * math.sqrt(self.rank(p)) if len(p.whole_shape) == 2 else z for p in params]
 
     def matrix_factors(self, p, coefs, seeds):
         (v,) = self.bases[id(p)]

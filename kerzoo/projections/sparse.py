@@ -24,7 +24,8 @@ import torch
 from .. import engine
 from ..hookspecs import hookimpl
 from ..seeds import derive, uniform
-from .dense import Dense, add_dense_many
+from .base import Projection
+from .dense import Dense, add_dense_many, add_dense_table
 
 
 def _add_rounded(target: torch.Tensor, delta: torch.Tensor, rounding: str, seed: int) -> None:
@@ -101,6 +102,8 @@ class SparseMeZO(Dense):
         for p, target in items:
             self.move(p, target, restore, new)
 
+    add_table = Projection.add_table  # per row, through add_many: the mask is per tensor
+
     def state_dict(self):
         return {"thresholds": dict(self.thresholds)}
 
@@ -168,6 +171,20 @@ class LeZO(Dense):
         items = self.chosen(items)
         if items:
             super().move_many(items, restore, new)
+
+    def add_table(self, items, rows, of, seeds, split=0, rounding="nearest", rounding_seed=0):
+        kept = [(item, k) for item, k in zip(items, of) if block_of(item[0].name) in self.active]
+        if kept:
+            add_dense_table(
+                [i for i, _ in kept],
+                rows,
+                [k for _, k in kept],
+                seeds,
+                split,
+                self.options["dist"],
+                rounding,
+                rounding_seed,
+            )
 
 
 @hookimpl

@@ -1,4 +1,5 @@
-"""`kerzoo train [CONFIG]` and `kerzoo replay BASE LOG` (imports kept light: the work is lazy)."""
+"""`kerzoo train [CONFIG]`, `kerzoo export RUN` and `kerzoo replay BASE LOG` (imports kept light:
+the work is lazy)."""
 
 from __future__ import annotations
 
@@ -27,11 +28,20 @@ def _eval_from(d: dict) -> str:
 def cmd_train(args) -> int:
     from . import config as config_mod, distributed
     from .data import DataError
+    from .export import ExportError, export_run, loader
     from .loop import Run, TrainingError, plot, release_folder
     from .model import ModelError
     from .tasks import TaskError
 
-    errors = (config_mod.ConfigError, DataError, ModelError, TaskError, TrainingError, OSError)
+    errors = (
+        config_mod.ConfigError,
+        DataError,
+        ModelError,
+        TaskError,
+        TrainingError,
+        ExportError,
+        OSError,
+    )
     started = time.perf_counter()
     run = parallel = cfg = None
     say = print
@@ -46,7 +56,7 @@ def cmd_train(args) -> int:
     except ValueError:  # not the main thread: leave SIGTERM alone
         previous = None
     try:
-        cfg = config_mod.load(args.config)
+        cfg = config_mod.load(args.config, args.set or [])
         if args.steps:
             cfg["train"]["steps"] = args.steps
         if args.out:
@@ -64,7 +74,12 @@ def cmd_train(args) -> int:
             say(
                 f"data parallel: {parallel.world} ranks ({parallel.backend}), global batch "
                 f"{cfg['train']['batch_size']}, parameters "
-                f"{'sharded' if run.sharded else 'replicated'}"
+                + (
+                    f"sharded with FSDP2 ({len(parallel.sharded)} fully_shard units"
+                    + (", CPU offload)" if cfg["distributed"]["offload"] else ")")
+                    if run.sharded
+                    else "replicated"
+                )
             )
         say(
             f"kerzoo train: {cfg['model']['name']} ({run.kind}), training {run.trained:,} of "
@@ -82,6 +97,7 @@ def cmd_train(args) -> int:
                 else f"the run in {run.out} has finished its {run.step} steps (--fresh starts over)"
             )
         result = run.train()
+        exported = export_run(run)
     except KeyboardInterrupt:
         where = (
             f"the checkpoint in {run.out}"
@@ -150,9 +166,49 @@ def cmd_train(args) -> int:
         f"checkpoint:  {run.checkpoint_path} ({_size(run.checkpoint_path)}; run the same command "
         "to resume)"
     )
+    if run.sharded:
+        weights = run.out / distributed.EXPORT
+        print(f"weights:     {weights} ({_size(weights)}; the trained tensors whole, torch.load)")
     print(
         f"trajectory:  {run.traj_path} ({_size(run.traj_path)}); rebuild the weights from the base "
         f"model with `kerzoo replay header {run.traj_path}`"
+    )
+    if exported is not None:
+        what = "adapter:    " if cfg["model"]["lora"] else "model:      "
+        print(f"{what} {exported}/ ({loader(run.kind, bool(cfg['model']['lora']))})")
+    if cfg["log"]["tensorboard"]:
+        print(f"tensorboard: {run.out / 'tensorboard'} (tensorboard --logdir {run.out})")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import ExportError, export_path, from_checkpoint, loader, write
+    from .loop import CHECKPOINT, TrainingError, lock_folder, release_folder
+    from .model import ModelError
+
+    source = Path(args.run)
+    checkpoint = source / CHECKPOINT if source.is_dir() else source
+    folder = checkpoint.parent
+    try:
+        if not checkpoint.is_file():
+            raise ExportError(
+                f"{str(checkpoint)!r} does not exist: give a run folder of kerzoo train (it holds "
+                f"{CHECKPOINT}) or a checkpoint file"
+            )
+        lock_folder(folder)  # not while a kerzoo train writes the folder
+        try:
+            model, tokenizer, kind, ck = from_checkpoint(checkpoint)
+            lora = bool(ck["config"]["model"].get("lora"))
+            path = Path(args.out) if args.out else export_path(ck["config"], out=folder)
+            write(model, tokenizer, path, guard=(folder,))
+        finally:
+            release_folder(folder)
+    except (ExportError, ModelError, TrainingError, OSError) as exc:
+        print(f"kerzoo export: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"exported the {'adapters' if lora else 'model'} of {checkpoint} (step {ck['step']}) to "
+        f"{path}/; load it with {loader(kind, lora)}"
     )
     return 0
 
@@ -160,6 +216,7 @@ def cmd_train(args) -> int:
 def cmd_replay(args) -> int:
     import torch
 
+    from .distributed import checkpoint_params
     from .loop import TrainingError, load_checkpoint
     from .model import ModelError, trainable_state
     from .replay import ReplayError, environment, environment_changes, read_log, replay
@@ -184,9 +241,8 @@ def cmd_replay(args) -> int:
             )
         if args.check:
             ck = load_checkpoint(Path(args.check))
-            diff = [
-                k for k, v in ck["params"].items() if k not in state or not torch.equal(state[k], v)
-            ]
+            params = checkpoint_params(Path(args.check))  # a sharded one's from its DCP files
+            diff = [k for k, v in params.items() if k not in state or not torch.equal(state[k], v)]
             if ck["step"] != n:
                 print(
                     f"the checkpoint is at step {ck['step']} but the log has {n} steps",
@@ -220,6 +276,13 @@ def add_cli(sub) -> None:
         "config", nargs="?", help="TOML or YAML file; none runs the default offline task"
     )
     p.add_argument("--steps", type=int, help="override train.steps")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="SECTION.KEY=VALUE",
+        help="override a config key, checked like the file's (repeatable); the value is read as "
+        'a TOML literal (100, 1e-4, true, "text", ["a", "b"]) or else as a string',
+    )
     p.add_argument("--out", help="override train.out")
     p.add_argument(
         "--fresh",
@@ -227,6 +290,16 @@ def add_cli(sub) -> None:
         help="start over: remove the output folder's checkpoint and logs",
     )
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser(
+        "export",
+        help="write a run's trained model (or LoRA adapters) from its checkpoint as a "
+        "save_pretrained folder",
+    )
+    p.add_argument("run", help="a kerzoo train output folder, or a checkpoint file in one")
+    p.add_argument(
+        "--out", help="the folder to write (default: export.path of the run, <run>/model)"
+    )
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser(
         "replay", help="rebuild fine-tuned weights from the base model and a trajectory log"
     )

@@ -40,6 +40,21 @@ SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
         ),
         "exclude": ([], 'parameters whose name contains one of these stay frozen, e.g. ["embed"]'),
         "lora": ({}, "PEFT LoRA options (r, lora_alpha, target_modules); {} for none"),
+        "load_in_8bit": (
+            False,
+            "load the base weights in 8 bits with bitsandbytes (a CUDA GPU and "
+            "kerzoo[quant]); needs model.lora: the adapters are trained",
+        ),
+        "load_in_4bit": (
+            False,
+            "load the base weights in 4 bits (NF4, computing in model.dtype) with bitsandbytes "
+            "(a CUDA GPU and kerzoo[quant]); needs model.lora",
+        ),
+        "device_map": (
+            "",
+            'passed to from_pretrained (accelerate places the layers: "auto", "cpu", "cuda:0"; '
+            'needs accelerate, kerzoo[hf]); "" for none: model.device holds the whole model',
+        ),
     },
     "data": {
         "source": (
@@ -118,15 +133,45 @@ SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
         "schedule": ("constant", "constant, linear or cosine learning rate"),
         "warmup_steps": (0, "linear warm-up steps"),
         "min_lr_factor": (0.0, "linear/cosine: the lr at the end, as a fraction of the initial lr"),
-        "max_nan_streak": (20, "stop after this many steps in a row skipped for a non-finite loss"),
+        "max_nan_streak": (
+            20,
+            "stop after this many steps in a row skipped (a non-finite loss, coefficient, "
+            "update or optimizer state)",
+        ),
         "threads": (0, "torch threads (0: torch's default)"),
+    },
+    "log": {
+        "tensorboard": (
+            False,
+            "also write the metrics (loss, lr, projected_grad, eval metrics) as TensorBoard "
+            "events in <out>/tensorboard (needs tensorboard, kerzoo[tensorboard])",
+        ),
+    },
+    "export": {
+        "enabled": (
+            True,
+            "at the end of kerzoo train, write the model as transformers/PEFT load it: a "
+            "save_pretrained folder (model, tokenizer, config; safetensors), or with model.lora "
+            "the PEFT adapter folder",
+        ),
+        "path": (
+            "auto",
+            "the folder: auto is <out>/model, or <out>/adapter with model.lora; a relative path "
+            "is under train.out",
+        ),
     },
     "distributed": {  # read only under torchrun (WORLD_SIZE > 1)
         "backend": ("auto", "gloo, nccl, or auto: nccl when CUDA is available, else gloo"),
         "shard": (
             False,
-            "ZeRO-3 style: each rank keeps and perturbs only its slice of each trained tensor "
-            "(elementwise projections only); false: every rank holds the whole model",
+            "shard the model with torch's FSDP2 (fully_shard per transformer block and the root): "
+            "each rank keeps, perturbs and checkpoints only its rows of each tensor; false: every "
+            "rank holds the whole model",
+        ),
+        "offload": (
+            False,
+            "with shard: FSDP2's CPUOffloadPolicy, the shards kept in CPU memory between forwards "
+            "(their perturbation and update on the CPU engine)",
         ),
         "check_every": (
             100,
@@ -269,6 +314,11 @@ def validate(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for key in ("check_every", "timeout"):
         if cfg["distributed"][key] < 1:
             raise ConfigError(f"distributed.{key} must be >= 1, got {cfg['distributed'][key]}")
+    if cfg["distributed"]["offload"] and not cfg["distributed"]["shard"]:
+        raise ConfigError(
+            "distributed.offload = true offloads FSDP2's shards, so it needs distributed.shard = "
+            "true: set both (under torchrun, also with --nproc_per_node 1)"
+        )
     if cfg["data"]["eval_size"] < 1:
         raise ConfigError(f"data.eval_size must be >= 1, got {cfg['data']['eval_size']}")
     if cfg["model"]["lora"] and cfg["model"]["trainable"]:
@@ -276,13 +326,71 @@ def validate(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
             f"model.trainable = {cfg['model']['trainable']!r} and model.lora are exclusive: LoRA "
             "trains its adapters (add modules to model.lora.modules_to_save to train them too)"
         )
+    m = cfg["model"]
+    if m["load_in_8bit"] and m["load_in_4bit"]:
+        raise ConfigError("model.load_in_8bit and model.load_in_4bit are exclusive: choose one")
+    bits = "load_in_8bit" if m["load_in_8bit"] else "load_in_4bit" if m["load_in_4bit"] else None
+    if bits and not m["lora"]:
+        raise ConfigError(
+            f"model.{bits} = true needs model.lora: quantized weights are not trained (their "
+            "values are codes), the LoRA adapters on them are; e.g. model.lora = {r = 8, "
+            'target_modules = ["q_proj", "v_proj"]}'
+        )
+    if not cfg["export"]["path"].strip():
+        raise ConfigError(
+            'export.path = "": give a folder, or "auto"; export.enabled = false writes none'
+        )
     return cfg
 
 
-def load(path: str | Path | None) -> dict[str, dict[str, Any]]:
-    """Read and validate a TOML or YAML config; None gives the default run."""
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``section.key=value`` (``--set``) as (the key's path, the value): the value read as a TOML
+    literal (1e-4, true, "text", ["a", "b"], {r = 8}); anything that is not one is the string
+    as written (a path, a name), which the schema then checks like a file's value."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    key, sep, text = item.partition("=")
+    path = [part.strip() for part in key.split(".")]
+    if not sep or len(path) < 2 or not all(path):
+        raise ConfigError(
+            f"--set {item!r}: write section.key=value, e.g. --set train.steps=100 or "
+            "--set optimizer.lr=1e-4"
+        )
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text.strip()
+    return path, value
+
+
+def apply_overrides(raw: dict[str, Any], items: list[str]) -> dict[str, Any]:
+    """``raw`` with each ``section.key=value`` of ``items`` set in it, in order (a later one wins);
+    an [optimizer] key is set over the table the run would use (DEFAULT_OPTIMIZER when the
+    config has none), so ``--set optimizer.lr=1e-3`` keeps the default method."""
+    raw = copy.deepcopy(raw)
+    for item in items:
+        path, value = parse_override(item)
+        if path[0] == "optimizer" and not raw.get("optimizer"):
+            raw["optimizer"] = dict(DEFAULT_OPTIMIZER)
+        table = raw
+        for i, part in enumerate(path[:-1]):
+            table = table.setdefault(part, {})
+            if not isinstance(table, dict):
+                raise ConfigError(
+                    f"--set {item!r}: {'.'.join(path[: i + 1])} is {table!r}, not a table"
+                )
+        table[path[-1]] = value
+    return raw
+
+
+def load(path: str | Path | None, overrides: list[str] = ()) -> dict[str, dict[str, Any]]:
+    """Read and validate a TOML or YAML config; None gives the default run. ``overrides``
+    (``--set section.key=value``) are set over it before it is checked."""
     if path is None:
-        return validate(copy.deepcopy(DEFAULT_RUN))
+        return validate(apply_overrides(DEFAULT_RUN, list(overrides)))
     raw = read_config_file(path)
     if not raw:
         raise ConfigError(
@@ -290,23 +398,22 @@ def load(path: str | Path | None) -> dict[str, dict[str, Any]]:
             "defaults, which is not the default run. Run `kerzoo train` with no config for the "
             "default run (configs/default.toml holds it), or write the keys you mean"
         )
-    return validate(raw)
+    return validate(apply_overrides(raw, list(overrides)))
 
 
 def flat(cfg: dict, key: str) -> Any:
+    """The value of ``section`` or ``section.key``; a key the schema has but ``cfg`` (written by
+    an older kerzoo) lacks reads as its default."""
     section, _, name = key.partition(".")
-    return cfg.get(section, {}) if not name else cfg.get(section, {}).get(name)
+    keys = SCHEMA.get(section) or {}
+    values = {k: v[0] for k, v in keys.items()} | cfg.get(section, {})
+    return values if not name else values.get(name)
 
 
 def trajectory_changes(old: dict, new: dict) -> list[str]:
     """The keys (of TRAJECTORY_KEYS, and train.steps under a decaying schedule) that differ.
     A key that ``old`` (a checkpoint's config, maybe written before the key existed) lacks is
     read as its default."""
-    base = defaults()
-    old = {
-        s: {**base[s], **v} if s in base and s != "optimizer" and isinstance(v, dict) else v
-        for s, v in old.items()
-    }
     keys = list(TRAJECTORY_KEYS)
     if new["train"]["schedule"] != "constant":
         keys.append("train.steps")

@@ -8,25 +8,32 @@ applies the same update, so replicas stay identical without ever sending a weigh
 ``train.batch_size`` is the global batch: 2 ranks x 8 examples follow the trajectory of
 1 rank x 16, up to the order of a floating-point sum.
 
-With ``distributed.shard = true`` (ZeRO-3 style) each rank keeps only its block of rows of each
-trained tensor (elements [a, b) of the flattened tensor) and perturbs and updates only that
-block, with the engine's global element offset a, so its perturbation is exactly the slice of the
-unsharded one. A module's forward gathers its trained tensors from the ranks and frees them after.
-Shards are blocks of whole rows, so every built-in projection shards: the elementwise ones (dense,
-hessian) see a flat slice, the low-rank ones (subspace, lowrank, aligned) their rows of U.
+With ``distributed.shard = true`` the model is sharded with torch's FSDP2
+(``torch.distributed.fsdp.fully_shard``): each transformer block (the model's
+``_no_split_modules``), then the root. Every parameter becomes a DTensor holding this rank's block
+of rows, the optimizer perturbs and updates only that block at its global element offset
+(kerzoo/perturb/dtensor.py), and FSDP gathers a block's weights before its forward and frees them
+after. Checkpoints are then sharded through torch.distributed.checkpoint (DCP): each rank writes
+its rows, ``checkpoint.pt`` holds the manifest (the sha256 of every file), and the finished run
+also writes ``weights.pt``, the trained tensors whole in one file. ``distributed.offload`` adds
+FSDP2's CPUOffloadPolicy: the shards live in CPU memory between forwards.
 
-Failures: every collective is wrapped, so a rank that died or hung (``distributed.timeout``)
-ends the run on the others with a TrainingError naming the step and the checkpoint, which is
-written atomically and so is intact. Every ``distributed.check_every`` steps the ranks compare a
-hash of their trained parameters (replicated mode) and stop if they differ.
+Failures: every collective is wrapped (FSDP's gathers inside a forward too), so a rank that died
+or hung (``distributed.timeout``) ends the run on the others with a TrainingError naming the step
+and the checkpoint, which is written atomically and so is intact. Every
+``distributed.check_every`` steps the ranks compare a hash of their trained parameters (replicated;
+sharded: their optimizer steps) and stop if they differ.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
-import math
+import hashlib
 import os
+import shutil
+import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,7 +47,9 @@ def world_from_env() -> int:
 
 def from_env(cfg: dict) -> DataParallel | None:
     """A DataParallel for a process started by torchrun (WORLD_SIZE > 1), else None."""
-    if world_from_env() <= 1:
+    if world_from_env() <= 1 and not (
+        "WORLD_SIZE" in os.environ and cfg["distributed"]["shard"]
+    ):  # one rank under torchrun joins a group only to shard (FSDP2's CPU offload)
         return None
     from .model import resolve_device
 
@@ -84,7 +93,7 @@ class DataParallel:
             if self.backend == "nccl"
             else torch.device("cpu")
         )
-        self.sharded: ShardedParams | None = None
+        self.sharded: list | None = None  # the FSDP modules, when distributed.shard
         self.bytes = 0  # payload bytes of this rank's collectives since the last record (training)
         self.eval_bytes = 0  # the same, of evaluations
         self.run = None
@@ -213,19 +222,163 @@ class DataParallel:
         """Set the Run's hooks; return what the optimizer is built over and its extra options."""
         self.run = run
         run.shard, run.reduce = self.shard, self.reduce
-        run.evaluate = self._counted_apart(run.evaluate)
+        run.evaluate = self._counted_apart(self._guarded(run.evaluate, "evaluation"))
         run.callbacks.append(self.record)
         self.check_same_software()
-        if not self.options["shard"]:
-            return run.model, {}
-        self.sharded = ShardedParams(run.model, self)
-        return self.sharded.shards(), {"shards": self.sharded.names(), "perturb": "inplace"}
+        if self.options["shard"]:
+            self.sharded = shard_model(run.model, self)
+            # FSDP's all-gathers run inside each forward: a dead peer fails there
+            run.batch_loss = self._guarded(run.batch_loss, "forward (FSDP's all-gather)")
+        return run.model, {}
+
+    def built(self, run) -> None:
+        """After the optimizer is built: the Run's loss is the global batch's already (reduce),
+        so the optimizer's own mean over the mesh (for a user's FSDP2 model) is not needed."""
+        if self.sharded:
+            run.opt._reduce = None
+
+    def _guarded(self, fn, what: str):
+        """``fn`` with a torch.distributed failure inside it (a peer gone) made the run's
+        TrainingError."""
+
+        def guarded(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except TrainingError:
+                raise
+            except Exception as exc:
+                if not from_collective(exc):
+                    raise
+                raise self._failed(what, exc) from None
+
+        return guarded
+
+    def _params(self, run) -> dict[str, Any]:
+        """The trained parameters, resharded: DTensors holding this rank's rows."""
+        from kerzoo.perturb import dtensor
+
+        dtensor.reshard(self.sharded)  # a forward of the Run's own leaves the root gathered
+        return {n: p for n, p in run.model.named_parameters() if p.requires_grad}
 
     def full_state(self, run) -> dict[str, torch.Tensor]:
-        """The trained tensors whole (gathered from the ranks when sharded)."""
+        """The trained tensors whole; sharded, gathered one at a time and kept by rank 0 only
+        (the other ranks return an empty dict)."""
         from .model import trainable_state
 
-        return self.sharded.full_state() if self.sharded else trainable_state(run.model)
+        if not self.sharded:
+            return trainable_state(run.model)
+        out = {}
+        for name, p in self._params(run).items():
+            try:
+                whole = p.full_tensor().detach()
+                if self.rank == 0:
+                    out[name] = whole.to("cpu", copy=True)  # never a view of a shard
+                del whole
+            except Exception as exc:
+                if not from_collective(exc):
+                    raise
+                raise self._failed(f"gather of {name}", exc) from None
+        return out
+
+    # -- sharded checkpoints: DCP files in shards-<step>/, their manifest in checkpoint.pt ---------
+    def save_shards(self, run) -> dict:
+        """Every rank writes its rows of the trained tensors (DCP) and its optimizer state into
+        ``out/shards-<step>/``; returns the manifest that checkpoint.pt keeps: the folder, the
+        world size and each file's [size, sha256] (hashed by the ranks in turn)."""
+        import torch.distributed.checkpoint as dcp
+
+        name = f"shards-{run.step:08d}"
+        folder = run.out / name
+        if self.rank == 0 and folder.exists():  # left by a run killed before its manifest
+            shutil.rmtree(folder)
+        self.barrier(f"removal of a stale {folder}")
+        folder.mkdir(parents=True, exist_ok=True)
+        params = self._params(run)
+        write_file(run.opt.state_dict(), folder / f"optimizer-{self.rank}.pt", run)
+        try:
+            dcp.save({"params": params}, checkpoint_id=folder)
+        except dcp.api.CheckpointException as exc:  # a rank could not write its files
+            kept = (
+                f"the previous checkpoint {run.checkpoint_path} (step {run.saved_step}) is intact"
+                if run.checkpoint_path.exists()
+                else "no checkpoint was written yet"
+            )
+            raise TrainingError(
+                f"could not write the sharded checkpoint {folder} ({exc}); {kept}. Free some "
+                "space (or fix the folder) and run the same command to resume"
+            ) from None
+        except Exception as exc:
+            if not from_collective(exc):
+                raise
+            raise self._failed("sharded checkpoint (DCP save)", exc) from None
+        files = self.all_gather_object(
+            sorted(f.name for f in folder.iterdir()), "listing of the checkpoint"
+        )[0]
+        mine = {f: [(folder / f).stat().st_size, _sha256(folder / f)] for f in self._turn(files)}
+        hashes: dict = {}
+        for part in self.all_gather_object(mine, "hashes of the checkpoint files"):
+            hashes.update(part)
+        if run.cfg["train"]["steps"] == run.step:
+            self.export(run)
+        return {"folder": name, "world": self.world, "files": hashes}
+
+    def _turn(self, files: list[str]) -> list[str]:
+        return files[self.rank :: self.world]
+
+    def load_shards(self, run, ck: dict, path: Path) -> None:
+        """Check the files of a sharded checkpoint against its manifest (each rank a share of
+        them), then load this rank's rows and optimizer state."""
+        import torch.distributed.checkpoint as dcp
+
+        manifest = ck["shards"]
+        folder = path.parent / manifest["folder"]
+        files = sorted(manifest["files"])
+        problems = [verify(folder, f, manifest["files"][f], path) for f in self._turn(files)]
+        seen = self.all_gather_object([p for p in problems if p], "check of the checkpoint files")
+        for found in seen:
+            if found:
+                raise TrainingError(found[0])
+        try:
+            dcp.load({"params": self._params(run)}, checkpoint_id=folder)
+        except Exception as exc:
+            if from_collective(exc):
+                raise self._failed("sharded checkpoint (DCP load)", exc) from None
+            raise TrainingError(
+                f"the sharded checkpoint {folder} could not be loaded ({type(exc).__name__}: "
+                f"{exc}); it is left as it is: pass --fresh to start over"
+            ) from None
+        state = torch.load(folder / f"optimizer-{self.rank}.pt", weights_only=False)
+        run.opt.load_state_dict(state)
+
+    def saved(self, run) -> None:
+        """After rank 0 wrote checkpoint.pt: it removes the shards-<step>/ folders no
+        checkpoint*.pt refers to, and every rank waits for it (a rank returns from a checkpoint
+        once it is complete)."""
+        if self.rank == 0:
+            self._prune(run)
+        self.barrier("end of the checkpoint")
+
+    def _prune(self, run) -> None:
+        keep = {f"shards-{run.step:08d}"}
+        keep |= {f"shards-{p.stem.split('-')[1]}" for p in run.out.glob("checkpoint-*.pt")}
+        for folder in run.out.glob("shards-*"):
+            if folder.name not in keep:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def export(self, run) -> None:
+        """``out/weights.pt``: the trained tensors whole, one torch.save file loadable without
+        torch.distributed (rank 0 writes it, every rank joins the gathers)."""
+        state = self.full_state(run)
+        if self.rank != 0:
+            return
+        path = run.out / EXPORT
+        tmp = path.with_name(path.name + ".tmp")
+        write_file(state, tmp, run)
+        os.replace(tmp, path)
+
+    def barrier(self, what: str) -> None:
+        self.all_reduce(torch.zeros(1, device=self.device), what)
+        self.bytes -= 4  # a barrier, not a payload of the step
 
     def close(self) -> None:
         """Leave the group together (a rank leaving first can abort a peer's pending gloo I/O)."""
@@ -235,71 +388,123 @@ class DataParallel:
             self.dist.destroy_process_group()
 
 
-class ShardedParams:
-    """ZeRO-3-style shards of the trained tensors along their first dimension: rank r keeps rows
-    [r c, (r + 1) c) (c = ceil(rows / world)), a block of whole rows, so elementwise projections see
-    a flat slice and low-rank ones their rows of U. A module's forward pre-hook gathers its tensors,
-    its forward hook frees them."""
+EXPORT = "weights.pt"
 
-    def __init__(self, model: torch.nn.Module, dp: DataParallel):
-        self.dp = dp
-        self.entries: dict[int, dict] = {}
-        for name, p in model.named_parameters():
-            if not p.requires_grad:
-                continue
-            rows = p.shape[0] if p.dim() else 1
-            per_row = p.numel() // max(rows, 1)
-            c = math.ceil(rows / dp.world)
-            a, b = min(dp.rank * c, rows), min((dp.rank + 1) * c, rows)
-            shard = p.data.reshape(rows, *p.shape[1:])[a:b].clone()
-            self.entries[id(p)] = {
-                "name": name,
-                "param": p,
-                "shape": tuple(p.shape),
-                "numel": p.numel(),
-                "chunk": c * per_row,
-                "offset": a * per_row,
-                "shard": shard,
-            }
-            p.data = torch.empty(0, dtype=p.dtype, device=p.device)
-        self.handles = []
-        for m in model.modules():
-            owned = [p for p in m._parameters.values() if p is not None and id(p) in self.entries]
-            if owned:
-                self.handles.append(
-                    m.register_forward_pre_hook(lambda _m, _a, o=owned: self._gather(o))
-                )
-                self.handles.append(
-                    m.register_forward_hook(lambda _m, _a, _out, o=owned: self._free(o))
-                )
 
-    def shards(self) -> list[torch.Tensor]:
-        return [e["shard"] for e in self.entries.values()]
+def shard_model(model: torch.nn.Module, dp: DataParallel) -> list:
+    """Shard ``model`` with FSDP2's ``fully_shard``: each transformer block (the classes its
+    ``_no_split_modules`` name; else each module of a ModuleList), then the root; with
+    ``distributed.offload``, under CPUOffloadPolicy. Returns the FSDP modules."""
+    from torch.distributed.device_mesh import init_device_mesh
 
-    def names(self) -> dict[torch.Tensor, tuple[str, int, tuple[int, ...]]]:
-        return {e["shard"]: (e["name"], e["offset"], e["shape"]) for e in self.entries.values()}
+    from kerzoo.perturb import dtensor
 
-    def _whole(self, e: dict) -> torch.Tensor:
-        chunk, shard = e["chunk"], e["shard"].reshape(-1)
-        padded = (
-            shard
-            if shard.numel() == chunk
-            else torch.cat([shard, shard.new_zeros(chunk - shard.numel())])
+    try:
+        fsdp = dtensor.fsdp2("distributed.shard = true")
+    except RuntimeError as exc:
+        raise TrainingError(str(exc)) from None
+    options: dict[str, Any] = {"mesh": init_device_mesh(dp.device.type, (dp.world,))}
+    if dp.options["offload"]:
+        # pinned memory needs an accelerator; on the CPU the shards are in CPU memory anyway
+        options["offload_policy"] = fsdp.CPUOffloadPolicy(pin_memory=dp.device.type == "cuda")
+    names: set[str] = set()
+    for m in model.modules():
+        names.update(getattr(m, "_no_split_modules", None) or ())
+    blocks = [m for m in model.modules() if type(m).__name__ in names]
+    if not blocks:
+        blocks = [c for m in model.modules() if isinstance(m, torch.nn.ModuleList) for c in m]
+    for block in blocks:
+        fsdp.fully_shard(block, **options)
+    fsdp.fully_shard(model, **options)
+    return [m for m in model.modules() if isinstance(m, fsdp.FSDPModule)]
+
+
+def from_collective(exc: BaseException) -> bool:
+    """Whether ``exc`` came out of torch.distributed (a collective whose peer is gone): a
+    DistError, or (gloo raises plain RuntimeErrors) an error raised inside torch.distributed."""
+    if isinstance(exc, torch.distributed.DistError):
+        return True
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    inner = Path(tb.tb_frame.f_code.co_filename) if tb is not None else None
+    return inner is not None and Path(torch.distributed.__file__).parent in inner.parents
+
+
+def write_file(obj: Any, path: Path, run) -> None:
+    """torch.save ``obj`` to ``path`` and flush it to disk; a disk error is a TrainingError."""
+    try:
+        with open(path, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        kept = (
+            f"the previous checkpoint {run.checkpoint_path} is intact"
+            if run.checkpoint_path.exists()
+            else "no checkpoint was written yet"
         )
-        full = shard.new_empty(chunk * self.dp.world)
-        self.dp.all_gather(list(full.split(chunk)), padded, f"gather of {e['name']}")
-        return full[: e["numel"]].view(e["shape"])
+        raise TrainingError(
+            f"could not write {path} ({exc.strerror or exc}); {kept}. Free some space (or fix "
+            "the folder) and run the same command to resume"
+        ) from None
 
-    def _gather(self, owned) -> None:
-        for p in owned:
-            p.data = self._whole(self.entries[id(p)])
 
-    def _free(self, owned) -> None:
-        for p in owned:
-            p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
-    def full_state(self) -> dict[str, torch.Tensor]:
-        return {e["name"]: self._whole(e).clone() for e in self.entries.values()}
+
+def verify(folder: Path, name: str, mark: list, manifest: Path) -> str | None:
+    """None when ``folder/name`` has the size and sha256 the manifest recorded, else why not."""
+    path = folder / name
+    way_on = (
+        "nothing was loaded and it is left as it is: resume from an older checkpoint (copy a "
+        "checkpoint-<step>.pt of the folder over checkpoint.pt) or start over with --fresh"
+    )
+    if not path.exists():
+        return f"checkpoint file {path} (named by {manifest}) is missing; {way_on}"
+    size, digest = mark
+    if path.stat().st_size != size or _sha256(path) != digest:
+        return (
+            f"checkpoint file {path} is corrupt: its content hash does not match the one "
+            f"{manifest} recorded (the file was truncated or altered after it was written); "
+            f"{way_on}"
+        )
+    return None
+
+
+def checkpoint_params(path: Path) -> dict[str, torch.Tensor]:
+    """The trained tensors of a checkpoint, whole, in this process (no torch.distributed): a
+    replicated checkpoint's own, or a sharded one's read from its DCP files (checked first)."""
+    from .loop import load_checkpoint
+
+    path = Path(path)
+    ck = load_checkpoint(path)
+    if ck.get("shards") is None:
+        return ck["params"]
+    import torch.distributed.checkpoint as dcp
+
+    manifest = ck["shards"]
+    folder = path.parent / manifest["folder"]
+    for name, mark in sorted(manifest["files"].items()):
+        problem = verify(folder, name, mark, path)
+        if problem:
+            raise TrainingError(problem)
+    meta = dcp.FileSystemReader(folder).read_metadata().state_dict_metadata
+    state = {
+        k: torch.empty(m.size, dtype=m.properties.dtype)
+        for k, m in meta.items()
+        if k.startswith("params.")
+    }
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": yes
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load(state, checkpoint_id=folder, no_dist=True)
+    return {k[len("params.") :]: v for k, v in state.items()}
 
 
 def traffic_line(run) -> str:
@@ -310,13 +515,23 @@ def traffic_line(run) -> str:
     if not steps:
         return "communication: no step recorded"
     mean = sum(steps) / len(steps)
-    grads = (
-        sum(p.numel() * 4 for p in run.model.parameters() if p.requires_grad)
-        if not run.sharded
-        else sum(e["numel"] * 4 for e in run.parallel.sharded.entries.values())
-    )
-    return (
+    grads = sum(p.numel() * 4 for p in run.model.parameters() if p.requires_grad)
+    line = (
         f"communication: {mean:,.0f} bytes per training step per rank (mean of {len(steps)}); a "
         f"first-order data-parallel step all-reduces {grads:,} bytes of fp32 gradients "
         f"({grads / max(mean, 1):,.0f}x more)"
     )
+    if run.sharded:
+        from kerzoo.perturb import dtensor
+
+        dtensor.reshard(run.parallel.sharded)  # the root stays gathered after a forward
+        gathered = sum(
+            (p.numel() - p.to_local().numel()) * p.element_size()
+            for p in run.model.parameters()
+            if dtensor.is_dtensor(p)
+        )
+        line += (
+            f"; besides, FSDP's all-gathers bring each rank the {gathered:,} bytes of parameters "
+            "it does not hold, every forward (not counted above)"
+        )
+    return line

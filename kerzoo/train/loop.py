@@ -19,6 +19,8 @@ import json
 import math
 import os
 import random
+import re
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,13 +36,45 @@ from .replay import environment, fingerprint
 from .tasks import data_fields, make_task
 
 CHECKPOINT = "checkpoint.pt"
+TENSORBOARD = "tensorboard"  # the folder of the TensorBoard events (log.tensorboard)
 LOCK = ".kerzoo.lock"
 MAGIC = b"KERZOO-CHECKPOINT 1\n"
 _HELD: dict[str, int] = {}  # output folder -> the fd of its lock, held by this process
 
 
+def summary_writer() -> type:
+    """torch's TensorBoard SummaryWriter; a ConfigError naming the extra where tensorboard is
+    not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise config_mod.ConfigError(
+            "log.tensorboard = true needs the tensorboard package, which is not installed here: "
+            "pip install 'kerzoo[tensorboard]' (or set log.tensorboard = false)"
+        ) from None
+    return SummaryWriter
+
+
 class TrainingError(RuntimeError):
     """The run cannot go on: the message says what is kept and what to do."""
+
+
+FAULT = "KERZOO_FAULT"  # "<point>@<step>": tests/train/test_faults.py's kill -9 points
+
+
+def _fault(point: str, step: int | None) -> bool:
+    """True when the fault-injection suite asks this process to die at ``point`` of ``step``
+    (the environment variable KERZOO_FAULT = "<point>@<step>"); the caller then writes what a
+    write cut short leaves and calls _die. Unset, one dictionary lookup."""
+    want = os.environ.get(FAULT)
+    return want is not None and want == f"{point}@{step}"
+
+
+def _die() -> None:
+    """kill -9 of this process, as a crash or the OOM killer does it."""
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _checkpoint_bytes(obj: Any) -> tuple[bytes, memoryview]:
@@ -61,9 +95,15 @@ def atomic_save(obj: Any, path: Path, kept: str | None = None) -> None:
     try:
         with open(tmp, "wb") as f:
             f.write(header)
+            if _fault("checkpoint", obj.get("step")):  # killed mid-write
+                f.write(payload[: len(payload) // 2])
+                f.flush()
+                _die()
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
+        if _fault("rename", obj.get("step")):  # written, not yet in place
+            _die()
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -166,16 +206,67 @@ def _digest(path: Path, size: int | None = None) -> str:
         return hashlib.sha256(f.read() if size is None else f.read(size)).hexdigest()
 
 
+def _line(record: dict) -> str:
+    """A log line: the record's JSON with, as its last key, "sum", the first 16 hex digits of
+    the SHA-256 of the JSON without it (so a changed byte in any line is found)."""
+    text = json.dumps(record)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return f'{text[:-1]}, "sum": "{digest}"}}\n' if text != "{}" else text + "\n"
+
+
+_SUM = re.compile(r', "sum": "([0-9a-f]{16})"\}$')
+
+
 def read_jsonl(path: Path) -> list[dict]:
-    """The records of a JSONL file; a line cut short by a kill (the last one) is dropped."""
-    rows = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
+    """The records of a JSONL log, each line checked against its "sum" (removed from the
+    record). The last line, when a kill cut it short (no newline at its end), is dropped; any
+    other line that is not whole is a TrainingError naming the file and the line. A log with
+    no sum in any line (written before sums) has its lines read as they are."""
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    lines = text.split("\n")
+    rows, summed = [], any(_SUM.search(line) for line in lines)
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        m = _SUM.search(line)
+        body = line[: m.start()] + "}" if m else line
+        try:
+            row = json.loads(body)
+            ok = isinstance(row, dict) and (
+                hashlib.sha256(body.encode()).hexdigest()[:16] == m[1] if m else not summed
+            )
+        except json.JSONDecodeError:
+            ok = False
+        if ok:
+            rows.append(row)
+        elif n < len(lines):  # a whole line (a newline follows it): damaged, not cut by a kill
+            raise TrainingError(
+                f"{path}, line {n}, is damaged: its checksum does not match the line written "
+                "(a byte changed, or lines cut or joined), so the log cannot be trusted from "
+                "there on. Restore the file from a copy; a run resumes from its checkpoint "
+                "only with the log that goes with it (--fresh starts over)"
+            )
     return rows
+
+
+def restore_params(model: torch.nn.Module, params: dict, path: Path) -> None:
+    """Copy a checkpoint's trained tensors (``params``, read from ``path``) into ``model``; a
+    trained parameter it lacks, or one the model lacks, is a TrainingError."""
+    have = dict(model.named_parameters())
+    missing = sorted(set(trainable_state(model)) - set(params))
+    if missing:
+        raise TrainingError(
+            f"checkpoint {path} lacks trained parameter(s) {missing[:3]}: "
+            "was it written with another model config? Pass --fresh to start over"
+        )
+    with torch.no_grad():
+        for name, value in params.items():
+            if name not in have:
+                raise TrainingError(
+                    f"checkpoint has parameter {name!r} that this model lacks: "
+                    "was it written with another model config? Pass --fresh to start over"
+                )
+            have[name].copy_(value)
 
 
 class Run:
@@ -187,6 +278,8 @@ class Run:
 
         self.cfg, self.progress, self.parallel = cfg, progress, parallel
         self.writer = parallel is None or parallel.rank == 0
+        self.tensorboard = None  # the SummaryWriter of log.tensorboard, made below
+        board = summary_writer() if self.writer and cfg["log"]["tensorboard"] else None
         t = cfg["train"]
         if t["threads"]:
             torch.set_num_threads(t["threads"])
@@ -196,6 +289,7 @@ class Run:
             self.out / "trajectory.jsonl",
         )
         self.checkpoint_path = self.out / CHECKPOINT
+        self._plain: set[Path] = set()  # logs begun without line sums: continued without
         self.saved_step: int | None = None  # the step of checkpoint.pt, once there is one
         self.took_over = None  # the record of a killed run whose lock this run took over
         if self.writer:
@@ -225,7 +319,7 @@ class Run:
             cfg["task"], self.tokenizer, self.kind, self.train_set + self.eval_set
         )
         self.trained, self.total_params = count_parameters(self.model)
-        if ck is not None:
+        if ck is not None and ck["params"] is not None:  # a sharded one's: after sharding
             self._restore_params(ck)
         start_state = trainable_state(self.model) if ck is None and self.writer else None
         self.step, self.elapsed = (
@@ -253,6 +347,8 @@ class Run:
                 "(the Python API, docs/optimizers.md); kerzoo train evaluates one point per "
                 "forward: use perturb = 'onthefly' (the same losses, one forward per point)"
             )
+        if parallel is not None:
+            parallel.built(self)
         self.base_lrs = [g["lr"] for g in self.opt.param_groups]
         if self.writer:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -261,8 +357,11 @@ class Run:
         elif self.writer:
             for p in (self.metrics_path, self.traj_path, self.checkpoint_path):
                 p.unlink(missing_ok=True)
+            shutil.rmtree(self.out / TENSORBOARD, ignore_errors=True)
             for p in self.out.glob("checkpoint-*.pt"):
                 p.unlink()
+            for p in self.out.glob("shards-*"):  # a sharded run's DCP folders
+                shutil.rmtree(p, ignore_errors=True)
             self._write(
                 self.traj_path,
                 {
@@ -277,36 +376,30 @@ class Run:
                     "engine": environment(self.device),
                 },
             )
+            if _fault("start", 0):  # the lock taken and the header written, no step yet
+                _die()
+        if board is not None:  # a resumed run hides the events of the steps after its checkpoint
+            self.tensorboard = board(
+                str(self.out / TENSORBOARD), purge_step=self.step + 1 if self.step else None
+            )
 
     @property
     def sharded(self) -> bool:
         return self.parallel is not None and self.parallel.sharded is not None
 
     def _restore_params(self, ck: dict) -> None:
-        params = dict(self.model.named_parameters())
-        missing = sorted(set(trainable_state(self.model)) - set(ck["params"]))
-        if missing:
-            raise TrainingError(
-                f"checkpoint {self.checkpoint_path} lacks trained parameter(s) {missing[:3]}: "
-                "was it written with another model config? Pass --fresh to start over"
-            )
-        with torch.no_grad():
-            for name, value in ck["params"].items():
-                if name not in params:
-                    raise TrainingError(
-                        f"checkpoint has parameter {name!r} that this model lacks: "
-                        "was it written with another model config? Pass --fresh to start over"
-                    )
-                params[name].copy_(value)
+        restore_params(self.model, ck["params"], self.checkpoint_path)
 
     def _restore_optimizer(self, ck: dict) -> None:
-        per_rank = ck.get("optimizer_ranks")
         world = self.parallel.world if self.parallel else 1
-        if per_rank is not None or self.sharded:
-            if per_rank is None or not self.sharded or len(per_rank) != world:
-                was = (
-                    f"{len(per_rank)} ranks with sharded parameters"
-                    if per_rank
+        was = ck.get("shards")
+        if was is not None or self.sharded or "optimizer_ranks" in ck:
+            if was is None or not self.sharded or was["world"] != world:
+                before = (
+                    f"{was['world']} ranks with sharded parameters"
+                    if was is not None
+                    else "an older kerzoo's sharded parameters"
+                    if "optimizer_ranks" in ck
                     else "replicated parameters"
                 )
                 now = (
@@ -315,11 +408,11 @@ class Run:
                     else "replicated parameters"
                 )
                 raise TrainingError(
-                    f"{self.checkpoint_path} was written by a run with {was}; this run has {now}, "
-                    "and each rank's optimizer state belongs to its shard. Resume with the same "
-                    "number of ranks and distributed.shard, or pass --fresh"
+                    f"{self.checkpoint_path} was written by a run with {before}; this run has "
+                    f"{now}, and each rank's checkpoint files hold its shard. Resume with the "
+                    "same number of ranks and distributed.shard, or pass --fresh"
                 )
-            self.opt.load_state_dict(per_rank[self.parallel.rank])
+            self.parallel.load_shards(self, ck, self.checkpoint_path)
         else:
             self.opt.load_state_dict(ck["optimizer"])
         self.step, self.elapsed = ck["step"], float(ck.get("elapsed", 0.0))
@@ -327,6 +420,10 @@ class Run:
         if self.writer:
             for path in (self.traj_path, self.metrics_path):
                 self._rewind(path, ck["logs"].get(path.name))
+                with path.open("rb") if path.exists() else io.BytesIO() as f:
+                    first = f.readline().decode("utf-8", errors="replace").rstrip("\n")
+                if first and not _SUM.search(first):  # a log of a kerzoo before line sums
+                    self._plain.add(path)
 
     def _rewind(self, path: Path, mark: list | None) -> None:
         """Cut ``path`` back to where it was when the checkpoint was written, after checking
@@ -356,7 +453,12 @@ class Run:
             return
         try:
             with path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+                line = _line(record) if path not in self._plain else json.dumps(record) + "\n"
+                if _fault(f"torn-{path.stem}", record.get("step")):  # killed mid-line
+                    f.write(line[: len(line) // 2])
+                    f.flush()
+                    _die()
+                f.write(line)
         except OSError as exc:
             kept = (
                 f"the checkpoint {self.checkpoint_path} is intact"
@@ -368,8 +470,24 @@ class Run:
                 "fix the folder) and run the same command to resume"
             ) from None
 
+    def log(self, record: dict) -> None:
+        """A metrics record: a line of metrics.jsonl, and its numbers as TensorBoard scalars
+        (log.tensorboard) tagged train/KEY, or eval/NAME for a key eval_NAME."""
+        self._write(self.metrics_path, record)
+        if self.tensorboard is None:
+            return
+        for key, value in record.items():
+            if key in ("step", "time") or isinstance(value, bool):
+                continue
+            if isinstance(value, (int, float)):
+                tag = f"eval/{key[5:]}" if key.startswith("eval_") else f"train/{key}"
+                self.tensorboard.add_scalar(tag, value, record["step"])
+
     def close(self) -> None:
         """Release the output folder's lock (also when the process ends)."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
         if self.writer:
             release_folder(self.out)
 
@@ -416,14 +534,12 @@ class Run:
     # -- the loop --------------------------------------------------------------------------------
     def save(self) -> None:
         """Write the checkpoint (rank 0; every rank joins in when the parameters are sharded)."""
-        if self.sharded:
-            params = self.parallel.full_state(self)
-            per_rank = self.parallel.all_gather_object(
-                self.opt.state_dict(), "gather of the optimizer states"
-            )
-            extra = {"optimizer": per_rank[0], "optimizer_ranks": per_rank}
+        if self.sharded:  # each rank writes its rows (DCP); checkpoint.pt is their manifest
+            params, extra = None, {"optimizer": None, "shards": self.parallel.save_shards(self)}
         elif self.writer:
             params, extra = trainable_state(self.model), {"optimizer": self.opt.state_dict()}
+        if self.tensorboard is not None:
+            self.tensorboard.flush()  # the events up to the checkpoint are on disk with it
         if self.writer:
             logs = {}
             for path in (self.traj_path, self.metrics_path):
@@ -451,6 +567,10 @@ class Run:
                 ),
             )
             self.saved_step = self.step
+            if _fault("saved", self.step):
+                _die()
+        if self.sharded:
+            self.parallel.saved(self)
 
     def _keep_older(self) -> None:
         """train.keep_checkpoints = K > 1: the checkpoint about to be replaced stays as
@@ -467,6 +587,8 @@ class Run:
             import shutil
 
             shutil.copy2(self.checkpoint_path, older)
+        if _fault("link", self.step):  # the older one linked, the new one not yet written
+            _die()
         for stale in sorted(self.out.glob("checkpoint-*.pt"))[: -(keep - 1)]:
             stale.unlink()
 
@@ -487,7 +609,7 @@ class Run:
         if (
             self.step == 0 and not self._started
         ):  # the same decision on every rank: evaluate() is collective
-            self._write(self.metrics_path, {"step": 0, **self.evaluate(), "time": 0.0})
+            self.log({"step": 0, **self.evaluate(), "time": 0.0})
         self._started = True
         bar = None
         if self.progress and self.step < end:
@@ -505,13 +627,18 @@ class Run:
                 skipped_before = self.opt.skipped_steps
                 loss = self.opt.step([lambda b=b: self.batch_loss(b) for b in batches])
                 self._write(self.traj_path, self.opt.last_record)
+                if _fault("step", self.step):  # between a step's two log lines
+                    _die()
                 streak = streak + 1 if self.opt.skipped_steps > skipped_before else 0
                 self.step += 1
                 self.elapsed = time.perf_counter() - start
+                coefs = [float(c) for c in (self.opt.last_record or {}).get("coefs", [])]
+                projected = sum(coefs) / len(coefs) if coefs else math.nan
                 record = {
                     "step": self.step,
                     "loss": loss if math.isfinite(loss) else None,
                     "lr": self.opt.param_groups[0]["lr"],
+                    "projected_grad": projected if math.isfinite(projected) else None,
                     "time": round(self.elapsed, 3),
                 }
                 if streak:
@@ -520,7 +647,7 @@ class Run:
                     record.update(self.evaluate())
                 for callback in self.callbacks:
                     callback(self, record)
-                self._write(self.metrics_path, record)
+                self.log(record)
                 if math.isfinite(loss):
                     smooth = loss if smooth is None else 0.95 * smooth + 0.05 * loss
                 if bar is not None:
@@ -540,8 +667,9 @@ class Run:
                         else "no checkpoint was written yet"
                     )
                     raise TrainingError(
-                        f"{streak} steps in a row had a non-finite loss or coefficient (the last "
-                        f"at step {self.step}; skipped, the parameters restored): stopped; the "
+                        f"{streak} steps in a row had a non-finite loss, coefficient, update or "
+                        f"state (the last at step {self.step}; skipped, the parameters "
+                        "restored): stopped; the "
                         f"parameters are those of the last step that was taken and {kept}. Lower "
                         "the learning rate or eps in [optimizer] (or fix the estimator plugin "
                         "the warnings name) and run again (it resumes from the checkpoint)"

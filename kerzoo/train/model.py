@@ -89,8 +89,9 @@ def load_model(cfg: dict, device: torch.device | None = None):
         )
     dtype = getattr(torch, cfg["dtype"])
     cls = AutoModelForCausalLM if kind == "causal" else AutoModel
+    placed = placement(cfg, dtype, device)
     try:
-        model = cls.from_pretrained(path, dtype=dtype).eval()
+        model = cls.from_pretrained(path, dtype=dtype, **placed).eval()
     except (OSError, ValueError) as exc:
         raise ModelError(
             f"model {cfg['name']!r} ({path}) could not be loaded as a {kind} model ({exc}); "
@@ -105,8 +106,50 @@ def load_model(cfg: dict, device: torch.device | None = None):
         model = add_lora(model, cfg["lora"])
     else:
         select_trainable(model, cfg["trainable"], cfg.get("exclude", []))
-    model = model.to(device if device is not None else resolve_device(cfg.get("device", "cpu")))
+    if not placed:  # else from_pretrained has placed the weights (device_map)
+        model = model.to(device if device is not None else resolve_device(cfg.get("device", "cpu")))
     return model, tokenizer, kind
+
+
+def _require(module: str, key: str, extra: str, why: str = "") -> None:
+    if importlib.util.find_spec(module) is None:
+        raise ModelError(
+            f"{key} needs the {module} package{why}, which is not installed here: "
+            f"pip install 'kerzoo[{extra}]'"
+        )
+
+
+def placement(cfg: dict, dtype: torch.dtype, device: torch.device | None = None) -> dict:
+    """from_pretrained's placement options from model.device_map and model.load_in_8bit/4bit
+    ({} for neither: the model is then moved to model.device whole). A quantized model is
+    placed at load: on model.device's GPU unless model.device_map says otherwise."""
+    out: dict = {}
+    bits = 8 if cfg.get("load_in_8bit") else 4 if cfg.get("load_in_4bit") else None
+    if bits:
+        key = f"model.load_in_{bits}bit"
+        _require("bitsandbytes", key, "quant", " (and a CUDA GPU)")
+        _require("accelerate", key, "quant")
+        gpu = device if device is not None else resolve_device(cfg.get("device", "auto"))
+        if gpu.type != "cuda" and not cfg.get("device_map"):
+            raise ModelError(
+                f"{key} = true quantizes with bitsandbytes on a CUDA GPU, but the model goes to "
+                f"{gpu} (model.device = {cfg.get('device', 'auto')!r}): run on a machine with a "
+                "GPU and model.device = auto or cuda:N, or drop the quantization"
+            )
+        from transformers import BitsAndBytesConfig
+
+        out["quantization_config"] = (
+            BitsAndBytesConfig(load_in_8bit=True)
+            if bits == 8
+            else BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
+            )
+        )
+        out["device_map"] = {"": gpu}
+    if cfg.get("device_map"):
+        _require("accelerate", "model.device_map", "hf")
+        out["device_map"] = cfg["device_map"]
+    return out
 
 
 def select_trainable(

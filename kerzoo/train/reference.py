@@ -34,8 +34,6 @@ OPTION_DOCS = {
     "clip": "per-tensor clipping of the estimate's norm (0: off)",
     "module": "Python only: the module whose layers are perturbed on the fly "
     "(kerzoo.optimizer(spec, model) sets it)",
-    "shards": "Python only, set by the distributed trainer: {tensor: (name, offset)} for "
-    "tensors that are flat slices of a whole tensor (needs a shardable projection)",
 }
 
 PART_OPTION_DOCS = {
@@ -206,7 +204,7 @@ def markdown() -> str:
             f"{names}, or a plugin's |"
         )
     for key, default in OPTIMIZER_OPTIONS.items():
-        kind = {"module": "torch.nn.Module", "shards": "dict"}.get(key, type_name(default))
+        kind = {"module": "torch.nn.Module"}.get(key, type_name(default))
         out.append(
             f"| `optimizer.{key}` | {kind} | `{show(default)}` | {_cell(OPTION_DOCS[key])} |"
         )

@@ -12,6 +12,8 @@ import torch
 from ..hookspecs import hookimpl
 from .base import Update
 
+_LIMIT32 = float(torch.finfo(torch.float32).max) / 2  # the buffers are float32 (or float64)
+
 
 class SGD(Update):
     """theta <- theta - lr g (decoupled weight decay is the optimizer's, skipping 1-D tensors)."""
@@ -38,6 +40,13 @@ class Momentum(Update):
     name = "momentum"
     defaults = {"beta": 0.9}
     memory = "1 buffer per tensor"
+    trial = True
+
+    def safe(self, ctx, p, z, theta, state, limit):
+        """|m'| <= beta |m| + |g|, |p'| <= |p| + lr |m'| (g's bound from the projection's)."""
+        m = float(self.options["beta"]) * state.get("momentum", 0.0)
+        m += z * sum(map(abs, ctx.for_tensor(p, ctx.coefs)))
+        return m < _LIMIT32 and theta + ctx.lr(p) * m < limit
 
     def apply(self, ctx, replay=None):
         beta = float(self.options["beta"])
@@ -63,6 +72,14 @@ class MomentumReplay(Update):
     defaults = {"beta": 0.9, "history": 32}
     memory = "h x q coefficients per tensor"
     replays_directions = True
+    trial = True
+
+    def safe(self, ctx, p, z, theta, state, limit):
+        """|p'| <= |p| + lr z sum_k beta^k sum_i |c_{t-k,i}| over the history kept."""
+        past = [ctx.for_tensor(p, ctx.coefs)]
+        past += [c for c, _ in ctx.state(p).get("history", [])[: self.history - 1]]
+        step = sum(self.beta**k * sum(map(abs, cs)) for k, cs in enumerate(past))
+        return theta + ctx.lr(p) * z * step < limit
 
     def __init__(self, **options):
         super().__init__(**options)
@@ -75,7 +92,7 @@ class MomentumReplay(Update):
             )
 
     def apply(self, ctx, replay=None):
-        passes: dict[tuple, list] = {}
+        passes: dict[tuple, tuple[list, list]] = {}  # seeds -> (items, their coefficients)
         for p in ctx.params:
             st = ctx.state(p)
             past = st.setdefault("history", [])  # newest first: (coefs for p, seeds)
@@ -86,9 +103,13 @@ class MomentumReplay(Update):
                 w = -lr * self.beta**k
                 cs += [w * c for c in coefs]
                 ss += seeds
-            passes.setdefault((tuple(cs), tuple(ss)), []).append((p, p.tensor))
-        for (cs, ss), items in passes.items():  # tensors whose records agree move in one call
-            ctx.projection.add_many(items, list(cs), list(ss))
+            items, coefs = passes.setdefault(tuple(ss), ([], []))
+            items.append((p, p.tensor))
+            coefs.append(tuple(cs))
+        for ss, (items, coefs) in passes.items():  # one call, a row per tensor
+            rows: dict[tuple, int] = {}
+            of = [rows.setdefault(cs, len(rows)) for cs in coefs]
+            ctx.projection.add_table(items, list(rows), of, list(ss))
 
 
 class Adam(Update):
@@ -97,6 +118,29 @@ class Adam(Update):
     name = "adam"
     defaults = {"beta1": 0.9, "beta2": 0.999, "adam_eps": 1e-8}
     memory = "2 buffers per tensor"
+    trial = True
+
+    def safe(self, ctx, p, z, theta, state, limit):
+        """With G >= |g|: |m'| <= b1 |m| + (1 - b1) G, v' <= b2 v + (1 - b2) G^2, and per
+        element |m'| / (sqrt(v' / (1 - b2^t)) + e) <= b1 |m| / e + (1 - b1) sqrt((1 - b2^t) /
+        (1 - b2)) (as v' >= (1 - b2) g^2): the step is lr / (1 - b1^t) times that at most."""
+        b1, b2, e = (
+            float(self.options["beta1"]),
+            float(self.options["beta2"]),
+            float(self.options["adam_eps"]),
+        )
+        t = ctx.state(p).get("t", 0) + 1
+        g = z * sum(map(abs, ctx.for_tensor(p, ctx.coefs)))
+        m0, v0 = state.get("exp_avg", 0.0), state.get("exp_avg_sq", 0.0)
+        m, v = b1 * m0 + (1 - b1) * g, b2 * v0 + (1 - b2) * g * g
+        ratio = b1 * m0 / e + (1 - b1) * math.sqrt((1 - b2**t) / (1 - b2))
+        step = ctx.lr(p) / (1 - b1**t) * ratio
+        return (
+            g * g < _LIMIT32
+            and v / (1 - b2**t) < _LIMIT32
+            and m / e < _LIMIT32
+            and theta + step < limit
+        )
 
     def apply(self, ctx, replay=None):
         b1, b2, e = (
@@ -136,6 +180,20 @@ class AdamReplay(Update):
     defaults = {"beta1": 0.9, "beta2": 0.999, "adam_eps": 1e-8, "history": 32}
     memory = "h x q coefficients per tensor"
     replays_directions = True
+    trial = True
+
+    def safe(self, ctx, p, z, theta, state, limit):
+        """m^ = sum_k a_k g_k and v^ = sum_k b_k g_k^2 with weights summing to 1, so by Cauchy-
+        Schwarz |m^| / sqrt(v^) <= sqrt(sum_k a_k^2 / b_k): |p'| <= |p| + lr times that, and
+        v^ <= G^2 with G >= |g_k| from the projection's bound."""
+        past = [ctx.for_tensor(p, ctx.coefs)]
+        past += [c for c, _ in ctx.state(p).get("history", [])[: self.history - 1]]
+        big = max(z * sum(map(abs, cs)) for cs in past)
+        kept = min(ctx.state(p).get("t", 0) + 1, self.history, len(past))
+        a = [(1 - self.b1) * self.b1**k / (1 - self.b1**kept) for k in range(kept)]
+        b = [(1 - self.b2) * self.b2**k / (1 - self.b2**kept) for k in range(kept)]
+        ratio = math.sqrt(sum(x * x / y for x, y in zip(a, b)))
+        return big * big < _LIMIT32 and theta + ctx.lr(p) * ratio < limit
 
     def __init__(self, **options):
         super().__init__(**options)
@@ -183,6 +241,14 @@ class PrimalAveraging(Update):
     name = "primal-averaging"
     defaults = {"rate": 1.0 / 6.0}
     memory = "1 buffer per tensor (the SGD sequence c)"
+    trial = True
+
+    def safe(self, ctx, p, z, theta, state, limit):
+        """|c'| <= |c| + lr G (c starts as p), and p' averages p and c': |p'| <= max(|p|, |c'|)."""
+        c = state.get("sequence", theta) + ctx.lr(p) * z * sum(
+            map(abs, ctx.for_tensor(p, ctx.coefs))
+        )
+        return c < min(limit, _LIMIT32) and theta < limit
 
     def __init__(self, **options):
         super().__init__(**options)
@@ -229,8 +295,10 @@ class Conservative(Update):
             ctx.record["losses"] = losses
         ctx.record["sign"] = sign
         if sign:
-            for p in ctx.params:
-                ctx.add(p, [sign * ctx.lr(p) * g for g in ctx.coefs])
+            moves = [(p, [sign * ctx.lr(p) * g for g in ctx.coefs]) for p in ctx.params]
+            ctx.check(moves)  # nothing written if one would make a tensor non-finite
+            for p, cs in moves:
+                ctx.add(p, cs)
 
 
 @hookimpl

@@ -188,3 +188,37 @@ def test_cuda_add_lowrank_equals_the_reference(cuda_ext, dtype, m, n, r):
     )
     torch.testing.assert_close(got.cpu().double(), ref.double(), rtol=0, atol=atol)
     assert not torch.equal(ref, theta), "the update changed nothing"
+
+
+@gpu
+@pytest.mark.parametrize("q,split", [(2, 1), (3, 0), (20, 7), (20, 0)])
+def test_cuda_table_pass_over_more_tensors_than_one_launch_equals_the_reference(cuda_ext, q, split):
+    """add_z_table: a row per tensor (zero rows skipped), 120 tensors of four dtypes (several
+    launches), the directions of a move in one launch or, past 16, in several."""
+    g = torch.Generator().manual_seed(q * 10 + split)
+    sizes = [int(x) for x in torch.randint(0, 3000, (120,), generator=g)]
+    thetas = [(torch.randn(n, generator=g) * 0.05).to(DTYPES[i % 4]) for i, n in enumerate(sizes)]
+    keys = [2000 + i for i in range(len(thetas))]
+    offsets = [(i * 5) % 11 for i in range(len(thetas))]
+    table = torch.randn(len(thetas), q, generator=g, dtype=torch.float64) * 1e-3
+    table[::7] = 0.0
+    seeds = [40 + i % 17 for i in range(q)]  # q = 20: repeats (merged), more than 16 remain
+    gpu_ts = [t.cuda() for t in thetas]
+    engine.add_z_table(gpu_ts, table, seeds, keys, offsets, split=split)
+    R.add_z_table(thetas, table, seeds, keys, offsets, 0, split)
+    for t, gt in zip(thetas, gpu_ts):
+        eps = float(torch.finfo(t.dtype).eps)
+        torch.testing.assert_close(gt.cpu().double(), t.double(), rtol=4 * eps, atol=1e-6)
+
+
+@gpu
+def test_cuda_table_pass_equals_restore_perturb_per_tensor_bit_for_bit(cuda_ext):
+    g = torch.Generator().manual_seed(3)
+    thetas = [(torch.randn(n, generator=g) * 0.05).to(DTYPES[n % 4]).cuda() for n in range(1, 60)]
+    keys, offsets = list(range(len(thetas))), [0] * len(thetas)
+    table = torch.randn(len(thetas), 2, generator=g, dtype=torch.float64) * 1e-3
+    a, b = [t.clone() for t in thetas], [t.clone() for t in thetas]
+    engine.add_z_table(a, table, [8, 8], keys, offsets, split=1)
+    for t, (cr, cn), k in zip(b, table.tolist(), keys):
+        engine.restore_perturb(t, cr, 8, cn, 8, k)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))

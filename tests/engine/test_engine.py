@@ -225,8 +225,7 @@ def test_info_reports_a_backend_and_reason_per_op():
         "restore_perturb",
         "add_lowrank",
         "fill_z_foreach",
-        "add_z_multi_foreach",
-        "restore_perturb_foreach",
+        "add_z_table",
     }
     assert all(r["cpu"] in ("c++", "reference") for r in rows)
     assert any("cuda" in line for line in engine.info_lines())
@@ -326,3 +325,81 @@ def test_blocks_across_the_32_bit_counter_boundary_equal_the_reference(ext, dist
     torch.testing.assert_close(
         a, b, rtol=0, atol=0 if dist == "rademacher" else 4e-6 * float(b.abs().max())
     )
+
+
+def _table_case(seed, sizes, dtypes, q):
+    g = torch.Generator().manual_seed(seed % 2**32)
+    thetas = [(torch.randn(n, generator=g) * 0.05).to(dt) for n, dt in zip(sizes, dtypes)]
+    keys = [engine.param_key(f"t{i}") for i in range(len(thetas))]
+    offsets = [i * 5 for i in range(len(thetas))]
+    table = torch.randn(len(thetas), q, generator=g, dtype=torch.float64) * 1e-3
+    table[0] = 0.0  # a row of zeros leaves its tensor as it is
+    return thetas, keys, offsets, table
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 300), min_size=2, max_size=6),
+    seed=seeds,
+    dtypes=st.lists(st.sampled_from(DTYPES), min_size=6, max_size=6),
+    q=st.integers(1, 4),
+    stochastic=st.booleans(),
+)
+def test_a_table_pass_equals_add_z_multi_row_by_row_bit_for_bit(sizes, seed, dtypes, q, stochastic):
+    """Each tensor its own coefficients, repeated seeds merged as add_z_multi merges them, one
+    rounding (stochastic in bf16/fp16 where asked): the same bits as one add_z_multi per tensor."""
+    thetas, keys, offsets, table = _table_case(seed, sizes, dtypes, q)
+    seed %= 2**62
+    ss = [seed + i % 2 for i in range(q)]  # q > 2 repeats a seed
+    rounding = "stochastic" if stochastic else "nearest"
+    a, b = [t.clone() for t in thetas], [t.clone() for t in thetas]
+    engine.add_z_table(a, table, ss, keys, offsets, rounding=rounding, rounding_seed=seed)
+    for t, row, k, o in zip(b, table.tolist(), keys, offsets):
+        engine.add_z_multi(t, row, ss, k, o, rounding=rounding, rounding_seed=seed)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    a, b = [t.clone() for t in thetas], [t.clone() for t in thetas]  # the reference, the same
+    R.add_z_table(a, table, ss, keys, offsets, 0, 0, stochastic, seed)
+    for t, row, k, o in zip(b, table.tolist(), keys, offsets):
+        R.add_z_multi(t, *R.phases(row, ss, 0)[1], k, o, 0, stochastic, seed)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert torch.equal(a[0], thetas[0])
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 300), min_size=2, max_size=6),
+    seed=seeds,
+    dtypes=st.lists(st.sampled_from(DTYPES), min_size=6, max_size=6),
+    same=st.booleans(),
+)
+def test_a_split_table_pass_equals_restore_perturb_row_by_row_bit_for_bit(
+    sizes, seed, dtypes, same
+):
+    """split=1 of a 2-column table: restore, round, perturb, round, as restore_perturb does."""
+    thetas, keys, offsets, table = _table_case(seed, sizes, dtypes, 2)
+    seed %= 2**62
+    ss = [seed, seed if same else seed + 1]
+    for coefs in (table, table.float(), table[1:2].expand(len(thetas), 2)):
+        a, b = [t.clone() for t in thetas], [t.clone() for t in thetas]
+        engine.add_z_table(a, coefs, ss, keys, offsets, split=1)
+        for t, (cr, cn), k, o in zip(b, coefs.double().tolist(), keys, offsets):
+            if cr or cn:
+                engine.restore_perturb(t, cr, ss[0], cn, ss[1], k, o)
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+        a, b = [t.clone() for t in thetas], [t.clone() for t in thetas]
+        R.add_z_table(a, coefs, ss, keys, offsets, 0, 1)
+        for t, (cr, cn), k, o in zip(b, coefs.double().tolist(), keys, offsets):
+            R.restore_perturb(t, cr, ss[0], cn, ss[1], k, o, 0)
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_a_bad_table_is_refused_by_name():
+    ts, keys = [torch.zeros(3), torch.zeros(4)], [1, 2]
+    with pytest.raises(ValueError, match=r"coefs must be 2 x 1 .* got shape \(1, 1\)"):
+        engine.add_z_table(ts, torch.zeros(1, 1), [5], keys)
+    with pytest.raises(ValueError, match=r"float64 or float32 CPU tensor, got torch\.float16"):
+        engine.add_z_table(ts, torch.zeros(2, 1, dtype=torch.float16), [5], keys)
+    with pytest.raises(ValueError, match=r"split must be an int in \[0, 1\], got 2"):
+        engine.add_z_table(ts, torch.zeros(2, 1), [5], keys, split=2)
+    with pytest.raises(ValueError, match="seed"):
+        engine.add_z_table(ts, torch.zeros(2, 1), [-5], keys)

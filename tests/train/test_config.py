@@ -103,3 +103,81 @@ def test_model_device_resolves_and_a_missing_or_bad_device_is_named(monkeypatch)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("LOCAL_RANK", "3")
     assert resolve_device("auto") == torch.device("cuda", 3)  # each torchrun rank on its own GPU
+
+
+def test_set_overrides_are_read_as_toml_literals_and_checked_like_the_file(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[train]\nsteps = 7\n[optimizer]\npreset = "zo-adam"\nlr = 1e-3\n')
+    cfg = C.load(
+        path,
+        [
+            "train.steps=12",
+            "train.schedule=cosine",  # not a TOML literal: the string as written
+            'model.trainable=["encoder.layer.5."]',
+            "model.lora.r=4",  # a nested key sets a table's entry
+            "model.trainable=[]",  # a later override wins
+            "optimizer.eps=2e-3",
+            "log.tensorboard=true",
+            'data.source="out/d.jsonl"',
+        ],
+    )
+    assert cfg["train"]["steps"] == 12 and cfg["train"]["schedule"] == "cosine"
+    assert cfg["model"]["lora"] == {"r": 4} and cfg["model"]["trainable"] == []
+    assert cfg["optimizer"] == {"preset": "zo-adam", "lr": 1e-3, "eps": 2e-3}
+    assert cfg["log"]["tensorboard"] is True and cfg["data"]["source"] == "out/d.jsonl"
+    # the default run (no file): an [optimizer] key is set over the default method's table
+    cfg = C.load(None, ["optimizer.lr=1e-3", "train.out=runs/x"])
+    assert cfg["optimizer"] == {**C.DEFAULT_OPTIMIZER, "lr": 1e-3}
+    assert cfg["model"]["trainable"] == C.DEFAULT_RUN["model"]["trainable"]
+    assert cfg["train"]["out"] == "runs/x"
+
+
+@pytest.mark.parametrize(
+    "item,message",
+    [
+        ("train.stesp=3", r"unknown key train.stesp \(did you mean 'steps'\?\)"),
+        ("trian.steps=3", r"unknown config section \[trian\] \(did you mean 'train'\?\)"),
+        ("train.steps=ten", "train.steps = 'ten': expected int"),
+        ("train.steps=1.5", "train.steps = 1.5: expected int"),
+        ("log.tensorboard=yes", "log.tensorboard = 'yes': expected bool"),
+        ("train.steps", "write section.key=value"),
+        ("steps=3", "write section.key=value"),
+        ("train.steps.x=3", r"train.steps is 7, not a table"),
+    ],
+)
+def test_a_bad_override_is_the_error_a_file_gives(tmp_path, item, message):
+    path = tmp_path / "c.toml"
+    path.write_text("[train]\nsteps = 7\n")
+    with pytest.raises(C.ConfigError, match=message):
+        C.load(path, [item])
+
+
+@pytest.mark.parametrize(
+    "raw,message",
+    [
+        ({"model": {"load_in_8bit": True}}, "model.load_in_8bit = true needs model.lora"),
+        ({"model": {"load_in_4bit": True}}, "model.load_in_4bit = true needs model.lora"),
+        (
+            {"model": {"load_in_8bit": True, "load_in_4bit": True, "lora": {"r": 4}}},
+            "exclusive",
+        ),
+        ({"model": {"device_map": 0}}, "model.device_map = 0: expected str"),
+        ({"export": {"path": " "}}, "export.enabled = false writes none"),
+        ({"export": {"enabeld": False}}, "did you mean 'enabled'"),
+        ({"log": {"tensorboard": 1}}, "log.tensorboard = 1: expected bool"),
+    ],
+)
+def test_bad_model_placement_log_and_export_keys_are_named(raw, message):
+    with pytest.raises(C.ConfigError, match=message):
+        C.validate(raw)
+
+
+def test_a_checkpoint_config_without_the_newer_keys_continues_the_same_trajectory():
+    new = C.validate({})
+    old = {s: dict(v) for s, v in new.items()}
+    for key in ("load_in_8bit", "load_in_4bit", "device_map"):
+        del old["model"][key]
+    assert C.trajectory_changes(old, new) == []
+    new["model"]["device_map"] = "cpu"
+    (change,) = C.trajectory_changes(old, new)
+    assert change.startswith("model: ") and "'device_map': 'cpu'" in change

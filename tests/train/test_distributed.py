@@ -5,7 +5,6 @@ compares what rank 0 wrote with a one-process run of the same config.
 """
 
 import json
-import math
 import os
 import signal
 import socket
@@ -16,10 +15,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+import kerzoo
+from kerzoo.presets import resolve
 from kerzoo.train import distributed
 from kerzoo.train.config import ConfigError
-from kerzoo.train.loop import CHECKPOINT, Run, load_checkpoint, read_jsonl
+from kerzoo.train.loop import CHECKPOINT, Run, TrainingError, load_checkpoint, read_jsonl
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 BATCH16 = {"train": {"batch_size": 16, "steps": 4, "eval_every": 2, "checkpoint_every": 2}}
@@ -71,7 +73,8 @@ def finish(procs, timeout: float = 300) -> list[str]:
 
 
 def ckpt_params(cfg) -> dict:
-    return load_checkpoint(Path(cfg["train"]["out"]) / CHECKPOINT)["params"]
+    """A run's checkpointed trained tensors, whole (a sharded one's read from its DCP files)."""
+    return distributed.checkpoint_params(Path(cfg["train"]["out"]) / CHECKPOINT)
 
 
 def losses(cfg) -> list:
@@ -139,64 +142,167 @@ def test_two_ranks_of_batch_8_follow_one_rank_of_batch_16_for_every_kind_of_opti
         assert all(m["comm_bytes"] == 16 * forwards for m in steps), (two["optimizer"], steps)
 
 
-def test_sharded_parameters_follow_the_unsharded_run_for_dense_hessian_low_rank_and_drift_is_caught(
+SHARDABLE = [
+    name for name in kerzoo.list_optimizers() if resolve(name).arguments()["projection"].shardable
+]
+SMALL2 = {"train": {"batch_size": 4, "steps": 2, "eval_every": 2, "checkpoint_every": 2}}
+
+
+def exported(cfg) -> dict:
+    """weights.pt, which a finished sharded run exports: loadable without torch.distributed."""
+    return torch.load(Path(cfg["train"]["out"]) / "weights.pt", weights_only=True)
+
+
+def run_files(cfg, params=ckpt_params) -> dict:
+    """What a run wrote that must not depend on sharding: its logs (but the times and bytes sent)
+    and its weights."""
+    out = Path(cfg["train"]["out"])
+    apart = ("time", "comm_bytes", "comm_bytes_eval")
+    metrics = [
+        {k: v for k, v in r.items() if k not in apart} for r in read_jsonl(out / "metrics.jsonl")
+    ]
+    traj = read_jsonl(out / "trajectory.jsonl")
+    return {"metrics": metrics, "trajectory": traj[1:], "params": params(cfg)}
+
+
+def assert_same_run(a, b, params=ckpt_params):
+    fa, fb = run_files(a, params), run_files(b, params)
+    assert fa["metrics"] == fb["metrics"] and fa["trajectory"] == fb["trajectory"]
+    assert fa["params"].keys() == fb["params"].keys()
+    for k in fa["params"]:
+        assert torch.equal(fa["params"][k], fb["params"][k]), k
+
+
+@pytest.mark.slow  # one launch of 2 ranks, 33 short runs
+def test_fsdp2_sharded_runs_equal_replicated_bit_for_bit_for_every_shardable_preset(
     make_cfg, tmp_path
 ):
-    over = {"optimizer": {"preset": "mezo", "lr": 1e-3, "weight_decay": 0.1}, **BATCH16}
-    shard_h = {"optimizer": {"preset": "hizoo", "lr": 1e-3}, **BATCH16}
-    pairs = [(make_cfg("one", **over), make_cfg("sharded", distributed={"shard": True}, **over))]
-    one_h, sharded_h = (
-        make_cfg("one-h", **shard_h),
-        make_cfg("sharded-h", distributed={"shard": True}, **shard_h),
-    )
-    pairs.append((one_h, sharded_h))
-    for i, opt in enumerate(
-        (
-            {"preset": "subzero", "lr": 1e-3, "refresh": 2},
-            {"preset": "pgap", "lr": 1e-3, "probe_steps": 1, "refresh": 3},
-        )
-    ):
+    """``distributed.shard = true`` (FSDP2) against the replicated run on the same 2 ranks (the same
+    sums): every step's losses, trajectory records and the weights agree bit for bit, for every
+    preset whose projection shards; the finished run exported weights.pt, loadable without
+    torch.distributed; a replica that drifted is still caught (replicated)."""
+    assert len(SHARDABLE) >= 15 and "sparse-mezo" not in SHARDABLE
+    pairs = []
+    for name in SHARDABLE:
+        over = {"optimizer": {"preset": name, "lr": 1e-3}, **SMALL2}
+        if name == "mezo":
+            over["optimizer"]["weight_decay"] = 0.1
         pairs.append(
             (
-                make_cfg(f"one-lr{i}", optimizer=opt, train=BATCH16["train"]),
-                make_cfg(
-                    f"sharded-lr{i}",
-                    optimizer=opt,
-                    train=BATCH16["train"],
-                    distributed={"shard": True},
-                ),
+                make_cfg(f"rep-{name}", **over),
+                make_cfg(f"fsdp-{name}", distributed={"shard": True}, **over),
             )
         )
+    over = {"optimizer": {"preset": "mezo", "lr": 1e-3}, **SMALL2}
     drift = make_cfg("drift", distributed={"check_every": 2}, **over)
-    outs = finish(
-        start([{"cfg": b} for _, b in pairs] + [{"cfg": drift, "diverge": True}], tmp_path)
-    )
-    for out in outs:
-        assert out.count("DONE 4") == len(pairs), out
+    jobs = [{"cfg": c, "export": c is pairs[0][1]} for pair in pairs for c in pair]
+    jobs.append({"cfg": drift, "diverge": True})
+    for out in finish(start(jobs, tmp_path)):
+        assert out.count("DONE 2") == 2 * len(pairs), out
         assert (
             "ERROR the replicas diverged: after step 2" in out and "parameter hashes differ" in out
         ), out
-    for a, b in pairs:
-        Run(a, progress=False).train()
-        assert_close_runs(a, b)
-    ck = load_checkpoint(Path(sharded_h["train"]["out"]) / CHECKPOINT)
-    assert ck["world"] == 2 and len(ck["optimizer_ranks"]) == 2
-    # each rank's Hessian state holds its rows of each tensor
-    w0 = ck["optimizer_ranks"][0]["kerzoo"]["projection"]["w"]
-    w1 = ck["optimizer_ranks"][1]["kerzoo"]["projection"]["w"]
-    full = ck["params"]
-    for name in full:
-        assert w0[name].numel() + w1[name].numel() == full[name].numel()
+    start_state = None
+    for rep, fsdp in pairs:
+        assert_same_run(rep, fsdp)
+        out = Path(fsdp["train"]["out"])
+        ck = load_checkpoint(out / CHECKPOINT)
+        assert ck["params"] is None and ck["shards"]["world"] == 2, ck.keys()
+        assert sorted(ck["shards"]["files"]) == [
+            ".metadata",
+            "__0_0.distcp",
+            "__1_0.distcp",
+            "optimizer-0.pt",
+            "optimizer-1.pt",
+        ]
+        weights, params = exported(fsdp), ckpt_params(rep)
+        assert weights.keys() == params.keys()
+        assert all(torch.equal(weights[k], params[k]) for k in params)
+        if start_state is None:
+            from kerzoo.train.model import load_model, trainable_state
+
+            start_state = trainable_state(load_model(rep["model"])[0])
+        assert any(not torch.equal(params[k], start_state[k]) for k in params), rep["optimizer"]
+    # each rank's Hessian state (HiZOO) holds its rows of each tensor
+    folder = Path(pairs[SHARDABLE.index("hizoo")][1]["train"]["out"]) / "shards-00000002"
+    w0, w1 = (
+        torch.load(folder / f"optimizer-{r}.pt", weights_only=False)["kerzoo"]["projection"]["w"]
+        for r in (0, 1)
+    )
+    whole = ckpt_params(pairs[0][0])
+    assert w0.keys() == whole.keys()
+    for name in whole:
+        assert w0[name].numel() + w1[name].numel() == whole[name].numel()
+        assert w0[name].shape[0] == -(-whole[name].shape[0] // 2)
+    # the model folder of a sharded run holds the trained tensors whole (gathered from the ranks)
+    folder = Path(pairs[0][1]["train"]["out"]) / "model" / "model.safetensors"
+    saved, params = load_file(folder), ckpt_params(pairs[0][0])
+    assert params and all(torch.equal(saved[name], t) for name, t in params.items())
 
 
-def test_a_rank_that_dies_ends_the_run_with_a_clear_error_and_the_last_checkpoint_intact(
+def test_a_sharded_run_resumes_bit_for_bit_and_a_flipped_byte_in_its_shards_is_refused(
     make_cfg, tmp_path
+):
+    """Interrupted at step 2 and resumed on 2 ranks (DCP), a sharded run equals the one that never
+    stopped, logs and weights; keep_checkpoints keeps step 2's shards beside its checkpoint-*.pt.
+    Resuming it replicated is refused, naming both layouts. A byte flipped in a shard file is
+    refused on every rank (the manifest's sha256), and by checkpoint_params in one process."""
+    over = {
+        "optimizer": {"preset": "zo-adam", "lr": 1e-3},
+        "train": {**SMALL2["train"], "steps": 4, "keep_checkpoints": 2},
+        "distributed": {"shard": True},
+    }
+    whole, resumed = make_cfg("whole", **over), make_cfg("resumed", **over)
+    shard1 = Path(whole["train"]["out"]) / "shards-00000004" / "__1_0.distcp"
+    replicated = make_cfg("resumed", **{**over, "distributed": {"shard": False}})
+    jobs = [{"cfg": whole}, {"cfg": resumed, "stop_at": 2}, {"cfg": replicated}]
+    jobs.append({"cfg": whole, "flip": str(shard1)})
+    for out in finish(start(jobs, tmp_path)):
+        assert out.count("DONE 4") == 2, out
+        assert (
+            "was written by a run with 2 ranks with sharded parameters; this run has replicated "
+            "parameters" in out
+        ), out
+        assert f"ERROR checkpoint file {shard1} is corrupt: its content hash does not match" in out
+    assert_same_run(whole, resumed, params=exported)  # whole's checkpoint has the flipped byte
+    params = ckpt_params(resumed)
+    assert all(torch.equal(v, exported(resumed)[k]) for k, v in params.items())
+    out = Path(resumed["train"]["out"])
+    assert sorted(p.name for p in out.glob("shards-*")) == ["shards-00000002", "shards-00000004"]
+    assert (out / "checkpoint-00000002.pt").exists()
+    with pytest.raises(TrainingError, match=r"__1_0.distcp is corrupt: its content hash"):
+        distributed.checkpoint_params(Path(whole["train"]["out"]) / CHECKPOINT)
+
+
+def test_one_rank_with_fsdp2_cpu_offload_follows_the_plain_run_bit_for_bit(make_cfg, tmp_path):
+    """torchrun --nproc_per_node 1 with distributed.shard and offload (FSDP2's CPUOffloadPolicy; on
+    the CPU without pinned memory) trains exactly as one plain process; so does a LoRA model
+    (peft's adapters and the frozen base in the same fully_shard units)."""
+    over = {"optimizer": {"preset": "mezo", "lr": 1e-3}, **SMALL2}
+    lora = {"trainable": [], "lora": {"r": 4, "lora_alpha": 8, "target_modules": ["query"]}}
+    pairs = [
+        (make_cfg(f"plain{i}", **over, **extra), make_cfg(f"offload{i}", **over, **extra, **on))
+        for i, extra in enumerate(({}, {"model": lora}))
+        for on in [{"distributed": {"shard": True, "offload": True}}]
+    ]
+    out = finish(start([{"cfg": b, "seed": 5} for _, b in pairs], tmp_path, world=1))[0]
+    assert out.count("DONE 2") == 2, out
+    for plain, offload in pairs:
+        torch.manual_seed(5)  # LoRA's initial adapters
+        Run(plain, progress=False).train()
+        assert_same_run(plain, offload)
+    assert all("lora_" in name for name in exported(pairs[1][1]))
+
+
+@pytest.mark.parametrize("shard", [False, True])
+def test_a_rank_that_dies_ends_the_run_with_a_clear_error_and_the_last_checkpoint_intact(
+    make_cfg, tmp_path, shard
 ):
     cfg = make_cfg(
         "dies",
         optimizer={"preset": "mezo", "lr": 1e-3},
         train={"steps": 100000, "checkpoint_every": 5, "eval_every": 100000},
-        distributed={"timeout": 60},
+        distributed={"timeout": 60, "shard": shard},
     )
     procs = start([{"cfg": cfg}], tmp_path)
     ck = Path(cfg["train"]["out"]) / CHECKPOINT
@@ -207,15 +313,22 @@ def test_a_rank_that_dies_ends_the_run_with_a_clear_error_and_the_last_checkpoin
     procs[1].send_signal(signal.SIGKILL)
     out, err = procs[0].communicate(timeout=120)
     procs[1].wait(timeout=10)
-    assert "ERROR rank 0 of 2:" in out and "another rank has died" in out, (out, err)
+    assert "ERROR rank 0 of 2:" in out and "another rank has died" in out, (out, err[-6000:])
     assert "is intact" in out and "Run the same torchrun command again to resume" in out, out
     kept = load_checkpoint(ck)  # loads: written atomically, never half-written
     assert kept["step"] % 5 == 0 and kept["step"] >= 5
 
 
-def test_kerzoo_train_under_torchrun_matches_one_process_and_reports_bytes(make_cfg, tmp_path):
+@pytest.mark.parametrize("shard", [False, True])
+def test_kerzoo_train_under_torchrun_matches_one_process_and_reports_bytes(
+    make_cfg, tmp_path, capsys, shard
+):
+    """Replicated and sharded (FSDP2): the run follows one process; the sharded one's weights are
+    rebuilt from its trajectory log by `kerzoo replay`, bit for bit against its DCP checkpoint."""
+    from kerzoo.cli import main
+
     over = {"optimizer": {"preset": "mezo", "lr": 1e-3}, **BATCH16}
-    one, two = make_cfg("one", **over), make_cfg("torchrun", **over)
+    one, two = make_cfg("one", **over), make_cfg("torchrun", distributed={"shard": shard}, **over)
     path = tmp_path / "two.yaml"
     path.write_text(json.dumps(two))  # JSON is YAML
     cmd = [
@@ -235,66 +348,39 @@ def test_kerzoo_train_under_torchrun_matches_one_process_and_reports_bytes(make_
         cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "data parallel: 2 ranks (gloo), global batch 16, parameters replicated" in done.stdout, (
+    how = "sharded with FSDP2 (4 fully_shard units)" if shard else "replicated"
+    assert f"data parallel: 2 ranks (gloo), global batch 16, parameters {how}" in done.stdout, (
         done.stdout
     )
     assert "communication: 32 bytes per training step per rank" in done.stdout, done.stdout
     assert done.stdout.count("eval accuracy:") == 1, done.stdout  # rank 0 speaks for the run
+    assert (Path(two["train"]["out"]) / "model" / "model.safetensors").exists()  # rank 0 wrote it
+    assert ("weights:     " in done.stdout) == shard, done.stdout
     Run(one, progress=False).train()
     assert_close_runs(one, two)
+    if shard:
+        out = Path(two["train"]["out"])
+        log, ck = str(out / "trajectory.jsonl"), str(out / CHECKPOINT)
+        rebuilt = str(tmp_path / "replayed.pt")
+        assert main(["replay", "header", log, "--out", rebuilt, "--check", ck]) == 0
+        assert "identical to" in capsys.readouterr().out
 
 
-def test_sharding_refuses_what_a_shard_cannot_do(make_cfg):
-    from kerzoo import optimizer
+def test_bad_distributed_settings_and_an_old_torch_are_refused(make_cfg, monkeypatch):
+    from kerzoo.perturb import dtensor
 
-    flat = torch.nn.Parameter(torch.zeros(6))
-    with pytest.raises(ValueError, match=r"must be a block of whole rows, got shape \(6,\)"):
-        optimizer("subzero", [flat], shards={flat: ("w", 0, (2, 3))})
-    rows = torch.nn.Parameter(torch.zeros(1, 3))
-    with pytest.raises(ValueError, match="must be a block of whole rows"):
-        optimizer("lozo", [rows], shards={rows: ("w", 2, (2, 3))})  # offset 2 is inside row 0
-    with pytest.raises(ValueError, match=r"clip = 1.0 clips by each tensor's norm"):
-        optimizer("mezo", [flat], clip=1.0, shards={flat: ("w", 0)})
     with pytest.raises(ConfigError, match=r"distributed.backend = 'mpi'"):
         make_cfg(distributed={"backend": "mpi"})
+    with pytest.raises(ConfigError, match=r"distributed.offload = true .* needs distributed.shard"):
+        make_cfg(distributed={"offload": True})
     assert distributed.world_from_env() == 1 and distributed.from_env(make_cfg()) is None
-
-
-@pytest.mark.parametrize(
-    "name,options",
-    [
-        ("mezo", {"weight_decay": 0.1}),
-        ("hizoo", {}),
-        ("kerzoo", {}),
-        ("zo-adam", {}),
-        ("subzero", {"refresh": 2}),
-        ("lozo", {"nu": 2}),
-        ("pgap", {"probe_steps": 1, "refresh": 3}),
-    ],
-)
-def test_blocks_of_rows_step_exactly_as_their_rows_of_the_whole_matrix(name, options):
-    """Three optimizers fed the same losses: one over a 10 x 7 matrix, two over its rows 0-4 and 5-9
-    as shards. Every step's directions, updates and learned state (Hessian, subspaces, P-GAP's
-    estimate) agree."""
-    from kerzoo import optimizer
-
-    torch.manual_seed(0)
-    start = torch.randn(10, 7)
-    whole = torch.nn.Parameter(start.clone())
-    blocks = [torch.nn.Parameter(start[:5].clone()), torch.nn.Parameter(start[5:].clone())]
-    opts = [optimizer(name, [whole], lr=1e-2, seed=3, shards={whole: ("w", 0, (10, 7))}, **options)]
-    opts += [
-        optimizer(name, [t], lr=1e-2, seed=3, shards={t: ("w", a, (10, 7))}, **options)
-        for t, a in zip(blocks, (0, 35))
-    ]
-    for o in opts:
-        calls = iter(range(10**6))
-        for _ in range(6):  # through P-GAP's probe step into its aligned phase, past refreshes
-            o.step(lambda: 1.0 + 0.1 * math.sin(next(calls)))
-    torch.testing.assert_close(
-        torch.cat([b.detach() for b in blocks]), whole.detach(), rtol=0, atol=1e-6
-    )
-    assert not torch.equal(whole.detach(), start)
+    monkeypatch.setattr(torch, "__version__", "2.5.1+cpu")
+    with pytest.raises(
+        RuntimeError,
+        match=r"x: this needs torch's FSDP2 .* torch is 2.5.1\+cpu; "
+        r"install torch >= 2.6",
+    ):
+        dtensor.fsdp2("x")
 
 
 @pytest.mark.cuda

@@ -26,7 +26,7 @@ def test_train_then_replay_on_the_shipped_model(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "builtin:all-minilm-l6-v2 (encoder), training 147,840 of 22,713,216 parameters" in text
     assert "before," in text and "after 4 steps" in text
-    for name in ("metrics.jsonl", "plot.png", "checkpoint.pt", "trajectory.jsonl"):
+    for name in ("metrics.jsonl", "plot.png", "checkpoint.pt", "trajectory.jsonl", "model"):
         assert (out / name).exists() and str(out / name) in text
     assert (
         main(
@@ -52,6 +52,8 @@ def test_train_then_replay_on_the_shipped_model(tmp_path, capsys):
 def test_bad_input_exits_2_with_the_message(tmp_path, capsys):
     (tmp_path / "typo.toml").write_text("[train]\nstesp = 3\n")
     assert main(["train", str(tmp_path / "typo.toml")]) == 2
+    assert "unknown key train.stesp (did you mean 'steps'?)" in capsys.readouterr().err
+    assert main(["train", "--set", "train.stesp=3"]) == 2  # an override is checked the same way
     assert "unknown key train.stesp (did you mean 'steps'?)" in capsys.readouterr().err
     (tmp_path / "empty.jsonl").write_text("")
     (tmp_path / "empty.toml").write_text(

@@ -1,4 +1,4 @@
-// CPU kernels of the engine's ops (fill_z, add_z_multi, restore_perturb), registered for the
+// CPU kernels of the engine's ops (fill_z, add_z_table and the ops it serves), registered for the
 // CPU dispatch key of the ops that kerzoo/engine/ops.py defines. Blocks of four elements share
 // one Philox call; at::parallel_for splits the blocks over cores.
 #include <torch/library.h>
@@ -13,6 +13,7 @@
 #include <immintrin.h>
 #endif
 #include "philox.h"
+#include "table.h"
 
 namespace kerzoo {
 namespace {
@@ -154,19 +155,33 @@ void for_batches(int64_t n, int64_t offset, F f) {
   });
 }
 
+// theta += sum_{i < split} coef[i] z(seed[i]), rounded to T (only where 0 < split < q), then
+// += sum_{i >= split} coef[i] z(seed[i]), rounded to T (stochastically for bf16/fp16 if sr): each
+// phase one rounding per element, as add_z_table (table.h). A zero coefficient is skipped; a
+// direction whose seed is the previous one's reuses its z.
 template <typename T>
-void add_multi_impl(T* data, int64_t n, const std::vector<double>& coefs, const std::vector<int64_t>& seeds,
-                    uint64_t key, int64_t offset, int dist, bool sr, uint64_t rseed) {
+void table_impl(T* data, int64_t n, const double* coef, const int64_t* seed, size_t q, size_t split,
+                uint64_t key, int64_t offset, int dist, bool sr, uint64_t rseed) {
   using C = typename Compute<T>::type;
+  const bool mid = split > 0 && split < q;
+  sr = sr && split < q;  // phase 2 holds the last rounding: with no phase 2 it was phase 1's
   for_batches(n, offset, [&](int64_t b0, int64_t l0, int64_t cnt, int skip) {
     C acc[4 * V];
     float z[4 * V];
+    bool have = false;
+    int64_t zseed = 0;
     T* d = data + l0;
     for (int64_t k = 0; k < cnt; ++k) acc[k] = static_cast<C>(d[k]);
-    for (size_t i = 0; i < coefs.size(); ++i) {
-      if (coefs[i] == 0.0) continue;
-      batch_values((uint64_t)b0, key, (uint64_t)seeds[i], dist, z);
-      const C c = static_cast<C>(coefs[i]);
+    for (size_t i = 0; i < q; ++i) {
+      if (mid && i == split)
+        for (int64_t k = 0; k < cnt; ++k) acc[k] = static_cast<C>(static_cast<T>(acc[k]));
+      if (coef[i] == 0.0) continue;
+      if (!have || seed[i] != zseed) {
+        batch_values((uint64_t)b0, key, (uint64_t)seed[i], dist, z);
+        have = true;
+        zseed = seed[i];
+      }
+      const C c = static_cast<C>(coef[i]);
       const float* zs = z + skip;
 #pragma omp simd
       for (int64_t k = 0; k < cnt; ++k) acc[k] = std::fma(c, static_cast<C>(zs[k]), acc[k]);  // one rounding
@@ -184,24 +199,6 @@ void add_multi_impl(T* data, int64_t n, const std::vector<double>& coefs, const 
       }
     }
     for (int64_t k = 0; k < cnt; ++k) d[k] = static_cast<T>(acc[k]);
-  });
-}
-
-template <typename T>
-void restore_perturb_impl(T* data, int64_t n, double cr, int64_t sr_, double cn, int64_t sn, uint64_t key,
-                          int64_t offset, int dist) {
-  using C = typename Compute<T>::type;
-  for_batches(n, offset, [&](int64_t b0, int64_t l0, int64_t cnt, int skip) {
-    float zr[4 * V], zn[4 * V];
-    batch_values((uint64_t)b0, key, (uint64_t)sr_, dist, zr);
-    const float* pn = zr;
-    if (sn != sr_) { batch_values((uint64_t)b0, key, (uint64_t)sn, dist, zn); pn = zn; }
-    T* d = data + l0;
-    const C a = static_cast<C>(cr), b = static_cast<C>(cn);
-    for (int64_t k = 0; k < cnt; ++k) {
-      T t = static_cast<T>(std::fma(a, static_cast<C>(zr[skip + k]), static_cast<C>(d[k])));
-      d[k] = static_cast<T>(std::fma(b, static_cast<C>(pn[skip + k]), static_cast<C>(t)));
-    }
   });
 }
 
@@ -226,50 +223,46 @@ void fill_z_cpu(at::Tensor out, int64_t seed, int64_t key, int64_t offset, int64
   });
 }
 
+void check_lists(at::TensorList ts, at::IntArrayRef keys, at::IntArrayRef offsets) {
+  TORCH_CHECK(keys.size() == ts.size() && offsets.size() == ts.size(), "kerzoo: ", ts.size(), " tensors but ",
+              keys.size(), " keys and ", offsets.size(), " offsets");
+}
+
+void add_z_table_cpu(at::TensorList thetas, const at::Tensor& coefs, at::IntArrayRef seeds, at::IntArrayRef keys,
+                     at::IntArrayRef offsets, int64_t dist, int64_t split, bool stochastic_rounding,
+                     int64_t rounding_seed) {
+  check_lists(thetas, keys, offsets);
+  const Merged m = merge_table(coefs, seeds, split, (int64_t)thetas.size());
+  for (size_t t = 0; t < thetas.size(); ++t) {
+    const at::Tensor& theta = thetas[t];
+    check(theta);
+    if (m.zero((int64_t)t)) continue;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, theta.scalar_type(), "kerzoo_add_z_table", [&] {
+      table_impl<scalar_t>(theta.data_ptr<scalar_t>(), theta.numel(), m.row((int64_t)t), m.seeds.data(),
+                           m.seeds.size(), m.split, (uint64_t)keys[t], offsets[t], (int)dist, stochastic_rounding,
+                           (uint64_t)rounding_seed);
+    });
+  }
+}
+
+// The single-tensor ops: a table of one row.
 void add_z_multi_cpu(at::Tensor theta, at::ArrayRef<double> coefs, at::ArrayRef<int64_t> seeds, int64_t key,
                      int64_t offset, int64_t dist, bool stochastic_rounding, int64_t rounding_seed) {
-  check(theta);
   TORCH_CHECK(coefs.size() == seeds.size(), "kerzoo: coefs and seeds differ in length");
-  std::vector<double> c(coefs.begin(), coefs.end());
-  std::vector<int64_t> s(seeds.begin(), seeds.end());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, theta.scalar_type(), "kerzoo_add_z_multi", [&] {
-    add_multi_impl<scalar_t>(theta.data_ptr<scalar_t>(), theta.numel(), c, s, (uint64_t)key, offset, (int)dist,
-                             stochastic_rounding, (uint64_t)rounding_seed);
-  });
+  const at::Tensor row = at::tensor(coefs, at::kDouble).view({1, (int64_t)coefs.size()});
+  add_z_table_cpu({theta}, row, seeds, {key}, {offset}, dist, 0, stochastic_rounding, rounding_seed);
 }
 
 void restore_perturb_cpu(at::Tensor theta, double cr, int64_t sr, double cn, int64_t sn, int64_t key,
                          int64_t offset, int64_t dist) {
-  check(theta);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, theta.scalar_type(), "kerzoo_restore_perturb", [&] {
-    restore_perturb_impl<scalar_t>(theta.data_ptr<scalar_t>(), theta.numel(), cr, sr, cn, sn, (uint64_t)key,
-                                   offset, (int)dist);
-  });
-}
-
-void check_lists(at::TensorList ts, at::IntArrayRef keys, at::IntArrayRef offsets) {
-  TORCH_CHECK(keys.size() == ts.size() && offsets.size() == ts.size(), "kerzoo: ", ts.size(), " tensors but ",
-              keys.size(), " keys and ", offsets.size(), " offsets");
+  const at::Tensor row = at::tensor({cr, cn}, at::kDouble).view({1, 2});
+  add_z_table_cpu({theta}, row, {sr, sn}, {key}, {offset}, dist, 1, false, 0);
 }
 
 void fill_z_foreach_cpu(at::TensorList outs, int64_t seed, at::IntArrayRef keys, at::IntArrayRef offsets,
                         int64_t dist) {
   check_lists(outs, keys, offsets);
   for (size_t i = 0; i < outs.size(); ++i) fill_z_cpu(outs[i], seed, keys[i], offsets[i], dist);
-}
-
-void add_z_multi_foreach_cpu(at::TensorList thetas, at::ArrayRef<double> coefs, at::ArrayRef<int64_t> seeds,
-                             at::IntArrayRef keys, at::IntArrayRef offsets, int64_t dist, bool stochastic_rounding,
-                             int64_t rounding_seed) {
-  check_lists(thetas, keys, offsets);
-  for (size_t i = 0; i < thetas.size(); ++i)
-    add_z_multi_cpu(thetas[i], coefs, seeds, keys[i], offsets[i], dist, stochastic_rounding, rounding_seed);
-}
-
-void restore_perturb_foreach_cpu(at::TensorList thetas, double cr, int64_t sr, double cn, int64_t sn,
-                                 at::IntArrayRef keys, at::IntArrayRef offsets, int64_t dist) {
-  check_lists(thetas, keys, offsets);
-  for (size_t i = 0; i < thetas.size(); ++i) restore_perturb_cpu(thetas[i], cr, sr, cn, sn, keys[i], offsets[i], dist);
 }
 
 }  // namespace
@@ -279,8 +272,7 @@ TORCH_LIBRARY_IMPL(kerzoo, CPU, m) {
   m.impl("add_z_multi", &add_z_multi_cpu);
   m.impl("restore_perturb", &restore_perturb_cpu);
   m.impl("fill_z_foreach", &fill_z_foreach_cpu);
-  m.impl("add_z_multi_foreach", &add_z_multi_foreach_cpu);
-  m.impl("restore_perturb_foreach", &restore_perturb_foreach_cpu);
+  m.impl("add_z_table", &add_z_table_cpu);
 }
 
 }  // namespace kerzoo

@@ -130,18 +130,33 @@ __device__ __forceinline__ int find_segment(const Segments& segs) {
   const int64_t stride = nblk * blockDim.x;                                                    \
   for (int64_t b = first + ((int64_t)blockIdx.x - seg.start) * blockDim.x + threadIdx.x; b <= last; b += stride)
 
+// Each segment its own row of coefficients; directions [0, d.split) rounded to T first, as the
+// CPU's table_impl. A zero coefficient is skipped; a direction with the previous one's seed (the
+// restore and the perturbation of one direction) reuses its z.
 template <typename T, bool SR>
-__global__ void __launch_bounds__(256) add_multi_kernel(const __grid_constant__ Segments segs,
+__global__ void __launch_bounds__(256) add_table_kernel(const __grid_constant__ Segments segs,
                                                         const __grid_constant__ Directions d, int dist, uint64_t rseed) {
   using C = typename Compute<T>::type;
   KZ_SEGMENT_BLOCKS {
     Span s = span(data, b, n, offset);
     C acc[4];
     load4(data, s, acc);
+    float z[4];
+    bool have = false;
+    uint64_t zseed = 0;
     for (int i = 0; i < d.q; ++i) {
-      float z[4];
-      values((uint64_t)b, key, d.seed[i], dist, z);
-      const C c = (C)d.coef[i];
+      if (i == d.split && i > 0) {
+#pragma unroll
+        for (int k = 0; k < 4; ++k) acc[k] = load(round_out<T>(acc[k], false, 0));
+      }
+      const double coef = d.coef[si][i];
+      if (coef == 0.0) continue;
+      if (!have || d.seed[i] != zseed) {
+        values((uint64_t)b, key, d.seed[i], dist, z);
+        have = true;
+        zseed = d.seed[i];
+      }
+      const C c = (C)coef;
 #pragma unroll
       for (int k = 0; k < 4; ++k) acc[k] = fma(c, (C)z[k], acc[k]);  // one rounding, as on the CPU
     }
@@ -150,33 +165,6 @@ __global__ void __launch_bounds__(256) add_multi_kernel(const __grid_constant__ 
     T y[4];
 #pragma unroll
     for (int k = 0; k < 4; ++k) y[k] = round_out<T>(acc[k], SR, w[k]);
-    store4(data, s, y);
-  }
-}
-
-template <typename T, bool SAME>
-__global__ void __launch_bounds__(256) restore_perturb_kernel(const __grid_constant__ Segments segs, int dist,
-                                                              double cr_, uint64_t sr_, double cn_, uint64_t sn) {
-  using C = typename Compute<T>::type;
-  const C cr = (C)cr_, cn = (C)cn_;
-  KZ_SEGMENT_BLOCKS {
-    Span s = span(data, b, n, offset);
-    C x[4];
-    load4(data, s, x);
-    float zr[4], zn[4];
-    values((uint64_t)b, key, sr_, dist, zr);
-    if constexpr (SAME) {
-#pragma unroll
-      for (int k = 0; k < 4; ++k) zn[k] = zr[k];
-    } else {
-      values((uint64_t)b, key, sn, dist, zn);
-    }
-    T y[4];
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      T t = round_out<T>(fma(cr, (C)zr[k], x[k]), false, 0);
-      y[k] = round_out<T>(fma(cn, (C)zn[k], load(t)), false, 0);
-    }
     store4(data, s, y);
   }
 }
@@ -274,27 +262,15 @@ cudaError_t launch_fill(const Segments& segs, uint64_t seed, int dist, unsigned 
   });
 }
 
-cudaError_t launch_add_multi(const Segments& segs, int dist, const Directions& d, bool sr, uint64_t rseed,
+cudaError_t launch_add_table(const Segments& segs, int dist, const Directions& d, bool sr, uint64_t rseed,
                              unsigned grid, cudaStream_t stream) {
   return by_dtype(segs.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     constexpr bool low = std::is_same<T, __half>::value || std::is_same<T, __nv_bfloat16>::value;
     if (low && sr) {
-      add_multi_kernel<T, low><<<grid, THREADS, 0, stream>>>(segs, d, dist, rseed);
+      add_table_kernel<T, low><<<grid, THREADS, 0, stream>>>(segs, d, dist, rseed);
     } else {
-      add_multi_kernel<T, false><<<grid, THREADS, 0, stream>>>(segs, d, dist, rseed);
-    }
-  });
-}
-
-cudaError_t launch_restore_perturb(const Segments& segs, int dist, double cr, uint64_t sr, double cn, uint64_t sn,
-                                   unsigned grid, cudaStream_t stream) {
-  return by_dtype(segs.dtype, [&](auto* tag) {
-    using T = std::remove_pointer_t<decltype(tag)>;
-    if (sr == sn) {
-      restore_perturb_kernel<T, true><<<grid, THREADS, 0, stream>>>(segs, dist, cr, sr, cn, sn);
-    } else {
-      restore_perturb_kernel<T, false><<<grid, THREADS, 0, stream>>>(segs, dist, cr, sr, cn, sn);
+      add_table_kernel<T, false><<<grid, THREADS, 0, stream>>>(segs, d, dist, rseed);
     }
   });
 }
