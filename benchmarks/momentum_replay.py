@@ -1,5 +1,5 @@
-"""Momentum with no buffer (update 'momentum-replay') against the buffered rules: memory held
-between steps and step time against the history length h.
+"""Momentum and Adam with no buffer (updates 'momentum-replay', 'adam-replay') against the
+buffered rules: memory held between steps and step time against the history length h.
 
     python benchmarks/momentum_replay.py [--hidden 256] [--layers 4] [--json FILE]
 
@@ -7,8 +7,8 @@ A LLaMA-shaped causal LM built from a transformers config (fp32, in place, batch
 CPU thread. Held memory: the bytes of every tensor in the optimizer's state (the rules'
 buffers; momentum-replay keeps h x q floats per tensor, not tensors). Step time: median of
 --steps steps after 2 + h (so the history is full), for mezo (no momentum), zo-sgd-mmt (one
-buffer), zo-adam (two) and zo-sgd-mmt-replay at each h: its update regenerates h x q directions
-per element.
+buffer), zo-adam (two), and zo-sgd-mmt-replay and zo-adam-replay at each h: their updates
+regenerate h x q directions per element (adam-replay materialises each past estimate apart).
 """
 
 from __future__ import annotations
@@ -69,6 +69,12 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--histories", type=int, nargs="+", default=[1, 4, 16, 32, 64])
+    ap.add_argument(
+        "--replays",
+        nargs="+",
+        default=["zo-sgd-mmt-replay", "zo-adam-replay"],
+        help="the no-buffer presets timed at each h",
+    )
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -84,7 +90,7 @@ def main() -> None:
     }
     print(f"{params / 1e6:.2f} M parameters (fp32: {4 * params / 2**20:.1f} MiB)")
     runs = [("mezo", {}), ("zo-sgd-mmt", {}), ("zo-adam", {})]
-    runs += [("zo-sgd-mmt-replay", {"history": h}) for h in args.histories]
+    runs += [(name, {"history": h}) for name in args.replays for h in args.histories]
     for name, kw in runs:
         step, held = measure(model, ids, name, args.steps, **kw)
         label = name + (f" h={kw['history']}" if kw else "")

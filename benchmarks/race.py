@@ -12,6 +12,20 @@ its grid (seed 0) and keeps the one with the best held-out accuracy (ties: lower
     python benchmarks/race.py --tune --out docs/benchmarks/race-cpu     # ~1.5 h on 2 cores
 
 writes race-cpu.json (every curve), race-cpu.md (the table) and race-cpu.png (the plot).
+
+A method is a preset or preset:key=value,... (options of the preset, e.g. kerzoo:r_scope=tensor),
+plus one option of the harness: hidden_decay=T multiplies the lr at step t by KerZOO's hidden
+decay h(a) = E[r 4K(r)] / 4 = (15/4) a^2 (5/3 - 7 a^2 / 5), a = max(1 - t/T, 1e-4) (what the
+public KerZOO code's unrescaled shrink does to its step), to give mezo the same schedule. The
+KerZOO ablation, part by part (its shrink horizon scaled to the race's 667 kerzoo steps):
+
+    python benchmarks/race.py --tune --methods kerzoo \
+        kerzoo:C=4,rescale=false,r_max=1,r_min=1e-4,r_shrink_steps=667 \
+        kerzoo:C=4,rescale=false,r_max=1,r_min=1e-4,r_shrink_steps=667,r_scope=tensor \
+        kerzoo-recipe:r_shrink_steps=667 \
+        kerzoo-recipe:r_shrink_steps=667,update=primal-averaging \
+        mezo:hidden_decay=2000 --with docs/benchmarks/race-cpu.json:mezo \
+        --out docs/benchmarks/race-cpu-kerzoo-ablation
 """
 
 from __future__ import annotations
@@ -29,8 +43,37 @@ from pathlib import Path
 
 METHODS = ("mezo", "kerzoo", "subzero", "lozo", "pgap", "zo-adam")
 # lr grids around each preset family's scale on this task (mezo's default run uses 1e-4)
-GRIDS = {"zo-adam": (1e-5, 3e-5, 1e-4)}
+# fzoo's step is normalised by the losses' spread: about lr sqrt(N) / (N eps) per coordinate
+GRIDS = {"zo-adam": (1e-5, 3e-5, 1e-4), "fzoo": (1e-6, 3e-6, 1e-5, 3e-5)}
 DEFAULT_GRID = (3e-5, 1e-4, 3e-4)
+
+
+def parse_method(method: str) -> tuple[str, dict, int]:
+    """preset[:key=value,...] -> (preset, optimizer options, hidden_decay steps or 0)."""
+    preset, _, rest = method.partition(":")
+    options: dict = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise SystemExit(f"method {method!r}: options are key=value, got {item!r}")
+        low = value.lower()
+        if low in ("true", "false"):
+            options[key] = low == "true"
+        else:
+            try:
+                options[key] = int(value)
+            except ValueError:
+                try:
+                    options[key] = float(value)
+                except ValueError:
+                    options[key] = value
+    return preset, options, int(options.pop("hidden_decay", 0))
+
+
+def hidden_decay(step: int, horizon: int) -> float:
+    """KerZOO's unrescaled shrink as an lr factor: E[r 4K(r)] / 4 at a = max(1 - t/T, 1e-4)."""
+    a = max(1.0 - step / horizon, 1e-4)
+    return 15.0 / 4.0 * a * a * (5.0 / 3.0 - 7.0 * a * a / 5.0)
 
 
 def one_run(job: dict) -> dict:
@@ -42,12 +85,14 @@ def one_run(job: dict) -> dict:
 
     torch.set_num_threads(job["threads"])
     budget, every = job["forwards"], job["eval_forwards"]
+    preset, options, decay = parse_method(job["method"])
     with tempfile.TemporaryDirectory() as tmp:
         cfg = config_mod.validate(
             {
                 **config_mod.DEFAULT_RUN,
                 "optimizer": {
-                    "preset": job["method"],
+                    "preset": preset,
+                    **options,
                     "lr": job["lr"],
                     "eps": job.get("eps", 1e-3),
                 },
@@ -62,6 +107,15 @@ def one_run(job: dict) -> dict:
             }
         )
         run = Run(cfg, resume=False, progress=False)
+        if decay:
+            set_lr = run._set_lr
+
+            def decayed():
+                set_lr()
+                for g in run.opt.param_groups:
+                    g["lr"] *= hidden_decay(run.step, decay)
+
+            run._set_lr = decayed
         counted = {"forwards": 0}
         loss_of = run.batch_loss
 
@@ -184,6 +238,14 @@ def write_markdown(path: Path, summary: dict, meta: dict) -> None:
         f"Command: `{meta['command']}`  ",
         f"Machine: {meta['machine']}; {meta['workers']} runs at a time, {meta['threads']} thread "
         f"each; load average at the end {meta['load']}.",
+        *(
+            [
+                "Included from earlier races (same task, budget and eps; the trajectories are "
+                "deterministic): " + ", ".join(f"`{w}`" for w in meta["included"]) + "."
+            ]
+            if meta.get("included")
+            else []
+        ),
         "",
         f"Every method gets {meta['forwards']:,} training forward passes "
         f"({meta['forwards'] // 2:,} mezo steps) on the default run (all-MiniLM-L6-v2, VADER word "
@@ -320,6 +382,20 @@ def plot(path: Path, results: list[dict], target: float) -> None:
     fig.savefig(path, dpi=110)
 
 
+def include(spec: str, args) -> tuple[list, list, str]:
+    """--with FILE.json:METHOD: that method's runs and tuning rows from an earlier race."""
+    path, method = spec.rsplit(":", 1)
+    saved = json.loads(Path(path).read_text())
+    same = {k: saved["meta"].get(k, 1e-3) for k in ("forwards", "eval_forwards", "eps")}
+    if same != {"forwards": args.forwards, "eval_forwards": args.eval_forwards, "eps": args.eps}:
+        raise SystemExit(f"--with {spec}: that race ran {same}, not this one's budget and eps")
+    runs = [r for r in saved["runs"] if r["method"] == method]
+    if not runs:
+        raise SystemExit(f"--with {spec}: no runs of {method!r} in {path}")
+    tuned = [t for t in saved["meta"].get("tuning", []) if t["method"] == method]
+    return runs, tuned, method
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--methods", nargs="+", default=list(METHODS))
@@ -336,6 +412,14 @@ def main(argv=None) -> None:
         "--out", default="docs/benchmarks/race-cpu", help="path prefix of the .json/.md/.png"
     )
     p.add_argument(
+        "--with",
+        dest="with_",
+        nargs="+",
+        default=[],
+        metavar="FILE.json:METHOD",
+        help="include METHOD's runs (and tuning) from an earlier race's JSON, same task and budget",
+    )
+    p.add_argument(
         "--report",
         action="store_true",
         help="only rewrite the .md and .png from the .json at --out",
@@ -349,6 +433,7 @@ def main(argv=None) -> None:
         write_markdown(out.with_suffix(".md"), summary, saved["meta"])
         plot(out.with_suffix(".png"), saved["runs"], summary["target"])
         return print(out.with_suffix(".md").read_text())
+    included = [include(spec, args) for spec in args.with_]  # checked before anything runs
     base = {
         "forwards": args.forwards,
         "eval_forwards": args.eval_forwards,
@@ -368,7 +453,7 @@ def main(argv=None) -> None:
                 "seed": 0,
             }
             for m in args.methods
-            for lr in GRIDS.get(m, DEFAULT_GRID)
+            for lr in GRIDS.get(m, GRIDS.get(parse_method(m)[0], DEFAULT_GRID))
         ]
         for r in run_jobs(jobs, args.workers):
             last = r["curve"][-1]
@@ -387,7 +472,11 @@ def main(argv=None) -> None:
         {**base, "method": m, "lr": lrs[m], "seed": s} for s in args.seeds for m in args.methods
     ]
     results = run_jobs(jobs, args.workers)
-    results.sort(key=lambda r: (args.methods.index(r["method"]), r["seed"]))
+    order = [*(m for _, _, m in included), *args.methods]
+    for runs, tuned, _ in included:
+        results += runs
+        tuning += tuned
+    results.sort(key=lambda r: (order.index(r["method"]), r["seed"]))
     summary = summarise(results)
     import os
 
@@ -406,6 +495,7 @@ def main(argv=None) -> None:
         "eps": args.eps,
         "tune_forwards": args.tune_forwards if args.tune else 0,
         "tuning": tuning,
+        "included": args.with_,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(

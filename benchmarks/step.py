@@ -9,6 +9,7 @@
     python benchmarks/step.py host [--tensors 388] [--presets mezo kerzoo:r_scope=tensor ...]
     python benchmarks/step.py profile --model opt-125m mezo mezo:perturb=onthefly
     python benchmarks/step.py compile [--preset mezo] [--perturb inplace]
+    python benchmarks/step.py batched [--preset fzoo] [--model tiny-opt] [--dtype float32]
 
 Modes:
 - time: one forward and one MeZO step on an OPT-shaped causal LM (random weights): kerzoo in
@@ -29,6 +30,9 @@ Modes:
   CPU time.
 - compile: a tiny LLaMA (fp32) stepped eagerly and through torch.compile(model): forward and
   step times of both and their ratio.
+- batched: one step's points evaluated one forward each (on the fly) against all in one
+  forward over a replicated batch (perturb="batched"): step time, forwards per second, and the
+  largest relative difference between the two runs' first-step losses.
 
 An optimizer is named as name[:key=value,...], e.g. kerzoo:r_scope=tensor or mezo:perturb=onthefly.
 """
@@ -579,6 +583,60 @@ def run_compile(args) -> None:
     write_json(res, args.json)
 
 
+def run_batched(args) -> None:
+    """The same optimizer and weights, its points evaluated separately and batched."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    name, options = parse_spec(args.preset, {"lr": 0.0})
+    build = {"tiny-llama": models.tiny_llama, "tiny-opt": models.tiny_opt}[args.model]
+    vocab = build(dtype).config.vocab_size
+    ids = torch.randint(
+        0, vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(0)
+    )
+    res = {
+        "model": args.model,
+        "params": sum(p.numel() for p in build(dtype).parameters()),
+        "dtype": args.dtype,
+        "batch": args.batch,
+        "seq": args.seq,
+        "optimizer": args.preset,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "engine": kerzoo.engine.info()[1],
+        "kerzoo_commit": source_commit(),
+    }
+    first = {}
+    for perturb in ("onthefly", "batched"):
+        model = build(dtype)
+        opt = kerzoo.optimizer(name, model, perturb=perturb, seed=1, **options)
+        if perturb == "batched":
+
+            def closure(n, model=model):
+                rep = kerzoo.replicate(ids, n)
+                return kerzoo.replica_losses(model(input_ids=rep).logits, rep, n)
+
+        else:
+            closure = lambda model=model: model(input_ids=ids, labels=ids).loss
+        steps = timed_steps(opt, closure, args.steps, warmup=args.warmup)
+        first[perturb] = opt.last_record["losses"]
+        points = len(opt.last_record["losses"])
+        step_s = median(steps)
+        res[perturb] = {"step_s": step_s, "points": points, "forwards_per_s": points / step_s}
+        print(perturb, res[perturb], flush=True)
+    with torch.no_grad():
+        model = build(dtype)
+        res["forward_s"] = best_time(
+            lambda: model(input_ids=ids, labels=ids).loss, torch.device("cpu"), args.repeat
+        )
+    res["batched_over_separate_step"] = res["batched"]["step_s"] / res["onthefly"]["step_s"]
+    res["max_rel_loss_difference"] = max(
+        abs(a - b) / abs(a) for a, b in zip(first["onthefly"], first["batched"])
+    )
+    print(json.dumps(res, indent=2))
+    write_json(res, args.json)
+
+
 # ------------------------------------------------------------------------------------------ CLI
 
 
@@ -666,6 +724,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     p.add_argument("--json")
     p.set_defaults(run=run_compile)
+
+    p = sub.add_parser("batched", help="a step's points one forward each, or all in one forward")
+    p.add_argument("--preset", default="fzoo", help="name[:key=value,...]; lr defaults to 0")
+    p.add_argument("--model", default="tiny-opt", choices=["tiny-opt", "tiny-llama"])
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq", type=int, default=64)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--json")
+    p.set_defaults(run=run_batched)
     return ap
 
 

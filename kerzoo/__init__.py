@@ -44,6 +44,20 @@ def schedule(name: str, optimizer: Any, total_steps: int, warmup: int = 0, min_f
     return make(name, optimizer, total_steps, warmup, min_factor)
 
 
+def replicate(batch: Any, n: int) -> Any:
+    """For ``perturb="batched"`` closures: the batch repeated n times along dim 0."""
+    from .perturb.batched import replicate as rep
+
+    return rep(batch, n)
+
+
+def replica_losses(logits: Any, labels: Any, n: int) -> Any:
+    """For ``perturb="batched"`` closures: each replica's causal-LM loss (as ``labels=`` gives)."""
+    from .perturb.batched import replica_losses as losses
+
+    return losses(logits, labels, n)
+
+
 def _names(kind: str) -> list[str]:
     from .plugins import get_registry
 
@@ -75,6 +89,8 @@ __all__ = [
     "optimizer",
     "optim_class",
     "schedule",
+    "replicate",
+    "replica_losses",
     "list_optimizers",
     "list_estimators",
     "list_kernels",

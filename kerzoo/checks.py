@@ -71,6 +71,12 @@ def before_build(opt: Any, module: torch.nn.Module | None, perturb: str) -> None
             "themselves, which in place hold theta + eps z while a point is active; pass the "
             "model (kerzoo.optimizer(name, model)) so that it perturbs on the fly"
         )
+    if opt.mode == "batched" and (compiled(module) or compiled(opt._given_module)):
+        raise ValueError(
+            "perturb='batched' runs each layer once per replica, which a compiled graph cannot "
+            "follow; give the eager model (compile nothing), or use perturb='onthefly' with the "
+            "compiled model"
+        )
     if opt.projection.needs_center:
         seeds = list(range(opt.estimator.directions))
         plan = opt.estimator.plan(0, seeds, opt.eps)
@@ -135,6 +141,22 @@ def loss_value(value: Any) -> float:
         else "return the loss (for a transformers model, call it with labels= and return .loss)"
     )
     raise TypeError(f"the closure returned a {type(value).__name__}, not a loss; {hint}")
+
+
+def loss_values(value: Any, n: int) -> list[float]:
+    """perturb='batched': the closure's n losses, one per replica, as floats."""
+    if not isinstance(value, torch.Tensor) or value.numel() != n:
+        got = (
+            f"a tensor of shape {tuple(value.shape)}"
+            if isinstance(value, torch.Tensor)
+            else f"a {type(value).__name__}"
+        )
+        raise TypeError(
+            f"perturb='batched': the closure was called with n = {n} and returned {got}; return "
+            f"the {n} replicas' losses (shape ({n},)), e.g. kerzoo.replica_losses(logits, labels, "
+            "n) for a causal LM run on kerzoo.replicate(batch, n)"
+        )
+    return [float(x) for x in value.detach().reshape(-1).tolist()]
 
 
 def coefficients(opt: Any, coefs: list[float], step: int) -> None:

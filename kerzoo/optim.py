@@ -62,9 +62,10 @@ class ZOOptimizer(torch.optim.Optimizer):
     ):
         if not eps > 0:
             raise ValueError(f"eps must be > 0, got {eps!r}")
-        if perturb not in ("auto", "inplace", "onthefly", "outputs"):
+        if perturb not in perturbers.STRATEGIES and perturb != "auto":
             raise ValueError(
-                f"perturb must be 'auto', 'inplace', 'onthefly' or 'outputs', got {perturb!r}"
+                f"perturb must be 'auto', {', '.join(map(repr, perturbers.STRATEGIES))}, got "
+                f"{perturb!r}"
             )
         given = params if isinstance(params, torch.nn.Module) else module
         if isinstance(params, torch.nn.Module):
@@ -126,7 +127,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         with self._plugin("projection", projection, "setup"):
             self.projection.setup(self.infos, self.seed)
         low = any(i.tensor.dtype in LOW_PRECISION for i in self.infos)
-        if perturb in ("onthefly", "outputs") and module is None:
+        if perturb not in ("auto", "inplace") and module is None:
             raise ValueError(
                 f"perturb={perturb!r} needs the module itself: kerzoo.optimizer(name, model)"
             )
@@ -142,8 +143,8 @@ class ZOOptimizer(torch.optim.Optimizer):
         self.stochastic_rounding = low if stochastic_rounding is None else bool(stochastic_rounding)
         if self._dtensors:
             dtensor.refuse_mode(self)
-        checks.before_build(self, module, perturb)
         self.module, self._given_module = module, given
+        checks.before_build(self, module, perturb)
         self.perturber: Perturber = (
             dtensor.ShardedOnTheFly(
                 module, self.infos, projection, [self._owner[id(i)] for i in self.infos]
@@ -161,18 +162,34 @@ class ZOOptimizer(torch.optim.Optimizer):
         if closures is None:
             self.perturber.replay_at(rows)
             return None
+        if self.mode == "batched":
+            return self._evaluate_together(closures, [rows])[0]
         try:
             with self.perturber.at(rows), checks.forward_mode(self.module):
                 values = [checks.loss_value(c()) for c in closures]
-        except Exception as exc:  # the parameters back at theta; a plugin's error named
-            if not hasattr(exc, "_kerzoo_part"):
-                self._settle_after(exc)
-                raise
-            with self._plugin("projection", self.projection, self._step):
-                raise
+        except Exception as exc:
+            self._forward_failed(exc)
         dtensor.reshard(self._fsdp)  # FSDP2: the next forward gathers the shards as they are then
         loss = sum(values) / len(values)
         return dtensor.mean_over(loss, *self._reduce) if self._reduce else loss
+
+    def _evaluate_together(self, closures: Sequence[Closure], points: list[Rows]) -> list[float]:
+        """perturb='batched': the losses at all points from one call of each closure with n."""
+        n = len(points)
+        try:
+            with self.perturber.at_many(points), checks.forward_mode(self.module):
+                values = [checks.loss_values(c(n), n) for c in closures]
+        except Exception as exc:
+            self._forward_failed(exc)
+        return [sum(v[k] for v in values) / len(values) for k in range(n)]
+
+    def _forward_failed(self, exc: Exception) -> None:
+        """A closure's forward raised: the parameters back at theta; a plugin's error named."""
+        if not hasattr(exc, "_kerzoo_part"):
+            self._settle_after(exc)
+            raise exc
+        with self._plugin("projection", self.projection, self._step):
+            raise exc
 
     def step(self, closure: Closure | Sequence[Closure] | None = None) -> float:  # type: ignore[override]
         if closure is None:
@@ -276,6 +293,12 @@ class ZOOptimizer(torch.optim.Optimizer):
             except guard.NonFiniteUpdate as exc:
                 return self._skip(step, seeds, losses, exc.what)
         evaluated = plan.points if not skipped else plan.points[: len(record.get("losses", []))]
+        if self.mode == "batched" and not replaying:
+            losses = self._evaluate_together(closures, [table.point(p) for p in evaluated])
+            bad = next((k for k, x in enumerate(losses) if not math.isfinite(x)), None)
+            if bad is not None:  # recorded as the sequential loop records it
+                losses, skipped = losses[: bad + 1], True
+            evaluated = []
         for point in evaluated:
             loss = self._evaluate(closures, table.point(point))
             if not replaying:

@@ -201,6 +201,19 @@ BUILTIN = (
         "ZO-Adam: Adam on the two-point estimate (two full-size buffers)",
     ),
     Preset(
+        "fzoo",
+        {**MEZO, "estimator": "fzoo"},
+        {"lr": 1e-5, "eps": 1e-3, "directions": 8, "dist": "rademacher"},
+        "FZOO (Dang et al. 2025): 8 one-sided Rademacher differences around L(theta), the step "
+        "divided by the losses' standard deviation (9 forwards; perturb='batched': one)",
+    ),
+    Preset(
+        "zo-adam-replay",
+        {**MEZO, "update": "adam-replay"},
+        {"lr": 1e-5, "eps": 1e-3, "history": 32},
+        "ZO-Adam with both moments rebuilt from the last 32 steps' seeds (no buffers)",
+    ),
+    Preset(
         "kerzoo",
         {**MEZO, "estimator": "kernel"},
         {
@@ -212,6 +225,26 @@ BUILTIN = (
             "r_min": 0.5,
         },
         "KerZOO: kernel-weighted two-point estimator (legendre3), bias O(eps^4), 3 directions",
+    ),
+    Preset(
+        "kerzoo-recipe",
+        {**MEZO, "estimator": "kernel"},
+        {
+            "lr": 1e-6,
+            "eps": 1e-3,
+            "kernel": "legendre3",
+            "directions": 3,
+            "C": 4.0,
+            "rescale": False,
+            "r_max": 1.0,
+            "r_min": 1e-4,
+            "r_shrink_steps": 4000,
+            "r_scope": "tensor",
+            "clip": 4e5,
+        },
+        "The public KerZOO code's recipe: K = 15 r (5 - 7 r^2) on r shrunk over 4000 steps "
+        "without rescaling, r per tensor, per-tensor clip 4e5 (primal averaging: add update = "
+        "'primal-averaging', one more copy of the weights)",
     ),
     Preset(
         "subzero",

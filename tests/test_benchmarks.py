@@ -73,3 +73,35 @@ def test_host_mode_writes_its_json(tmp_path):
     assert set(rows["steps"]) == {"mezo inplace", "kerzoo:r_scope=tensor inplace"}
     assert all(t > 0 for t in rows["steps"].values())
     assert set(rows["cpu_steps"]) == set(rows["steps"])
+
+
+def test_batched_mode_writes_its_json(tmp_path):
+    out = tmp_path / "batched.json"
+    step.main(
+        [
+            *("batched", "--model", "tiny-llama", "--batch", "1", "--seq", "8"),
+            *("--steps", "1", "--warmup", "0", "--repeat", "1", "--json", str(out)),
+        ]
+    )
+    res = json.loads(out.read_text())
+    assert res["onthefly"]["points"] == res["batched"]["points"] == 9
+    assert res["max_rel_loss_difference"] < 1e-5  # the same losses either way
+    assert res["batched_over_separate_step"] > 0
+
+
+def test_race_methods_parse_with_options_and_the_hidden_decay():
+    import race
+
+    assert race.parse_method("mezo") == ("mezo", {}, 0)
+    assert race.parse_method("kerzoo:C=4,rescale=false,r_min=1e-4,r_scope=tensor") == (
+        "kerzoo",
+        {"C": 4, "rescale": False, "r_min": 1e-4, "r_scope": "tensor"},
+        0,
+    )
+    assert race.parse_method("mezo:hidden_decay=2000") == ("mezo", {}, 2000)
+    with pytest.raises(SystemExit, match="key=value"):
+        race.parse_method("kerzoo:tensor")
+    # the factor is E[r 4K(r)] / 4: 1 at the start, 1.86 near a = 0.77, then ~ a^2
+    assert race.hidden_decay(0, 100) == pytest.approx(1.0)
+    assert max(race.hidden_decay(t, 1000) for t in range(1000)) == pytest.approx(1.86, abs=0.01)
+    assert race.hidden_decay(900, 1000) == pytest.approx(15 / 4 * 0.01 * (5 / 3 - 0.014), rel=1e-9)

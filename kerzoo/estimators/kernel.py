@@ -10,6 +10,11 @@ expansion of the difference in r gives E_r[r K_a(r)] = C and E_r[r^3 K_a(r)] = 0
 so the eps^2 bias term cancels: the bias is O(eps^4). K is rescaled with a at every step, so
 the conditions hold while a shrinks from r_max to r_min over r_shrink_steps.
 
+rescale=False weights by C K(r) instead (the public KerZOO code, with C = 4: 15 r (5 - 7 r^2)):
+for legendre3, E_r[r C K(r)] = (15 C / 4) a^2 (5/3 - 7 a^2 / 5), which is C at a = 1, peaks at
+1.86 C near a = 0.77 and then falls as a^2 while a shrinks (a learning-rate schedule in
+disguise), and the eps^2 term no longer cancels once a < 1.
+
 r_scope="tensor" draws one r per direction and tensor: tensor t moves by eps r_{i,t} z_{i,t} and
 its estimate is sum_i [L+ - L-]/(2 eps n) K_a(r_{i,t}) z_{i,t}.
 """
@@ -35,6 +40,7 @@ class KernelEstimator(Estimator):
         "r_min": 0.5,
         "r_shrink_steps": 0,
         "r_scope": "direction",
+        "rescale": True,
     }
 
     def __init__(self, **options):
@@ -47,6 +53,12 @@ class KernelEstimator(Estimator):
         self.r_max, self.r_min = float(self.options["r_max"]), float(self.options["r_min"])
         self.r_shrink_steps = int(self.options["r_shrink_steps"])
         self.r_scope = self.options["r_scope"]
+        self.rescale = self.options["rescale"]
+        if not isinstance(self.rescale, bool):
+            raise ValueError(
+                f"kernel estimator: rescale must be true (K_a(r) = (C/a) K(r/a), the theory) or "
+                f"false (C K(r), the public code), got {self.rescale!r}"
+            )
         if self.r_scope not in ("direction", "tensor"):
             raise ValueError(
                 f"kernel estimator: r_scope must be 'direction' (the paper's theory) or 'tensor' "
@@ -91,15 +103,17 @@ class KernelEstimator(Estimator):
         return [(row, w[t * q : (t + 1) * q]) for t, row in enumerate(r)]
 
     def weights(self, rs: list[float], a: float) -> list[float]:
-        """K_a(r) = (C / a) K(r / a) for each r, K evaluated once over all of them."""
+        """K_a(r) = (C / a) K(r / a) for each r (without rescaling, C K(r)), K evaluated once
+        over all of them."""
         from ..perturb.base import named
 
-        s = torch.tensor([r / a for r in rs], dtype=torch.float64)
+        scale = 1.0 if not self.rescale else a
+        s = torch.tensor([r / scale for r in rs], dtype=torch.float64)
         with named("kernel", self.kernel):
-            return [self.C / a * k for k in self.kernel(s).tolist()]
+            return [self.C / scale * k for k in self.kernel(s).tolist()]
 
     def weight(self, r: float, a: float) -> float:
-        """K_a(r) = (C / a) K(r / a)."""
+        """K_a(r) = (C / a) K(r / a); without rescaling, C K(r)."""
         return self.weights([r], a)[0]
 
     def coefficients(self, plan, losses, eps):

@@ -5,20 +5,27 @@
 - ``base``: the ``Perturber`` interface and ``InPlace``.
 - ``onthefly``: ``OnTheFly``, a perturbed transient per module forward (exact restore).
 - ``outputs``: ``OutputPerturbation``, low-rank directions added to nn.Linear outputs.
+- ``batched``: ``Batched``, all of a step's points in one forward over a replicated batch.
 """
 
 from __future__ import annotations
 
 from .base import InPlace, Perturber
+from .batched import Batched, replica_losses, replicate
 from .onthefly import OnTheFly
 from .outputs import OutputPerturbation
 from .table import Rows, Table
 
-STRATEGIES = {"inplace": InPlace, "onthefly": OnTheFly, "outputs": OutputPerturbation}
+STRATEGIES = {
+    "inplace": InPlace,
+    "onthefly": OnTheFly,
+    "outputs": OutputPerturbation,
+    "batched": Batched,
+}
 
 
 def make(mode: str, module, infos, projection) -> Perturber:
-    """The Perturber for ``mode`` ('inplace', 'onthefly', 'outputs')."""
+    """The Perturber for ``mode`` ('inplace', 'onthefly', 'outputs', 'batched')."""
     if mode == "inplace":
         return InPlace(infos, projection)
     return STRATEGIES[mode](module, infos, projection)
@@ -26,6 +33,7 @@ def make(mode: str, module, infos, projection) -> Perturber:
 
 __all__ = [
     "STRATEGIES",
+    "Batched",
     "InPlace",
     "OnTheFly",
     "OutputPerturbation",
@@ -33,4 +41,6 @@ __all__ = [
     "Rows",
     "Table",
     "make",
+    "replica_losses",
+    "replicate",
 ]

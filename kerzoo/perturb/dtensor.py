@@ -136,10 +136,11 @@ def refuse_mode(opt: Any) -> None:
     from ..projections.lowrank import LowRankDirections
 
     first = opt.infos[opt._dtensors[0][0]]
-    if opt.mode == "outputs":
+    if opt.mode in ("outputs", "batched"):
         raise ValueError(
-            f"perturb='outputs' is not supported yet for DTensor parameters such as {first.name} "
-            "(a model sharded with FSDP2's fully_shard); use perturb='onthefly' or 'inplace'"
+            f"perturb={opt.mode!r} is not supported yet for DTensor parameters such as "
+            f"{first.name} (a model sharded with FSDP2's fully_shard); use perturb='onthefly' or "
+            "'inplace'"
         )
     if opt.mode == "onthefly" and not isinstance(opt.projection, (Dense, LowRankDirections)):
         raise ValueError(

@@ -53,8 +53,12 @@ class OnTheFly(Perturber):
             owned = [p for p in m._parameters.values() if p is not None and id(p) in self.index]
             if owned:
                 self._reserve(owned)
-                self.handles.append(m.register_forward_pre_hook(self._pre(owned)))
-                self.handles.append(m.register_forward_hook(self._post(len(owned))))
+                self._attach(m, owned)
+
+    def _attach(self, m: torch.nn.Module, owned: list[torch.Tensor]) -> None:
+        """Hook module m, which owns the trainable tensors ``owned``."""
+        self.handles.append(m.register_forward_pre_hook(self._pre(owned)))
+        self.handles.append(m.register_forward_hook(self._post(len(owned))))
 
     def _reserve(self, tensors) -> None:
         """Grow the workspace, per (dtype, device), to hold one module's tensors at once."""

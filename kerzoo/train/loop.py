@@ -341,6 +341,12 @@ class Run:
         except (KeyError, TypeError, ValueError) as exc:
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
             raise config_mod.ConfigError(f"[optimizer] {cfg['optimizer']!r}: {message}") from None
+        if self.opt.mode == "batched":
+            raise config_mod.ConfigError(
+                "[optimizer] perturb = 'batched' needs a closure that takes the number of points "
+                "(the Python API, docs/optimizers.md); kerzoo train evaluates one point per "
+                "forward: use perturb = 'onthefly' (the same losses, one forward per point)"
+            )
         if parallel is not None:
             parallel.built(self)
         self.base_lrs = [g["lr"] for g in self.opt.param_groups]

@@ -26,8 +26,9 @@ OPTION_DOCS = {
     "weight_decay": "decoupled weight decay θ ← θ(1 − lr·wd), not applied to 1-D tensors (biases, "
     "norms)",
     "seed": "seed of the directions: the same seed gives the same trajectory",
-    "perturb": "auto, inplace, onthefly or outputs; auto perturbs on the fly when a module with "
-    "fp16/bf16 parameters is given, in place otherwise",
+    "perturb": "auto, inplace, onthefly, outputs or batched (Python only: all points in one "
+    "forward, the closure takes n); auto perturbs on the fly when a module with fp16/bf16 "
+    "parameters is given, in place otherwise",
     "stochastic_rounding": "round updates of low-precision weights stochastically; unset: on when "
     "a parameter is fp16/bf16",
     "clip": "per-tensor clipping of the estimate's norm (0: off)",
@@ -40,6 +41,8 @@ PART_OPTION_DOCS = {
     ("one-sided", "directions"): "directions q per step (q + 1 forwards)",
     ("three-point", "directions"): "directions q per step (2q + 1 forwards)",
     ("kernel", "directions"): "directions q per step (2 forwards each)",
+    ("fzoo", "directions"): "directions N per step (N + 1 forwards, or one with perturb = batched)",
+    ("fzoo", "normalize"): "divide the step by the standard deviation of the N perturbed losses",
     ("kernel", "kernel"): "a registered kernel (`kerzoo list kernels`)",
     ("kernel", "C"): "scale of the weight K_a(r) = (C/a) K(r/a)",
     ("kernel", "r_max"): "radius a of r ~ U[−a, a] at the start",
@@ -52,6 +55,12 @@ PART_OPTION_DOCS = {
         "kernel",
         "r_scope",
     ): "direction (one r per direction) or tensor (one r per direction and tensor)",
+    (
+        "kernel",
+        "rescale",
+    ): "true: K_a(r) = (C/a) K(r/a) (moments kept as a shrinks); false: C K(r), "
+    "the public code's (a hidden lr decay)",
+    ("primal-averaging", "rate"): "beta_t = 1 + t rate: theta <- c / beta_t + (1 - 1/beta_t) theta",
     ("dense", "dist"): "distribution of z: gaussian or rademacher",
     ("subspace", "rank"): "rank r of each matrix's random subspace",
     ("subspace", "refresh"): "steps between redraws of the subspace",
@@ -75,6 +84,10 @@ PART_OPTION_DOCS = {
     ("momentum", "beta"): "momentum coefficient (one full-size buffer)",
     ("momentum-replay", "beta"): "momentum coefficient (no buffer: rebuilt from past seeds)",
     ("momentum-replay", "history"): "steps of history h the momentum is rebuilt from (>= 1)",
+    ("adam-replay", "beta1"): "Adam's first-moment decay (no buffer: rebuilt from past seeds)",
+    ("adam-replay", "beta2"): "Adam's second-moment decay (over the last h steps only)",
+    ("adam-replay", "adam_eps"): "Adam's denominator ε (not the perturbation eps)",
+    ("adam-replay", "history"): "steps of history h both moments are rebuilt from (>= 1)",
     ("adam", "beta1"): "Adam's first-moment decay",
     ("adam", "beta2"): "Adam's second-moment decay",
     ("adam", "adam_eps"): "Adam's denominator ε (not the perturbation eps)",

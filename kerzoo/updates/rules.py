@@ -166,6 +166,114 @@ class Adam(Update):
             p.tensor.add_(step if step.dtype == p.tensor.dtype else step.to(p.tensor.dtype))
 
 
+class AdamReplay(Update):
+    """Adam with no buffers (after AdaMeZO, arXiv 2605.00650): both moments rebuilt each step
+    from the last h steps' (seed, coefficient) records,
+
+        m_t = (1 - b1) sum_{k<h} b1^k g_{t-k},   v_t = (1 - b2) sum_{k<h} b2^k g_{t-k}^2,
+
+    normalised by the weights' sum 1 - b^min(t, h) (Adam's bias correction while t <= h, where it
+    equals ``adam``; beyond, a window of the last h estimates). Work: h estimates materialised
+    per tensor per step (three temporaries the tensor's size, one tensor at a time)."""
+
+    name = "adam-replay"
+    defaults = {"beta1": 0.9, "beta2": 0.999, "adam_eps": 1e-8, "history": 32}
+    memory = "h x q coefficients per tensor"
+    replays_directions = True
+    trial = True
+
+    def safe(self, ctx, p, z, theta, state, limit):
+        """m^ = sum_k a_k g_k and v^ = sum_k b_k g_k^2 with weights summing to 1, so by Cauchy-
+        Schwarz |m^| / sqrt(v^) <= sqrt(sum_k a_k^2 / b_k): |p'| <= |p| + lr times that, and
+        v^ <= G^2 with G >= |g_k| from the projection's bound."""
+        past = [ctx.for_tensor(p, ctx.coefs)]
+        past += [c for c, _ in ctx.state(p).get("history", [])[: self.history - 1]]
+        big = max(z * sum(map(abs, cs)) for cs in past)
+        kept = min(ctx.state(p).get("t", 0) + 1, self.history, len(past))
+        a = [(1 - self.b1) * self.b1**k / (1 - self.b1**kept) for k in range(kept)]
+        b = [(1 - self.b2) * self.b2**k / (1 - self.b2**kept) for k in range(kept)]
+        ratio = math.sqrt(sum(x * x / y for x, y in zip(a, b)))
+        return big * big < _LIMIT32 and theta + ctx.lr(p) * ratio < limit
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.b1, self.b2 = float(self.options["beta1"]), float(self.options["beta2"])
+        self.history = int(self.options["history"])
+        for key, b in (("beta1", self.b1), ("beta2", self.b2)):
+            if not 0.0 <= b < 1.0:
+                raise ValueError(f"update 'adam-replay': {key} must be in [0, 1), got {b}")
+        if self.history < 1:
+            raise ValueError(f"update 'adam-replay': history must be >= 1 step, got {self.history}")
+
+    def apply(self, ctx, replay=None):
+        b1, b2, e = self.b1, self.b2, float(self.options["adam_eps"])
+        for p in ctx.params:
+            st = ctx.state(p)
+            past = st.setdefault("history", [])  # newest first: (coefs for p, seeds)
+            past.insert(0, (ctx.for_tensor(p, ctx.coefs), list(ctx.seeds)))
+            del past[self.history :]
+            st["t"] = st.get("t", 0) + 1
+            m = v = None
+            for k, (coefs, seeds) in enumerate(past):
+                g = ctx.projection.materialize(p, coefs, seeds)
+                if m is None:
+                    m, v = torch.zeros_like(g), torch.zeros_like(g)
+                m.add_(g, alpha=(1 - b1) * b1**k)
+                v.addcmul_(g, g, value=(1 - b2) * b2**k)
+            kept = min(st["t"], self.history)
+            step = v.div_(1 - b2**kept).sqrt_().add_(e).reciprocal_().mul_(m)
+            step.mul_(-ctx.lr(p) / (1 - b1**kept))
+            p.tensor.add_(step if step.dtype == p.tensor.dtype else step.to(p.tensor.dtype))
+
+
+class PrimalAveraging(Update):
+    """Primal averaging (the public KerZOO code's update): an SGD sequence c and the averaged
+    iterate theta, at which the estimates are taken,
+
+        c <- c - lr g(theta),   theta <- c / beta_t + (1 - 1 / beta_t) theta,   beta_t = 1 + t rate
+
+    (t = 0, 1, ...: the first step is SGD's),
+
+    with c = theta at the start. Holds c, one full-size fp32 buffer per tensor (fp64 for fp64),
+    and builds the estimate once per tensor per step (a temporary): about 3x the model's memory
+    during the update, 2x between steps."""
+
+    name = "primal-averaging"
+    defaults = {"rate": 1.0 / 6.0}
+    memory = "1 buffer per tensor (the SGD sequence c)"
+    trial = True
+
+    def safe(self, ctx, p, z, theta, state, limit):
+        """|c'| <= |c| + lr G (c starts as p), and p' averages p and c': |p'| <= max(|p|, |c'|)."""
+        c = state.get("sequence", theta) + ctx.lr(p) * z * sum(
+            map(abs, ctx.for_tensor(p, ctx.coefs))
+        )
+        return c < min(limit, _LIMIT32) and theta < limit
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.rate = float(self.options["rate"])
+        if not self.rate >= 0.0:
+            raise ValueError(
+                f"update 'primal-averaging': rate must be >= 0 (beta_t = 1 + t rate), got "
+                f"{self.rate}"
+            )
+
+    def apply(self, ctx, replay=None):
+        for p in ctx.params:
+            st = ctx.state(p)
+            if "sequence" not in st:
+                dt = torch.float64 if p.tensor.dtype == torch.float64 else torch.float32
+                st["sequence"] = p.tensor.detach().to(dt, copy=True)
+                st["t"] = 0
+            c = st["sequence"]
+            c.add_(ctx.estimate(p), alpha=-ctx.lr(p))
+            w = 1.0 / (1.0 + st["t"] * self.rate)  # t: this tensor's steps before this one
+            st["t"] += 1
+            avg = p.tensor.to(c.dtype).mul_(1.0 - w).add_(c, alpha=w)
+            p.tensor.copy_(avg)
+
+
 class Conservative(Update):
     """Keep the best of theta, theta - lr g, theta + lr g by loss (3 more forwards; ZO-SGD-Cons)."""
 
@@ -195,5 +303,14 @@ class Conservative(Update):
 
 @hookimpl
 def kerzoo_register_updates(register):
-    for rule in (SGD, Sign, Momentum, MomentumReplay, Adam, Conservative):
+    for rule in (
+        SGD,
+        Sign,
+        Momentum,
+        MomentumReplay,
+        Adam,
+        AdamReplay,
+        PrimalAveraging,
+        Conservative,
+    ):
         register(rule)

@@ -106,6 +106,25 @@ def test_kernel_rescaled_with_radius_keeps_its_moments(a, C):
     assert abs(m3) < 1e-12 * max(1.0, a**3 * C)
 
 
+@given(st.floats(0.05, 1.0))
+def test_without_rescaling_the_first_moment_is_the_hidden_decay(a):
+    """The public code's weight 4 K(r) = 15 r (5 - 7 r^2): E_r[r 4K(r)] = 15 a^2 (5/3 - 7a^2/5),
+    4 at a = 1 and falling as a^2; the third moment no longer vanishes once a < 1."""
+    est = KernelEstimator(C=4.0, rescale=False, r_max=a, r_min=a)
+    assert est.weight(0.3, a) == pytest.approx(15 * 0.3 * (5 - 7 * 0.09), rel=1e-12)
+    nodes, weights = np.polynomial.legendre.leggauss(8)
+    m1 = sum(0.5 * w * (a * s) * est.weight(a * s, a) for s, w in zip(nodes, weights))
+    m3 = sum(0.5 * w * (a * s) ** 3 * est.weight(a * s, a) for s, w in zip(nodes, weights))
+    assert m1 == pytest.approx(15 * a**2 * (5 / 3 - 7 * a**2 / 5), rel=1e-10)
+    if a < 0.99:
+        assert abs(m3) > 1e-3 * a**4
+
+
+def test_rescale_must_be_a_boolean():
+    with pytest.raises(ValueError, match="rescale must be true"):
+        KernelEstimator(rescale="no")
+
+
 def test_radius_shrinks_linearly_then_stays():
     est = KernelEstimator(r_max=0.5, r_min=0.1, r_shrink_steps=100)
     assert est.radius(0) == 0.5

@@ -131,6 +131,20 @@ def test_an_optimizer_typo_is_a_config_error(make_cfg):
         Run(make_cfg(optimizer={"preset": "mezzo"}), progress=False)
 
 
+def test_batched_evaluation_is_refused_by_kerzoo_train(make_cfg):
+    with pytest.raises(ConfigError, match=r"perturb = 'batched'.*use perturb = 'onthefly'"):
+        Run(make_cfg(optimizer={"preset": "fzoo", "perturb": "batched"}), progress=False)
+
+
+def test_fzoo_trains_under_kerzoo_train(make_cfg):
+    run = Run(
+        make_cfg(optimizer={"preset": "fzoo", "lr": 1e-6}, train={"steps": 3}), progress=False
+    )
+    run.train()
+    assert run.opt.steps_done == 3 and run.opt.skipped_steps == 0
+    assert len(run.opt.last_record["losses"]) == 9 and "sigma" in run.opt.last_record
+
+
 def test_replay_refuses_another_base_and_a_broken_log(make_cfg, tmp_path, tiny_models):
     run = Run(make_cfg(), progress=False)
     run.train(stop_at=2)
