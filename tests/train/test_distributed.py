@@ -142,8 +142,12 @@ def test_two_ranks_of_batch_8_follow_one_rank_of_batch_16_for_every_kind_of_opti
         assert all(m["comm_bytes"] == 16 * forwards for m in steps), (two["optimizer"], steps)
 
 
+# presets whose projection shards, less those that clip by each tensor's norm (kerzoo-recipe),
+# which a rank holding a shard does not know: a sharded model refuses clip > 0 when built
 SHARDABLE = [
-    name for name in kerzoo.list_optimizers() if resolve(name).arguments()["projection"].shardable
+    name
+    for name in kerzoo.list_optimizers()
+    if resolve(name).arguments()["projection"].shardable and not resolve(name).options.get("clip")
 ]
 SMALL2 = {"train": {"batch_size": 4, "steps": 2, "eval_every": 2, "checkpoint_every": 2}}
 
