@@ -49,13 +49,17 @@ def median(xs) -> float:
 
 
 def parse_spec(spec: str, defaults: dict | None = None) -> tuple[str, dict]:
-    """'name:key=value,key=value' -> (name, options): numbers where a value reads as one."""
+    """'name:key=value,key=value' -> (name, options): numbers where a value reads as one,
+    booleans for true/false."""
     name, _, rest = spec.partition(":")
     options = dict(defaults or {})
     for item in filter(None, rest.split(",")):
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"optimizer spec {spec!r}: write options as key=value, got {item!r}")
+        if value.lower() in ("true", "false"):
+            options[key] = value.lower() == "true"
+            continue
         try:
             options[key] = float(value) if any(c in value for c in ".e") else int(value)
         except ValueError:

@@ -41,6 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import parse_spec
+
 METHODS = ("mezo", "kerzoo", "subzero", "lozo", "pgap", "zo-adam")
 # lr grids around each preset family's scale on this task (mezo's default run uses 1e-4)
 # fzoo's step is normalised by the losses' spread: about lr sqrt(N) / (N eps) per coordinate
@@ -50,23 +52,7 @@ DEFAULT_GRID = (3e-5, 1e-4, 3e-4)
 
 def parse_method(method: str) -> tuple[str, dict, int]:
     """preset[:key=value,...] -> (preset, optimizer options, hidden_decay steps or 0)."""
-    preset, _, rest = method.partition(":")
-    options: dict = {}
-    for item in filter(None, rest.split(",")):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise SystemExit(f"method {method!r}: options are key=value, got {item!r}")
-        low = value.lower()
-        if low in ("true", "false"):
-            options[key] = low == "true"
-        else:
-            try:
-                options[key] = int(value)
-            except ValueError:
-                try:
-                    options[key] = float(value)
-                except ValueError:
-                    options[key] = value
+    preset, options = parse_spec(method)
     return preset, options, int(options.pop("hidden_decay", 0))
 
 
