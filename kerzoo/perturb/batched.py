@@ -148,17 +148,8 @@ class Batched(OnTheFly):
                     outs.append(forward(*a, **kw))
                     continue
                 base = len(self._saved)
-                items, ts = [], []
                 try:
-                    for p in owned:
-                        t = self.index[id(p)]
-                        transient, key = self._transient(p)
-                        items.append((self.infos[t], transient))
-                        ts.append(t)
-                        self._saved.append((p, p.data, key, p.numel()))
-                        p.data = transient
-                        self._touched.add(id(p))
-                    self._pass(items, ts, rows)
+                    self._swap_in(owned, rows)
                     outs.append(forward(*a, **kw))
                 finally:
                     self._restore(base)

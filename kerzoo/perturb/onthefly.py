@@ -86,21 +86,24 @@ class OnTheFly(Perturber):
         self._top[k] = top + n
         return out, k
 
+    def _swap_in(self, owned: list[torch.Tensor], rows: Rows) -> None:
+        """Each of ``owned`` reads a transient holding W + its row of ``rows`` (one pass); the
+        real data goes on the stack that _restore pops."""
+        items, ts = [], []
+        for p in owned:
+            t = self.index[id(p)]
+            transient, k = self._transient(p)
+            items.append((self.infos[t], transient))
+            ts.append(t)
+            self._saved.append((p, p.data, k, p.numel()))
+            p.data = transient
+            self._touched.add(id(p))
+        self._pass(items, ts, rows)
+
     def _pre(self, owned: list[torch.Tensor]):
         def hook(module, args):
-            rows = self._rows
-            if rows is None:
-                return
-            items, ts = [], []
-            for p in owned:
-                t = self.index[id(p)]
-                transient, k = self._transient(p)
-                items.append((self.infos[t], transient))
-                ts.append(t)
-                self._saved.append((p, p.data, k, p.numel()))
-                p.data = transient
-                self._touched.add(id(p))
-            self._pass(items, ts, rows)
+            if self._rows is not None:
+                self._swap_in(owned, self._rows)
 
         return torch.compiler.disable(hook, recursive=True)
 
