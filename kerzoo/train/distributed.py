@@ -478,13 +478,14 @@ def verify(folder: Path, name: str, mark: list, manifest: Path) -> str | None:
     return None
 
 
-def checkpoint_params(path: Path) -> dict[str, torch.Tensor]:
+def checkpoint_params(path: Path, ck: dict | None = None) -> dict[str, torch.Tensor]:
     """The trained tensors of a checkpoint, whole, in this process (no torch.distributed): a
-    replicated checkpoint's own, or a sharded one's read from its DCP files (checked first)."""
+    replicated checkpoint's own, or a sharded one's read from its DCP files (checked first).
+    ``ck``: the checkpoint already loaded from ``path``."""
     from .loop import load_checkpoint
 
     path = Path(path)
-    ck = load_checkpoint(path)
+    ck = load_checkpoint(path) if ck is None else ck
     if ck.get("shards") is None:
         return ck["params"]
     import torch.distributed.checkpoint as dcp

@@ -94,13 +94,20 @@ def export_run(run) -> Path | None:
     state = run.parallel.full_state(run)  # FSDP2: gathered one tensor at a time, kept by rank 0
     if not run.writer:
         return None
+    # the model's FSDP2 modules hold DTensors: rank 0 writes a plain copy of it, trained
+    model, tokenizer, _ = _trained(run.cfg["model"], state, run.checkpoint_path)
+    return write(model, tokenizer, export_path(run.cfg), guard=(run.out,))
+
+
+def _trained(model_cfg: dict, state: dict, where: Path):
+    """A plain (unsharded) copy of the model with the trained tensors ``state``: (model,
+    tokenizer, kind)."""
     from .loop import restore_params
     from .model import load_model
 
-    # the model's FSDP2 modules hold DTensors: rank 0 writes a plain copy of it, trained
-    model, tokenizer, _ = load_model(run.cfg["model"])
-    restore_params(model, state, run.checkpoint_path)
-    return write(model, tokenizer, export_path(run.cfg), guard=(run.out,))
+    model, tokenizer, kind = load_model(model_cfg)
+    restore_params(model, state, where)
+    return model, tokenizer, kind
 
 
 def loader(kind: str, lora: bool) -> str:
@@ -116,11 +123,9 @@ def loader(kind: str, lora: bool) -> str:
 def from_checkpoint(checkpoint: Path):
     """The trained model of a checkpoint: (model, tokenizer, kind, the checkpoint's dict)."""
     from .distributed import checkpoint_params
-    from .loop import load_checkpoint, restore_params
-    from .model import load_model
+    from .loop import load_checkpoint
 
     ck = load_checkpoint(checkpoint)
     model_cfg = {**config_mod.defaults()["model"], **ck["config"]["model"]}
-    model, tokenizer, kind = load_model(model_cfg)
-    restore_params(model, checkpoint_params(checkpoint), checkpoint)  # sharded: its DCP files
-    return model, tokenizer, kind, ck
+    state = checkpoint_params(checkpoint, ck)  # sharded: read from its DCP files
+    return (*_trained(model_cfg, state, checkpoint), ck)
