@@ -92,7 +92,7 @@ def compiled_model(opt: Any) -> None:
     """At each step, for a hooks mode: a model compiled (and run) before the optimizer added its
     hooks holds graphs traced without them, whose forwards would all see theta. Such graphs are
     dropped once (torch._dynamo.reset()) so the next forward traces the hooks."""
-    if opt.mode == "inplace" or getattr(opt, "_graphs_checked", False):
+    if opt.mode == "inplace" or opt._graphs_checked:
         return
     opt._graphs_checked = True
     if compiled(opt._given_module):
@@ -165,8 +165,8 @@ def coefficients(opt: Any, coefs: list[float], step: int) -> None:
     if any(c != 0.0 for c in coefs if math.isfinite(c)):
         opt._zero_steps = 0
         return
-    opt._zero_steps = getattr(opt, "_zero_steps", 0) + 1
-    if opt._zero_steps == ZERO_STEPS and not getattr(opt, "_zero_warned", False):
+    opt._zero_steps += 1
+    if opt._zero_steps == ZERO_STEPS and not opt._zero_warned:
         opt._zero_warned = True
         dtypes = sorted({str(i.tensor.dtype).replace("torch.", "") for i in opt.infos})
         warnings.warn(

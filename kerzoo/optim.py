@@ -154,6 +154,9 @@ class ZOOptimizer(torch.optim.Optimizer):
         )
         self._step = 0
         self.skipped_steps = 0
+        # kerzoo.checks' per-optimizer counters: steps of all-zero coefficients, whether that was
+        # warned about, whether a compiled model's stale graphs were dropped
+        self._zero_steps, self._zero_warned, self._graphs_checked = 0, False, False
         self.last_record: dict[str, Any] | None = None
 
     # -- the step -------------------------------------------------------------------------
