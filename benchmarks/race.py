@@ -62,6 +62,21 @@ def hidden_decay(step: int, horizon: int) -> float:
     return 15.0 / 4.0 * a * a * (5.0 / 3.0 - 7.0 * a * a / 5.0)
 
 
+TASK_SECTIONS = ("model", "data", "task")  # what --task takes from its run config
+
+
+def task_run(task: str | None, dtype: str) -> dict:
+    """The run config's model, data and task: the default run's, or those of the --task file,
+    with the model's dtype set to ``dtype``."""
+    from kerzoo.config import read_config_file
+    from kerzoo.train import config as config_mod
+
+    raw = read_config_file(task) if task else config_mod.DEFAULT_RUN
+    run = {k: dict(raw.get(k, {})) for k in TASK_SECTIONS}
+    run["model"]["dtype"] = dtype
+    return run
+
+
 def one_run(job: dict) -> dict:
     """One training run; returns its curve: (forwards, train seconds, eval accuracy) per eval."""
     import torch
@@ -72,10 +87,11 @@ def one_run(job: dict) -> dict:
     torch.set_num_threads(job["threads"])
     budget, every = job["forwards"], job["eval_forwards"]
     preset, options, decay = parse_method(job["method"])
+    options.pop("lr", None)  # a method's own lr= is the job's lr
     with tempfile.TemporaryDirectory() as tmp:
         cfg = config_mod.validate(
             {
-                **config_mod.DEFAULT_RUN,
+                **task_run(job.get("task"), job.get("dtype", "float32")),
                 "optimizer": {
                     "preset": preset,
                     **options,
@@ -165,7 +181,13 @@ def reach(curve: list[dict], target: float) -> dict | None:
     return next((p for p in curve if p["acc"] >= target - 1e-12), None)
 
 
-def summarise(results: list[dict]) -> dict:
+def checkpoints(forwards: int) -> tuple[int, ...]:
+    """The equal-budget columns: 800, 2,000, 4,000 and 10,000 forwards up to the budget, and
+    the budget itself."""
+    return tuple(sorted({f for f in (800, 2000, 4000, 10000) if f < forwards} | {forwards}))
+
+
+def summarise(results: list[dict], forwards: int) -> dict:
     by = {}
     for r in results:
         by.setdefault(r["method"], []).append(r)
@@ -201,13 +223,11 @@ def summarise(results: list[dict]) -> dict:
             if "cpu_seconds" in runs[0]["curve"][-1]
             else None,
             "acc_at": {
-                str(f): statistics.fmean(acc_at(r["curve"], f) for r in runs) for f in CHECKPOINTS
+                str(f): statistics.fmean(acc_at(r["curve"], f) for r in runs)
+                for f in checkpoints(forwards)
             },
         }
     return {"target": mezo_end, "methods": rows}
-
-
-CHECKPOINTS = (800, 2000, 4000)
 
 
 def acc_at(curve: list[dict], forwards: int) -> float:
@@ -215,11 +235,17 @@ def acc_at(curve: list[dict], forwards: int) -> float:
     return [p["acc"] for p in curve if p["forwards"] <= forwards][-1]
 
 
+def title(meta: dict) -> str:
+    task = f"`{meta['task']}`" if meta.get("task") else "the default task"
+    dtype = meta.get("dtype", "float32")
+    return task + ("" if dtype == "float32" else f", {dtype}")
+
+
 def write_markdown(path: Path, summary: dict, meta: dict) -> None:
     target = summary["target"]
     mezo = summary["methods"]["mezo"]
     lines = [
-        "# Convergence race on the default task",
+        f"# Convergence race on {title(meta)}",
         "",
         f"Command: `{meta['command']}`  ",
         f"Machine: {meta['machine']}; {meta['workers']} runs at a time, {meta['threads']} thread "
@@ -234,15 +260,24 @@ def write_markdown(path: Path, summary: dict, meta: dict) -> None:
         ),
         "",
         f"Every method gets {meta['forwards']:,} training forward passes "
-        f"({meta['forwards'] // 2:,} mezo steps) on the default run (all-MiniLM-L6-v2, VADER word "
-        f"polarity, top two layers, batch 16, eps {meta.get('eps', 1e-3):g}), seeds "
-        f"{', '.join(map(str, meta['seeds']))}; held-out accuracy on 500 words every "
+        f"({meta['forwards'] // 2:,} mezo steps) on "
+        + (
+            f"the model, data and task of `{meta['task']}` ("
+            if meta.get("task")
+            else "the default run (all-MiniLM-L6-v2, VADER word polarity, top two layers, "
+        )
+        + f"batch 16, {meta.get('dtype', 'float32')}, eps {meta.get('eps', 1e-3):g}), seeds "
+        f"{', '.join(map(str, meta['seeds']))}; held-out accuracy on 500 examples every "
         f"{meta['eval_forwards']} forwards. "
         + (
-            f"Learning rate per method: the best of its grid after {meta['tune_forwards']:,} "
-            "forwards on seed 0 (grids in `benchmarks/race.py`; tuning table below). "
+            f"Learning rate per method: its own `lr=`, else the best of its grid after "
+            f"{meta['tune_forwards']:,} forwards on seed 0 (grids in `benchmarks/race.py`; "
+            "tuning table below). "
+            if meta["tune_forwards"]
+            else "Learning rate per method: its own `lr=`, else the one its race tuned (tuning "
+            "table below). "
             if meta["tuning"]
-            else "One learning rate for every method (no tuning). "
+            else "Learning rate per method: its own `lr=`, else --lr (no tuning). "
         )
         + "Time is training time only (evaluations excluded): wall minutes, and CPU minutes of "
         "the run's one thread, the steadier measure on a machine shared with other work.",
@@ -304,7 +339,7 @@ def write_markdown(path: Path, summary: dict, meta: dict) -> None:
             f"{100 * abs(dm):.0f} % {'more' if dm > 0 else 'fewer'} {what} than mezo "
             f"({row['reached']}/{row['runs']} seeds reached it)"
         )
-    cols = [str(f) for f in CHECKPOINTS]
+    cols = [str(f) for f in checkpoints(meta["forwards"])]
     lines += [
         "",
         "Mean held-out accuracy at equal forward budgets:",
@@ -333,7 +368,7 @@ def write_markdown(path: Path, summary: dict, meta: dict) -> None:
     path.write_text("\n".join(lines))
 
 
-def plot(path: Path, results: list[dict], target: float) -> None:
+def plot(path: Path, results: list[dict], target: float, meta: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -361,9 +396,7 @@ def plot(path: Path, results: list[dict], target: float) -> None:
         ax.set_ylabel("held-out accuracy")
         ax.grid(alpha=0.3)
     axes[0].legend()
-    fig.suptitle(
-        "Default task (MiniLM, VADER polarity): accuracy per seed; dashed: mezo's final mean"
-    )
+    fig.suptitle(f"Race on {title(meta)}: accuracy per seed; dashed: mezo's final mean")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -372,9 +405,13 @@ def include(spec: str, args) -> tuple[list, list, str]:
     """--with FILE.json:METHOD: that method's runs and tuning rows from an earlier race."""
     path, method = spec.rsplit(":", 1)
     saved = json.loads(Path(path).read_text())
-    same = {k: saved["meta"].get(k, 1e-3) for k in ("forwards", "eval_forwards", "eps")}
-    if same != {"forwards": args.forwards, "eval_forwards": args.eval_forwards, "eps": args.eps}:
-        raise SystemExit(f"--with {spec}: that race ran {same}, not this one's budget and eps")
+    defaults = {"eps": 1e-3, "task": None, "dtype": "float32"}  # what older races ran
+    keys = ("forwards", "eval_forwards", "eps", "task", "dtype")
+    same = {k: saved["meta"].get(k, defaults.get(k)) for k in keys}
+    if same != {k: getattr(args, k) for k in keys}:
+        raise SystemExit(
+            f"--with {spec}: that race ran {same}, not this one's budget, eps, task and dtype"
+        )
     runs = [r for r in saved["runs"] if r["method"] == method]
     if not runs:
         raise SystemExit(f"--with {spec}: no runs of {method!r} in {path}")
@@ -384,7 +421,13 @@ def include(spec: str, args) -> tuple[list, list, str]:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--methods", nargs="+", default=list(METHODS))
+    p.add_argument(
+        "--methods",
+        nargs="*",
+        default=list(METHODS),
+        help="presets, preset:key=value,... (lr=X fixes the lr; hidden_decay=T); none: only "
+        "the --with races' runs, in one table",
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--forwards", type=int, default=4000)
     p.add_argument("--eval-forwards", type=int, default=400)
@@ -394,6 +437,17 @@ def main(argv=None) -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--eps", type=float, default=1e-3, help="every method's perturbation scale")
+    p.add_argument(
+        "--task",
+        default=None,
+        metavar="RUN.toml",
+        help="take [model], [data] and [task] from this run config (default: the default run)",
+    )
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        help="the model's dtype (bfloat16 and float16 are perturbed on the fly)",
+    )
     p.add_argument(
         "--out", default="docs/benchmarks/race-cpu", help="path prefix of the .json/.md/.png"
     )
@@ -414,10 +468,10 @@ def main(argv=None) -> None:
     out = Path(args.out)
     if args.report:
         saved = json.loads(out.with_suffix(".json").read_text())
-        summary = summarise(saved["runs"])
+        summary = summarise(saved["runs"], saved["meta"]["forwards"])
         out.with_suffix(".json").write_text(json.dumps({**saved, "summary": summary}, indent=1))
         write_markdown(out.with_suffix(".md"), summary, saved["meta"])
-        plot(out.with_suffix(".png"), saved["runs"], summary["target"])
+        plot(out.with_suffix(".png"), saved["runs"], summary["target"], saved["meta"])
         return print(out.with_suffix(".md").read_text())
     included = [include(spec, args) for spec in args.with_]  # checked before anything runs
     base = {
@@ -425,9 +479,12 @@ def main(argv=None) -> None:
         "eval_forwards": args.eval_forwards,
         "threads": args.threads,
         "eps": args.eps,
+        "task": args.task,
+        "dtype": args.dtype,
     }
-    lrs, tuning = {m: args.lr for m in args.methods}, []
-    if args.tune:
+    lrs, tuning = {m: parse_method(m)[1].get("lr", args.lr) for m in args.methods}, []
+    tuned = [m for m in args.methods if "lr" not in parse_method(m)[1]]
+    if args.tune and tuned:
         print("tuning learning rates (seed 0)", flush=True)
         jobs = [
             {
@@ -438,7 +495,7 @@ def main(argv=None) -> None:
                 "lr": lr,
                 "seed": 0,
             }
-            for m in args.methods
+            for m in tuned
             for lr in GRIDS.get(m, GRIDS.get(parse_method(m)[0], DEFAULT_GRID))
         ]
         for r in run_jobs(jobs, args.workers):
@@ -447,7 +504,7 @@ def main(argv=None) -> None:
                 {"method": r["method"], "lr": r["lr"], "acc": last["acc"], "loss": last["loss"]}
             )
         tuning.sort(key=lambda t: (args.methods.index(t["method"]), t["lr"]))
-        for m in args.methods:
+        for m in tuned:
             mine = [t for t in tuning if t["method"] == m]
             lrs[m] = max(
                 mine, key=lambda t: (t["acc"], -(t["loss"] if t["loss"] is not None else math.inf))
@@ -457,13 +514,13 @@ def main(argv=None) -> None:
     jobs = [
         {**base, "method": m, "lr": lrs[m], "seed": s} for s in args.seeds for m in args.methods
     ]
-    results = run_jobs(jobs, args.workers)
+    results = run_jobs(jobs, args.workers) if jobs else []
     order = [*(m for _, _, m in included), *args.methods]
     for runs, tuned, _ in included:
         results += runs
         tuning += tuned
     results.sort(key=lambda r: (order.index(r["method"]), r["seed"]))
-    summary = summarise(results)
+    summary = summarise(results, args.forwards)
     import os
 
     import torch
@@ -479,6 +536,8 @@ def main(argv=None) -> None:
         "eval_forwards": args.eval_forwards,
         "seeds": args.seeds,
         "eps": args.eps,
+        "task": args.task,
+        "dtype": args.dtype,
         "tune_forwards": args.tune_forwards if args.tune else 0,
         "tuning": tuning,
         "included": args.with_,
@@ -488,7 +547,7 @@ def main(argv=None) -> None:
         json.dumps({"meta": meta, "summary": summary, "runs": results}, indent=1)
     )
     write_markdown(out.with_suffix(".md"), summary, meta)
-    plot(out.with_suffix(".png"), results, summary["target"])
+    plot(out.with_suffix(".png"), results, summary["target"], meta)
     print(out.with_suffix(".md").read_text())
 
 

@@ -105,3 +105,32 @@ def test_race_methods_parse_with_options_and_the_hidden_decay():
     assert race.hidden_decay(0, 100) == pytest.approx(1.0)
     assert max(race.hidden_decay(t, 1000) for t in range(1000)) == pytest.approx(1.86, abs=0.01)
     assert race.hidden_decay(900, 1000) == pytest.approx(15 / 4 * 0.01 * (5 / 3 - 0.014), rel=1e-9)
+
+
+def test_race_columns_task_and_included_races_follow_the_budget(tmp_path):
+    import json
+
+    import race
+
+    assert race.checkpoints(4000) == (800, 2000, 4000)
+    assert race.checkpoints(10000) == (800, 2000, 4000, 10000)
+    assert race.checkpoints(3000) == (800, 2000, 3000)
+    from pathlib import Path
+
+    run = race.task_run(str(Path(__file__).parents[1] / "configs/intensity.toml"), "bfloat16")
+    assert run["data"]["source"] == "vader-intensity" and run["model"]["dtype"] == "bfloat16"
+    assert race.task_run(None, "float32")["model"]["trainable"] == [
+        "encoder.layer.4.",
+        "encoder.layer.5.",
+    ]
+    # a race of another task, dtype or budget is refused as a --with source, naming the difference
+    saved = tmp_path / "old.json"
+    meta = {"forwards": 4000, "eval_forwards": 400, "eps": 1e-3}
+    saved.write_text(json.dumps({"meta": meta, "runs": [{"method": "mezo", "curve": []}]}))
+    args = race.argparse.Namespace(
+        forwards=4000, eval_forwards=400, eps=1e-3, task=None, dtype="float32"
+    )
+    assert race.include(f"{saved}:mezo", args)[2] == "mezo"
+    for change in ({"dtype": "bfloat16"}, {"task": "configs/intensity.toml"}, {"forwards": 10000}):
+        with pytest.raises(SystemExit, match="not this one's budget, eps, task and dtype"):
+            race.include(f"{saved}:mezo", race.argparse.Namespace(**{**vars(args), **change}))

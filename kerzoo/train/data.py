@@ -7,6 +7,10 @@ the split the config chooses. Built-in tasks:
   licence; shipped by the PyPI package vaderSentiment) whose mean rating by ten human raters
   is at least 1.0 in absolute value: 5,588 words (well over 1,000), labelled
   negative (0) or positive (1).
+- ``vader-intensity``: the same lexicon's words labelled by how strong their sentiment is,
+  whatever its sign: mild (0, mean rating at least 0.5 and under 1.0 in absolute value, 955
+  words) or strong (1, at least 2.5, 772 words); 1,727 words. A second offline task: what it
+  asks is not what the polarity task teaches.
 """
 
 from __future__ import annotations
@@ -20,31 +24,43 @@ from pathlib import Path
 
 from ..config import read_text
 
-BUILTIN = ("vader-polarity",)
+BUILTIN = ("vader-polarity", "vader-intensity")
 
 
 class DataError(ValueError):
     """The data could not be read, or holds no usable example."""
 
 
-def vader_polarity(min_abs: float = 1.0) -> list[dict]:
+def _vader_words() -> list[tuple[str, float]]:
+    """(word, mean rating) of the VADER lexicon's words (emoticons and symbols left out)."""
     try:
         from importlib.resources import files
 
         text = (files("vaderSentiment") / "vader_lexicon.txt").read_text(encoding="utf-8")
     except ModuleNotFoundError:
         raise DataError(
-            "the built-in task 'vader-polarity' needs the package vaderSentiment: "
-            "pip install 'kerzoo[train]'"
+            "the built-in tasks vader-polarity and vader-intensity need the package "
+            "vaderSentiment: pip install 'kerzoo[train]'"
         ) from None
-    out = []
+    words = []
     for line in text.splitlines():
         parts = line.split("\t")
-        if len(parts) < 2 or not parts[0].isalpha():
-            continue  # emoticons and symbols: keep words only
-        score = float(parts[1])
-        if abs(score) >= min_abs:
-            out.append({"text": parts[0], "label": int(score > 0)})
+        if len(parts) >= 2 and parts[0].isalpha():  # emoticons and symbols: keep words only
+            words.append((parts[0], float(parts[1])))
+    return words
+
+
+def vader_polarity(min_abs: float = 1.0) -> list[dict]:
+    return [
+        {"text": w, "label": int(score > 0)} for w, score in _vader_words() if abs(score) >= min_abs
+    ]
+
+
+def vader_intensity() -> list[dict]:
+    out = []
+    for word, score in _vader_words():
+        if 0.5 <= abs(score) < 1.0 or abs(score) >= 2.5:
+            out.append({"text": word, "label": int(abs(score) >= 2.5)})
     return out
 
 
@@ -76,7 +92,7 @@ def load_examples(
                 f"{split_key} = {split!r}, but {source!r} is a built-in task without splits: "
                 f"remove {split_key}"
             )
-        return vader_polarity()
+        return vader_polarity() if source == "vader-polarity" else vader_intensity()
     path = Path(source)
     if not path.exists():
         raise DataError(

@@ -214,3 +214,14 @@ def test_an_eval_source_or_split_replaces_the_held_out_examples(saved_dict, tmp_
         D.DataError, match=r"data.eval_split = 'dev'.*splits \['train', 'validation'\]"
     ):
         D.load_sets(_data(source=saved_dict, split="train", eval_split="dev"), 0, *read)
+
+
+def test_the_intensity_task_labels_strong_against_mild_sentiment_of_either_sign():
+    ex = D.load_examples("vader-intensity")
+    assert len(ex) == 1727 and sum(e["label"] for e in ex) == 772
+    # strong whatever the sign; "good" (1.9) is in neither class, "slap" (-0.6) is mild
+    assert {"text": "great", "label": 1} in ex and {"text": "murder", "label": 1} in ex
+    assert {"text": "slap", "label": 0} in ex
+    assert not any(e["text"] == "good" for e in ex)
+    with pytest.raises(D.DataError, match="without splits"):
+        D.load_examples("vader-intensity", split="train")
