@@ -56,6 +56,13 @@ def parse_method(method: str) -> tuple[str, dict, int]:
     return preset, options, int(options.pop("hidden_decay", 0))
 
 
+def without_lr(method: str) -> str:
+    """The method's spec without its lr= option."""
+    preset, _, rest = method.partition(":")
+    kept = [item for item in rest.split(",") if item and not item.startswith("lr=")]
+    return preset + (":" + ",".join(kept) if kept else "")
+
+
 def hidden_decay(step: int, horizon: int) -> float:
     """KerZOO's unrescaled shrink as an lr factor: E[r 4K(r)] / 4 at a = max(1 - t/T, 1e-4)."""
     a = max(1.0 - step / horizon, 1e-4)
@@ -482,8 +489,11 @@ def main(argv=None) -> None:
         "task": args.task,
         "dtype": args.dtype,
     }
-    lrs, tuning = {m: parse_method(m)[1].get("lr", args.lr) for m in args.methods}, []
-    tuned = [m for m in args.methods if "lr" not in parse_method(m)[1]]
+    # a method's own lr= fixes its lr and leaves its name (mezo:lr=1e-4 races as mezo)
+    fixed = {without_lr(m): parse_method(m)[1]["lr"] for m in args.methods if "lr=" in m}
+    args.methods = [without_lr(m) for m in args.methods]
+    lrs, tuning = {m: fixed.get(m, args.lr) for m in args.methods}, []
+    tuned = [m for m in args.methods if m not in fixed]
     if args.tune and tuned:
         print("tuning learning rates (seed 0)", flush=True)
         jobs = [

@@ -112,6 +112,8 @@ def test_race_columns_task_and_included_races_follow_the_budget(tmp_path):
 
     import race
 
+    assert race.without_lr("mezo:lr=1e-4") == "mezo"
+    assert race.without_lr("kerzoo:lr=3e-5,C=4") == "kerzoo:C=4"
     assert race.checkpoints(4000) == (800, 2000, 4000)
     assert race.checkpoints(10000) == (800, 2000, 4000, 10000)
     assert race.checkpoints(3000) == (800, 2000, 3000)
