@@ -507,7 +507,12 @@ class Run:
         """The mean loss of ``batch``: sum over this process's shard, reduced, over the weight.
         With n (perturb = "batched"): the n replicas' mean losses from one forward over the
         batch repeated n times."""
-        total, weight = self.task.loss_sum(self.model, self.shard(batch), n)
+        shard = self.shard(batch)
+        total, weight = (
+            self.task.loss_sum(self.model, shard)
+            if n is None
+            else self.task.loss_sum(self.model, shard, n)
+        )
         total, weight = self.reduce(total, weight)
         return total / weight
 
