@@ -209,7 +209,7 @@ class ZOTrainerMixin:
     def _zo_batched_closure(self, model, factor: int):
         """perturb="batched": closures of n that run the micro-batch repeated n times in one
         forward and return the n replicas' causal-LM losses, each as compute_loss gives it."""
-        from .perturb.batched import replicate
+        from .perturb.batched import replica_losses, replicate
 
         if type(self).compute_loss is not Trainer.compute_loss or self.compute_loss_func:
             raise ValueError(
@@ -238,18 +238,11 @@ class ZOTrainerMixin:
                 labels = inputs.pop("labels")
                 with self.compute_loss_context_manager():
                     logits = model(**inputs).logits
-                shift, target = logits[:, :-1].float(), labels[:, 1:].to(logits.device)
-                nll = torch.nn.functional.cross_entropy(
-                    shift.reshape(-1, shift.shape[-1]),
-                    target.reshape(-1),
-                    ignore_index=-100,
-                    reduction="none",
-                ).view(n, -1)
-                sums = nll.sum(1)
-                if self.model_accepts_loss_kwargs and items is not None:  # as the model's loss
-                    losses = sums / torch.as_tensor(items, device=sums.device)
-                else:
-                    losses = sums / (target != -100).view(n, -1).sum(1).clamp_min(1)
+                labels = labels.to(logits.device)
+                losses = replica_losses(logits, labels, n)  # each replica's mean over its tokens
+                if self.model_accepts_loss_kwargs and items is not None:  # as the model's loss:
+                    counts = (labels[:, 1:] != -100).view(n, -1).sum(1)  # sum over the window's
+                    losses = losses * counts / torch.as_tensor(items, device=losses.device)
                 return losses * factor
 
             return closure
