@@ -341,12 +341,6 @@ class Run:
         except (KeyError, TypeError, ValueError) as exc:
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
             raise config_mod.ConfigError(f"[optimizer] {cfg['optimizer']!r}: {message}") from None
-        if self.opt.mode == "batched" and parallel is not None:
-            raise config_mod.ConfigError(
-                "[optimizer] perturb = 'batched' is not supported yet in a data-parallel run "
-                "(torchrun, [distributed]): use perturb = 'onthefly' (the same losses, one "
-                "forward per point), or run in one process"
-            )
         if parallel is not None:
             parallel.built(self)
         self.base_lrs = [g["lr"] for g in self.opt.param_groups]

@@ -28,7 +28,7 @@ OPTION_DOCS = {
     "seed": "seed of the directions: the same seed gives the same trajectory",
     "perturb": "auto, inplace, onthefly, outputs or batched (all of a step's points in one "
     "forward over the batch repeated per point: the closure takes n; kerzoo train and ZOTrainer "
-    "do it for you, not in a data-parallel run); auto perturbs on the fly when a module with "
+    "do it for you, not with distributed.shard); auto perturbs on the fly when a module with "
     "fp16/bf16 parameters is given, in place otherwise",
     "stochastic_rounding": "round updates of low-precision weights stochastically; unset: on when "
     "a parameter is fp16/bf16",

@@ -5,7 +5,6 @@ import pytest
 import torch
 from conftest import params, write_jsonl
 
-from kerzoo.train.config import ConfigError
 from kerzoo.train.loop import Run, read_jsonl
 from kerzoo.train.replay import replay
 
@@ -118,18 +117,3 @@ def test_a_batched_run_resumes_bit_for_bit_and_replays(make_cfg):
     assert n == 4
     rebuilt = dict(model.named_parameters())
     assert all(torch.equal(rebuilt[k], a[k]) for k in a)
-
-
-def test_a_data_parallel_batched_run_is_refused(make_cfg):
-    class OneRank:  # the hooks a DataParallel sets, on one rank
-        rank, world, sharded = 0, 1, None
-
-        def attach(self, run):
-            return run.model, {}
-
-    with pytest.raises(ConfigError, match=r"perturb = 'batched' is not supported yet in a data-p"):
-        Run(
-            make_cfg(optimizer={"preset": "fzoo", "perturb": "batched"}),
-            progress=False,
-            parallel=OneRank(),
-        )
