@@ -17,6 +17,11 @@ takes it (default "mezo"). What changes against Trainer (docs/integrations.md):
   two-point estimator) and ``projected_grad_rms`` (over the steps since the last log), not a
   grad_norm: there is no gradient; ``max_grad_norm`` has nothing to clip (kerzoo's ``clip``
   option is the ZO counterpart);
+- an optimizer with perturb="batched" (e.g. zo={"preset": "fzoo", "perturb": "batched"}) runs
+  each micro-batch once per step, repeated n times (kerzoo.replicate), for the n points, and
+  computes each replica's causal-LM loss (next-token cross entropy on ``labels``, as the model
+  does; summed over num_items_in_batch where Trainer scales it); a compute_loss override or
+  compute_loss_func, label smoothing, or inputs without ``labels`` are refused;
 - ``checkpoint-N`` holds the kerzoo optimizer's state (step, projection state): a resumed run
   continues the same trajectory bit for bit.
 This module imports transformers; ``import kerzoo`` does not.
@@ -193,11 +198,56 @@ class ZOTrainerMixin:
             return closure
 
         zo = self.zo_optimizer
+        if zo.mode == "batched":
+            closure_of = self._zo_batched_closure(model, factor)
         loss = self._zo_run(zo, [closure_of(b, n) for b, n in batches])
         self._zo_step.stepped(loss)
         record = zo.last_record or {}
         self._zo_coefs.append([float(c) for c in record.get("coefs", [])])
         return torch.tensor(loss, device=self.args.device)
+
+    def _zo_batched_closure(self, model, factor: int):
+        """perturb="batched": closures of n that run the micro-batch repeated n times in one
+        forward and return the n replicas' causal-LM losses, each as compute_loss gives it."""
+        from .perturb.batched import replica_losses, replicate
+
+        if type(self).compute_loss is not Trainer.compute_loss or self.compute_loss_func:
+            raise ValueError(
+                "perturb='batched' computes each replica's loss itself (next-token cross entropy "
+                f"on labels), so {type(self).__name__}'s own loss (a compute_loss override or "
+                "compute_loss_func) would be bypassed; use perturb='onthefly' (the same losses, "
+                "one forward per point)"
+            )
+        if self.args.label_smoothing_factor:
+            raise ValueError(
+                f"label_smoothing_factor={self.args.label_smoothing_factor} with "
+                "perturb='batched': the replicas' losses are plain cross entropy; set it to 0 or "
+                "use perturb='onthefly'"
+            )
+
+        def closure_of(batch, items):
+            if "labels" not in batch:
+                raise ValueError(
+                    f"perturb='batched' needs the inputs' labels (a causal LM's next-token "
+                    f"loss per replica); this batch has {sorted(batch)}: add labels (e.g. "
+                    "DataCollatorForLanguageModeling(mlm=False)) or use perturb='onthefly'"
+                )
+
+            def closure(n):
+                inputs = replicate(dict(batch), n)
+                labels = inputs.pop("labels")
+                with self.compute_loss_context_manager():
+                    logits = model(**inputs).logits
+                labels = labels.to(logits.device)
+                losses = replica_losses(logits, labels, n)  # each replica's mean over its tokens
+                if self.model_accepts_loss_kwargs and items is not None:  # as the model's loss:
+                    counts = (labels[:, 1:] != -100).view(n, -1).sum(1)  # sum over the window's
+                    losses = losses * counts / torch.as_tensor(items, device=losses.device)
+                return losses * factor
+
+            return closure
+
+        return closure_of
 
     def _zo_run(self, zo: ZOOptimizer, closures: list) -> float:
         return zo.step(closures)

@@ -151,15 +151,17 @@ class DataParallel:
 
     def reduce(self, total, weight):
         # the loss sum may live on the model's device and the weight be a Python number: both go to
-        # the collective's device (NCCL: this rank's GPU) before they are stacked
-        t = torch.stack(
+        # the collective's device (NCCL: this rank's GPU) before they are joined. perturb =
+        # "batched": total holds the n replicas' sums, one all-reduce of n + 1 numbers
+        sums = torch.as_tensor(total, dtype=torch.float64, device=self.device)
+        t = torch.cat(
             [
-                torch.as_tensor(x, dtype=torch.float64, device=self.device).reshape(())
-                for x in (total, weight)
+                sums.reshape(-1),
+                torch.as_tensor(weight, dtype=torch.float64, device=self.device)[None],
             ]
         )
         t = self.all_reduce(t)
-        return t[0], t[1]
+        return (t[0] if sums.dim() == 0 else t[:-1]), t[-1]
 
     def record(self, run, record: dict) -> None:
         if run.step % self.options["check_every"] == 0 or run.step == run.cfg["train"]["steps"]:

@@ -341,12 +341,6 @@ class Run:
         except (KeyError, TypeError, ValueError) as exc:
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
             raise config_mod.ConfigError(f"[optimizer] {cfg['optimizer']!r}: {message}") from None
-        if self.opt.mode == "batched":
-            raise config_mod.ConfigError(
-                "[optimizer] perturb = 'batched' needs a closure that takes the number of points "
-                "(the Python API, docs/optimizers.md); kerzoo train evaluates one point per "
-                "forward: use perturb = 'onthefly' (the same losses, one forward per point)"
-            )
         if parallel is not None:
             parallel.built(self)
         self.base_lrs = [g["lr"] for g in self.opt.param_groups]
@@ -503,11 +497,24 @@ class Run:
         size = -(-n // t["grad_accum"])
         return [picked[i : i + size] for i in range(0, n, size)]
 
-    def batch_loss(self, batch: list[dict]) -> torch.Tensor:
-        """The mean loss of ``batch``: sum over this process's shard, reduced, over the weight."""
-        total, weight = self.task.loss_sum(self.model, self.shard(batch))
+    def batch_loss(self, batch: list[dict], n: int | None = None) -> torch.Tensor:
+        """The mean loss of ``batch``: sum over this process's shard, reduced, over the weight.
+        With n (perturb = "batched"): the n replicas' mean losses from one forward over the
+        batch repeated n times."""
+        shard = self.shard(batch)
+        total, weight = (
+            self.task.loss_sum(self.model, shard)
+            if n is None
+            else self.task.loss_sum(self.model, shard, n)
+        )
         total, weight = self.reduce(total, weight)
         return total / weight
+
+    def closures(self, batches: list[list[dict]]) -> list[Callable]:
+        """The step's closures, one per micro-batch; for perturb = "batched" each takes n."""
+        if self.opt.mode == "batched":
+            return [lambda n, b=b: self.batch_loss(b, n) for b in batches]
+        return [lambda b=b: self.batch_loss(b) for b in batches]
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float | None]:
@@ -625,7 +632,7 @@ class Run:
                 self._set_lr()
                 batches = self.batch(self.step)
                 skipped_before = self.opt.skipped_steps
-                loss = self.opt.step([lambda b=b: self.batch_loss(b) for b in batches])
+                loss = self.opt.step(self.closures(batches))
                 self._write(self.traj_path, self.opt.last_record)
                 if _fault("step", self.step):  # between a step's two log lines
                     _die()

@@ -26,9 +26,10 @@ OPTION_DOCS = {
     "weight_decay": "decoupled weight decay θ ← θ(1 − lr·wd), not applied to 1-D tensors (biases, "
     "norms)",
     "seed": "seed of the directions: the same seed gives the same trajectory",
-    "perturb": "auto, inplace, onthefly, outputs or batched (Python only: all points in one "
-    "forward, the closure takes n); auto perturbs on the fly when a module with fp16/bf16 "
-    "parameters is given, in place otherwise",
+    "perturb": "auto, inplace, onthefly, outputs or batched (all of a step's points in one "
+    "forward over the batch repeated per point: the closure takes n; kerzoo train and ZOTrainer "
+    "do it for you, not with distributed.shard); auto perturbs on the fly when a module with "
+    "fp16/bf16 parameters is given, in place otherwise",
     "stochastic_rounding": "round updates of low-precision weights stochastically; unset: on when "
     "a parameter is fp16/bf16",
     "clip": "per-tensor clipping of the estimate's norm (0: off)",

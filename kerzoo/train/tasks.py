@@ -4,6 +4,9 @@ answer, a causal-LM loss over the whole text, and SFT (the loss on the completio
 Every task answers two questions about a list of examples, as sums so that shards add up
 (a data-parallel run all-reduces them, docs/distributed.md):
 - ``loss_sum(model, batch) -> (total, weight)``: the batch loss is total / weight;
+  ``loss_sum(model, batch, n)``, for perturb = "batched": one forward over the batch repeated
+  n times (``kerzoo.replicate``: replica k is rows [k B, (k + 1) B)), total a tensor of the n
+  replicas' sums and weight one replica's (the same for all: the replicas are one batch);
 - ``score(model, batch) -> {name: (sum, weight)}``: each evaluation metric is sum / weight:
   "acc" for every task, and "loss" (the token negative log-likelihood) for the LM tasks (lm,
   causal_lm, sft), whose perplexity is exp(loss).
@@ -25,6 +28,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..perturb.batched import replicate
+
 
 class TaskError(ValueError):
     """A task that cannot be set up with this model or data: the message names the value."""
@@ -32,6 +37,11 @@ class TaskError(ValueError):
 
 def _device(model) -> torch.device:
     return next(model.parameters()).device
+
+
+def _inputs(enc, n: int | None) -> dict:
+    """The model's keyword inputs: the tokenizer's, repeated n times along dim 0 when n is given."""
+    return dict(enc) if n is None else replicate(dict(enc), n)
 
 
 def _check_template(cfg: dict) -> None:
@@ -49,12 +59,17 @@ def _check_template(cfg: dict) -> None:
 class _Choices:
     """Shared by tasks whose logits pick one of several answers: cross-entropy and accuracy."""
 
-    def logits(self, model, batch: list[dict]) -> torch.Tensor:
+    def logits(self, model, batch: list[dict], n: int | None = None) -> torch.Tensor:
+        """(len(batch), choices); with n, (n len(batch), choices): the n replicas' rows."""
         raise NotImplementedError
 
-    def loss_sum(self, model, batch):
+    def loss_sum(self, model, batch, n=None):
         target = torch.tensor([ex["label"] for ex in batch], device=_device(model))
-        return F.cross_entropy(self.logits(model, batch), target, reduction="sum"), len(batch)
+        logits = self.logits(model, batch, n)
+        if n is None:
+            return F.cross_entropy(logits, target, reduction="sum"), len(batch)
+        nll = F.cross_entropy(logits, target.repeat(n), reduction="none")
+        return nll.view(n, len(batch)).sum(1), len(batch)
 
     @torch.no_grad()
     def score(self, model, batch):
@@ -107,19 +122,26 @@ class Classification(_Choices):
         m = mask.unsqueeze(-1).to(h.dtype)
         return (h * m).sum(1) / m.sum(1).clamp_min(1)
 
-    def logits(self, model, batch: list[dict]) -> torch.Tensor:
+    def logits(self, model, batch: list[dict], n: int | None = None) -> torch.Tensor:
         device = _device(model)
         prompts = [self.cfg["template"].format(text=ex["text"]) for ex in batch]
         if self.kind == "causal":
-            enc = self._encode(prompts, device)
+            enc = _inputs(self._encode(prompts, device), n)
             out = model(**enc).logits
             last = enc["attention_mask"].sum(1) - 1
-            return out[torch.arange(len(batch), device=device), last][:, self.label_ids].float()
+            rows = torch.arange(out.shape[0], device=device)
+            return out[rows, last][:, self.label_ids].float()
+        # each replica holds its prompts and the label sentences, so each replica's labels are
+        # embedded at its own point
         labels = [self.cfg["label_prompt"].format(word=w) for w in self.cfg["label_words"]]
-        enc = self._encode(prompts + labels, device)
+        enc = _inputs(self._encode(prompts + labels, device), n)
         emb = F.normalize(self._pool(model(**enc), enc["attention_mask"]).float(), dim=-1)
-        x, c = emb[: len(batch)], emb[len(batch) :]
-        return x @ c.T / self.cfg["temperature"]
+        if n is None:
+            x, c = emb[: len(batch)], emb[len(batch) :]
+            return x @ c.T / self.cfg["temperature"]
+        emb = emb.view(n, len(prompts) + len(labels), -1)
+        x, c = emb[:, : len(batch)], emb[:, len(batch) :]
+        return (x @ c.transpose(1, 2)).reshape(n * len(batch), -1) / self.cfg["temperature"]
 
 
 IGNORE = -100  # the target of a token that is not scored (cross_entropy's ignore_index)
@@ -138,9 +160,10 @@ class _Tokens:
         _check_template(cfg)
         self.cfg, self.tok = cfg, tokenizer
 
-    def span_scores(self, model, rows: list[list[int]], starts: list[int]):
+    def span_scores(self, model, rows: list[list[int]], starts: list[int], n: int | None = None):
         """Per row of token ids: (sum of log p(row[t] | row[:t]) over t >= start, how many
-        tokens that is, how many of them are the arg-max). Padding is never scored."""
+        tokens that is, how many of them are the arg-max). Padding is never scored. With n, the
+        rows are repeated n times (one forward): n len(rows) results, replica by replica."""
         device = _device(model)
         width = max(len(r) for r in rows)
         pad = self.tok.pad_token_id or 0
@@ -150,6 +173,8 @@ class _Tokens:
         for k, (r, a) in enumerate(zip(rows, starts)):
             a = max(a, 1)  # the first token has nothing before it
             target[k, a : len(r)] = ids[k, a : len(r)]
+        if n is not None:
+            ids, mask, target = replicate((ids, mask, target), n)
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         target = target[:, 1:]
         nll = F.cross_entropy(logits.transpose(1, 2), target, ignore_index=IGNORE, reduction="none")
@@ -193,22 +218,23 @@ class MultipleChoice(_Tokens, _Choices):
                     f"of its {len(options)} options"
                 )
 
-    def logits(self, model, batch):
+    def logits(self, model, batch, n=None):
         prompts, conts = [], []
         for ex in batch:
             for o in ex["options"]:
                 prompts.append(self.prompt(ex["text"]))
                 conts.append(" " + str(o))
-        total, count, _ = self.span_scores(model, *self.pair_rows(prompts, conts))
-        mean = total / count
+        total, count, _ = self.span_scores(model, *self.pair_rows(prompts, conts), n)
+        reps = 1 if n is None else n
+        mean = (total / count).view(reps, -1)
         width = max(len(ex["options"]) for ex in batch)
-        out = torch.full((len(batch), width), float("-inf"), device=total.device)
+        out = torch.full((reps, len(batch), width), float("-inf"), device=total.device)
         j = 0
         for k, ex in enumerate(batch):
-            n = len(ex["options"])
-            out[k, :n] = mean[j : j + n]
-            j += n
-        return out
+            m = len(ex["options"])
+            out[:, k, :m] = mean[:, j : j + m]
+            j += m
+        return out.view(reps * len(batch), width)
 
 
 class _TokenLoss(_Tokens):
@@ -229,9 +255,11 @@ class _TokenLoss(_Tokens):
     def rows(self, batch: list[dict]) -> tuple[list[list[int]], list[int]]:
         raise NotImplementedError
 
-    def loss_sum(self, model, batch):
-        total, count, _ = self.span_scores(model, *self.rows(batch))
-        return -total.sum(), int(count.sum())
+    def loss_sum(self, model, batch, n=None):
+        total, count, _ = self.span_scores(model, *self.rows(batch), n)
+        if n is None:
+            return -total.sum(), int(count.sum())
+        return -total.view(n, -1).sum(1), int(count.view(n, -1)[0].sum())
 
     @torch.no_grad()
     def score(self, model, batch):

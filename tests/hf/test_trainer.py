@@ -248,3 +248,68 @@ def test_refusals(tmp_path, dataset):
         trainer = ZOTrainer(model=model, args=training_args(tmp_path), train_dataset=dataset, **kw)
         with pytest.raises(error, match=message):
             trainer.train()
+
+
+class MaskedTokens(TokenDataset):
+    """Token rows with some labels masked (-100): micro-batches of different token counts."""
+
+    def __init__(self):
+        super().__init__()
+        self.ids[1, :5] = -100
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i].clamp(min=0), "labels": self.ids[i]}
+
+
+@pytest.mark.parametrize("weighted", [True, False])
+def test_batched_steps_follow_the_onthefly_steps(tmp_path, weighted):
+    """perturb='batched': one forward per micro-batch and step over its n-times batch; the losses
+    are those of the onthefly trainer (Trainer's token-weighted loss, or each micro-batch's mean)
+    to float rounding."""
+    runs = []
+    for perturb in ("onthefly", "batched"):
+        model = tiny_gpt2()
+        # GPT-2 gives its position embedding one row of position ids for the whole batch, which
+        # a per-replica forward cannot split: frozen here (the batched perturber refuses it)
+        model.transformer.wpe.weight.requires_grad_(False)
+        calls = []
+        model.register_forward_pre_hook(
+            lambda m, a, k: calls.append(k["input_ids"].shape[0]), with_kwargs=True
+        )
+        args = training_args(tmp_path / perturb, max_steps=3, learning_rate=1e-6)
+        zo = {"preset": "fzoo", "directions": 3, "perturb": perturb}
+        trainer = Sequential(model=model, args=args, train_dataset=MaskedTokens(), zo=zo)
+        trainer.model_accepts_loss_kwargs = weighted
+        cb = with_records(trainer)
+        trainer.train()
+        logs = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        runs.append((cb.records, logs, calls))
+    (sep, sep_logs, sep_calls), (bat, bat_logs, bat_calls) = runs
+    assert sep_calls == [2] * (3 * 2 * 4)  # 3 steps x 2 micro-batches x 4 points
+    assert bat_calls == [8] * (3 * 2)  # one forward of 4 x 2 rows per micro-batch
+    assert bat[0]["losses"] == pytest.approx(sep[0]["losses"], rel=1e-6)
+    for a, b in zip(sep, bat):
+        assert len(a["losses"]) == len(b["losses"]) == 4
+        assert b["losses"] == pytest.approx(a["losses"], rel=1e-5)
+    assert len(bat_logs) == 3 and bat_logs == pytest.approx(sep_logs, rel=1e-5)
+
+
+def test_batched_refuses_a_loss_it_would_bypass(tmp_path, dataset):
+    class Custom(ZOTrainer):
+        def compute_loss(self, model, inputs, **kw):
+            return super().compute_loss(model, inputs, **kw)
+
+    zo = {"preset": "fzoo", "directions": 3, "perturb": "batched"}
+    trainer = Custom(model=tiny_gpt2(), args=training_args(tmp_path), train_dataset=dataset, zo=zo)
+    with pytest.raises(ValueError, match=r"Custom's own loss \(a compute_loss override"):
+        trainer.train()
+
+    class Unlabelled(TokenDataset):
+        def __getitem__(self, i):
+            return {"input_ids": self.ids[i]}
+
+    trainer = ZOTrainer(
+        model=tiny_gpt2(), args=training_args(tmp_path), train_dataset=Unlabelled(), zo=zo
+    )
+    with pytest.raises(ValueError, match=r"needs the inputs' labels .*\['input_ids'\]"):
+        trainer.train()

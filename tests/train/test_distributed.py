@@ -434,3 +434,23 @@ def test_two_ranks_report_the_eval_loss_and_perplexity_of_one_rank(make_cfg, tmp
     for a, b in zip(*evals):  # step 2: the same up to the order of the float sums
         for key in ("eval_loss", "eval_ppl"):
             assert b[key] == pytest.approx(a[key], rel=1e-4), (key, a, b)
+
+
+def test_two_ranks_of_a_batched_fzoo_run_follow_one_onthefly_process(make_cfg, tmp_path):
+    """perturb = "batched" on 2 ranks: each rank's n replica sums and its weight, one all-reduce of
+    n + 1 float64 a forward; the losses are the one-process onthefly run's to float rounding."""
+    over = {
+        "train": {"batch_size": 16, "steps": 2, "eval_every": 2, "checkpoint_every": 2},
+    }
+    fzoo = {"preset": "fzoo", "directions": 3, "lr": 1e-6}
+    one = make_cfg("one", optimizer={**fzoo, "perturb": "onthefly"}, **over)
+    two = make_cfg("two", optimizer={**fzoo, "perturb": "batched"}, **over)
+    outs = finish(start([{"cfg": two}], tmp_path))
+    assert "DONE 2" in outs[0], outs
+    Run(one, progress=False).train()
+    a, b = (read_jsonl(Path(c["train"]["out"]) / "trajectory.jsonl")[1:] for c in (one, two))
+    assert len(a) == len(b) == 2
+    assert b[0]["losses"] == pytest.approx(a[0]["losses"], rel=1e-6)
+    assert b[1]["losses"] == pytest.approx(a[1]["losses"], rel=1e-5)
+    steps = [m for m in read_jsonl(Path(two["train"]["out"]) / "metrics.jsonl") if "loss" in m]
+    assert steps and all(m["comm_bytes"] == 8 * (4 + 1) for m in steps), steps

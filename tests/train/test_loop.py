@@ -131,11 +131,6 @@ def test_an_optimizer_typo_is_a_config_error(make_cfg):
         Run(make_cfg(optimizer={"preset": "mezzo"}), progress=False)
 
 
-def test_batched_evaluation_is_refused_by_kerzoo_train(make_cfg):
-    with pytest.raises(ConfigError, match=r"perturb = 'batched'.*use perturb = 'onthefly'"):
-        Run(make_cfg(optimizer={"preset": "fzoo", "perturb": "batched"}), progress=False)
-
-
 def test_fzoo_trains_under_kerzoo_train(make_cfg):
     run = Run(
         make_cfg(optimizer={"preset": "fzoo", "lr": 1e-6}, train={"steps": 3}), progress=False
