@@ -481,6 +481,11 @@ def main(argv=None) -> None:
         plot(out.with_suffix(".png"), saved["runs"], summary["target"], saved["meta"])
         return print(out.with_suffix(".md").read_text())
     included = [include(spec, args) for spec in args.with_]  # checked before anything runs
+    if "mezo" not in [without_lr(m) for m in args.methods] + [m for _, _, m in included]:
+        raise SystemExit(
+            "the race's target is mezo's final accuracy: add mezo to --methods, or "
+            "--with FILE.json:mezo from an earlier race of the same task and budget"
+        )
     base = {
         "forwards": args.forwards,
         "eval_forwards": args.eval_forwards,
@@ -530,7 +535,6 @@ def main(argv=None) -> None:
         results += runs
         tuning += tuned
     results.sort(key=lambda r: (order.index(r["method"]), r["seed"]))
-    summary = summarise(results, args.forwards)
     import os
 
     import torch
@@ -553,6 +557,9 @@ def main(argv=None) -> None:
         "included": args.with_,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
+    # the runs first: a table that fails to build loses no curve (--report rebuilds it)
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "runs": results}, indent=1))
+    summary = summarise(results, args.forwards)
     out.with_suffix(".json").write_text(
         json.dumps({"meta": meta, "summary": summary, "runs": results}, indent=1)
     )

@@ -136,3 +136,10 @@ def test_race_columns_task_and_included_races_follow_the_budget(tmp_path):
     for change in ({"dtype": "bfloat16"}, {"task": "configs/intensity.toml"}, {"forwards": 10000}):
         with pytest.raises(SystemExit, match="not this one's budget, eps, task and dtype"):
             race.include(f"{saved}:mezo", race.argparse.Namespace(**{**vars(args), **change}))
+
+
+def test_a_race_without_mezo_is_refused_before_anything_runs():
+    import race
+
+    with pytest.raises(SystemExit, match="target is mezo's final accuracy"):
+        race.main(["--methods", "fzoo:lr=3e-6", "--out", "/nonexistent/race"])
