@@ -44,10 +44,30 @@ from pathlib import Path
 from common import parse_spec
 
 METHODS = ("mezo", "kerzoo", "subzero", "lozo", "pgap", "zo-adam")
-# lr grids around each preset family's scale on this task (mezo's default run uses 1e-4)
-# fzoo's step is normalised by the losses' spread: about lr sqrt(N) / (N eps) per coordinate
-GRIDS = {"zo-adam": (1e-5, 3e-5, 1e-4), "fzoo": (1e-6, 3e-6, 1e-5, 3e-5)}
+# lr grids around each preset family's scale on this task (mezo's default run uses 1e-4); the
+# replay and sparse grids are where their first race (race-cpu-replay-partial.md) put them: best
+# at the top of the default grid (zo-sgd-mmt-replay: at its bottom)
+GRIDS = {
+    "zo-adam": (1e-5, 3e-5, 1e-4),
+    "fzoo": (1e-6, 3e-6, 1e-5, 3e-5),
+    "zo-adam-replay": (1e-4, 3e-4, 1e-3),
+    "sparse-mezo": (1e-4, 3e-4, 1e-3),
+    "lezo": (1e-4, 3e-4, 1e-3),
+    "zo-sgd-mmt-replay": (3e-6, 1e-5, 3e-5),
+}
 DEFAULT_GRID = (3e-5, 1e-4, 3e-4)
+# fzoo's step is normalised by the losses' spread, about lr sqrt(N) / (N eps) per coordinate: its
+# grid is for eps 1e-3 and moves with eps
+EPS_SCALED = {"fzoo"}
+
+
+def grid(method: str, eps: float) -> tuple[float, ...]:
+    """The lrs --tune tries for ``method`` (its own grid, else its preset's, else the default)."""
+    preset = parse_method(method)[0]
+    lrs = GRIDS.get(method, GRIDS.get(preset, DEFAULT_GRID))
+    if preset in EPS_SCALED:
+        lrs = tuple(float(f"{lr * eps / 1e-3:.3g}") for lr in lrs)
+    return lrs
 
 
 def parse_method(method: str) -> tuple[str, dict, int]:
@@ -511,7 +531,7 @@ def main(argv=None) -> None:
                 "seed": 0,
             }
             for m in tuned
-            for lr in GRIDS.get(m, GRIDS.get(parse_method(m)[0], DEFAULT_GRID))
+            for lr in grid(m, args.eps)
         ]
         for r in run_jobs(jobs, args.workers):
             last = r["curve"][-1]

@@ -107,6 +107,17 @@ def test_race_methods_parse_with_options_and_the_hidden_decay():
     assert race.hidden_decay(900, 1000) == pytest.approx(15 / 4 * 0.01 * (5 / 3 - 0.014), rel=1e-9)
 
 
+def test_race_grids_follow_the_preset_and_fzoo_follows_eps():
+    import race
+
+    assert race.grid("mezo", 1e-3) == race.DEFAULT_GRID
+    assert race.grid("sparse-mezo:sparsity=0.5", 1e-3) == race.GRIDS["sparse-mezo"]
+    assert race.grid("fzoo", 1e-3) == race.GRIDS["fzoo"]
+    # fzoo's step goes as lr / eps: at eps 1e-2 its grid is ten times larger
+    assert race.grid("fzoo:n=4", 1e-2) == (1e-5, 3e-5, 1e-4, 3e-4)
+    assert race.grid("kerzoo", 1e-2) == race.DEFAULT_GRID
+
+
 def test_race_columns_task_and_included_races_follow_the_budget(tmp_path):
     import json
 
