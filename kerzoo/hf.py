@@ -86,6 +86,16 @@ class _TrainerStep(torch.optim.Optimizer):
         return f"ZOTrainer step of {self.zo.__class__.__name__}({self.zo.spec})"
 
 
+def _causal_lm_classes() -> set[str]:
+    """The class names of transformers' causal LMs (AutoModelForCausalLM's mapping)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    names = set()
+    for v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
+        names.update([v] if isinstance(v, str) else v)
+    return names
+
+
 class ZOTrainerMixin:
     """The ZO training step, for a transformers.Trainer subclass (ZOTrainer, ZOSFTTrainer)."""
 
@@ -217,6 +227,19 @@ class ZOTrainerMixin:
                 f"on labels), so {type(self).__name__}'s own loss (a compute_loss override or "
                 "compute_loss_func) would be bypassed; use perturb='onthefly' (the same losses, "
                 "one forward per point)"
+            )
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+        if type(base).__name__ not in _causal_lm_classes():
+            raise ValueError(
+                f"perturb='batched' computes a causal LM's next-token loss per replica, and "
+                f"{type(base).__name__} is not one of transformers' causal-LM classes (its logits "
+                "and labels would be read wrongly); use perturb='onthefly' (the model's own loss)"
+            )
+        if self.args.n_gpu > 1:
+            raise ValueError(
+                f"perturb='batched' with n_gpu={self.args.n_gpu}: torch.nn.DataParallel would "
+                "split the replicas' rows across GPUs; run one process per GPU (torchrun) or use "
+                "perturb='onthefly'"
             )
         if self.args.label_smoothing_factor:
             raise ValueError(

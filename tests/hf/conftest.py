@@ -25,9 +25,11 @@ class TokenDataset(torch.utils.data.Dataset):
         return {"input_ids": self.ids[i], "labels": self.ids[i]}
 
 
-def tiny_gpt2(seed: int = 0):
-    """A 2-layer GPT-2 of hidden size 32, with GPT-2's dropout (0.1) in train mode."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+def tiny_gpt2(seed: int = 0, head: str = "GPT2LMHeadModel"):
+    """A 2-layer GPT-2 of hidden size 32, with GPT-2's dropout (0.1) in train mode; ``head``
+    names the transformers class (default the causal LM)."""
+    import transformers
+    from transformers import GPT2Config
 
     torch.manual_seed(seed)
     config = GPT2Config(
@@ -38,8 +40,9 @@ def tiny_gpt2(seed: int = 0):
         n_head=2,
         bos_token_id=0,
         eos_token_id=0,
+        pad_token_id=None if head == "GPT2LMHeadModel" else 0,  # a classifier pools at padding
     )
-    return GPT2LMHeadModel(config).train()
+    return getattr(transformers, head)(config).train()
 
 
 @pytest.fixture(autouse=True)

@@ -313,3 +313,11 @@ def test_batched_refuses_a_loss_it_would_bypass(tmp_path, dataset):
     )
     with pytest.raises(ValueError, match=r"needs the inputs' labels .*\['input_ids'\]"):
         trainer.train()
+
+    # a model whose logits are not a causal LM's (here a sequence classifier) is refused, not
+    # read as next-token logits
+    classifier = tiny_gpt2(head="GPT2ForSequenceClassification")
+    args = training_args(tmp_path)
+    trainer = ZOTrainer(model=classifier, args=args, train_dataset=dataset, zo=zo)
+    with pytest.raises(ValueError, match="GPT2ForSequenceClassification is not one of"):
+        trainer.train()
