@@ -3,16 +3,20 @@
 The closure takes n, the number of points evaluated together, and returns their n losses: it
 runs the model once on its batch repeated n times along dim 0 (``kerzoo.replicate``; replica k
 is rows [k B, (k + 1) B)) and reduces each replica's rows to one loss (``kerzoo.replica_losses``
-for a causal LM). While the points are active, each module that owns trainable tensors runs its
-forward once per replica, on that replica's rows, with W + sum_i c_i z_i of that replica's point
-in a transient (as on the fly: kerzoo.perturb.onthefly), and the replicas' outputs are
-concatenated. Everything else (attention, activations, the loss) runs once over the n-times
-batch. So FZOO's N + 1 forwards are one forward of fewer, larger kernels; W is never written, so
-leaving the points is exact in every dtype and a skipped step leaves W bit-identical.
+for a causal LM). While the points are active, each ``torch.nn.Linear`` whose weight is trainable
+runs as one batched matmul: the n replicas' weights W + sum_i c_i z_i (and biases) are built into
+a stack, and replica k's rows are multiplied by stack k (``torch.baddbmm``). Any other module that
+owns trainable tensors runs its forward once per replica, on that replica's rows, with its
+point's tensors in a transient (as on the fly: kerzoo.perturb.onthefly), and the replicas'
+outputs are concatenated. Everything else (attention, activations, the loss) runs once over the
+n-times batch. So FZOO's N + 1 forwards are one forward of fewer, larger kernels; W is never
+written, so leaving the points is exact in every dtype and a skipped step leaves W
+bit-identical.
 
 Each replica's layer sees exactly the weights and rows that its own forward would, so a replica's
-loss equals a separate forward's up to the rounding of the ops that ran batched (the same on the
-CPU for row-independent kernels).
+loss equals a separate forward's up to the rounding of the ops that ran batched. Memory: besides
+the n-times activations, the stack of n copies of the largest trainable Linear (weight and bias),
+held between steps like on the fly's workspace (``memory_bytes``).
 
 Limits, refused with a message when the optimizer is built or at the first forward: a module that
 owns trainable tensors must have no submodules (true of Linear, Embedding, LayerNorm and the
@@ -81,6 +85,8 @@ class Batched(OnTheFly):
         self._names = {id(m): name or "the root module" for name, m in module.named_modules()}
         self._owners: list[tuple[torch.nn.Module, list[torch.Tensor]]] = []
         self._points: list[Rows | None] | None = None
+        # (dtype, device) -> the stack the fused Linears build their n weights (and biases) in
+        self._stacks: dict[tuple, torch.Tensor] = {}
         super().__init__(module, infos, projection)
 
     def _attach(self, m, owned):
@@ -127,6 +133,15 @@ class Batched(OnTheFly):
             yield
 
     def _forward(self, m: torch.nn.Module, forward, owned: list[torch.Tensor]):
+        # a plain Linear whose weight is trained: one batched matmul over the replicas
+        fused = (
+            type(m) is torch.nn.Linear
+            and any(p is m.weight for p in owned)
+            and (
+                m.bias is None or (m.bias.dtype, m.bias.device) == (m.weight.dtype, m.weight.device)
+            )
+        )
+
         def replicas(*args, **kwargs):
             points = self._points
             n = len(points)
@@ -139,6 +154,8 @@ class Batched(OnTheFly):
                     "times along dim 0 (kerzoo.replicate(batch, n)), returning n losses"
                 )
             total = lead.shape[0]
+            if fused and len(args) == 1 and not kwargs and args[0].dim() >= 2:
+                return self._linear(m, args[0], n)
             b = total // n
             outs = []
             for k, rows in enumerate(points):
@@ -156,6 +173,47 @@ class Batched(OnTheFly):
             return _concat(outs, self._names[id(m)])
 
         return replicas
+
+    def _stack(self, like: torch.Tensor, numel: int) -> torch.Tensor:
+        """At least ``numel`` elements of like's dtype and device, reused from step to step."""
+        k = (like.dtype, like.device)
+        buf = self._stacks.get(k)
+        if buf is None or buf.numel() < numel:
+            self._stacks[k] = buf = torch.empty(numel, dtype=like.dtype, device=like.device)
+        return buf
+
+    def _linear(self, m: torch.nn.Linear, x: torch.Tensor, n: int) -> torch.Tensor:
+        """The replicas' Linear in one ``baddbmm``: stack k holds replica k's W (and bias)."""
+        w, bias = m.weight, m.bias
+        out_f, in_f = w.shape
+        per = w.numel() + (bias.numel() if bias is not None else 0)
+        buf = self._stack(w, n * per)
+        ws = buf[: n * w.numel()].view(n, out_f, in_f)
+        bs = buf[n * w.numel() : n * per].view(n, 1, out_f) if bias is not None else None
+        ws.copy_(w.detach().expand(n, out_f, in_f))
+        if bs is not None:
+            bs.copy_(bias.detach().view(1, 1, out_f).expand(n, 1, out_f))
+        mine = [(p, t) for p, t in ((w, ws), (bias, bs)) if p is not None and id(p) in self.index]
+        for k, rows in enumerate(self._points):
+            if rows is None:
+                continue
+            items = [(self.infos[self.index[id(p)]], t[k].view(p.shape)) for p, t in mine]
+            self._pass(items, [self.index[id(p)] for p, _ in mine], rows)
+        for p, _ in mine:
+            self._touched.add(id(p))
+        x3 = x.reshape(n, -1, in_f)
+        wt = ws.transpose(1, 2)
+        y = torch.bmm(x3, wt) if bs is None else torch.baddbmm(bs, x3, wt)
+        return y.view(*x.shape[:-1], out_f)
+
+    def memory_bytes(self) -> int:
+        return super().memory_bytes() + sum(
+            t.numel() * t.element_size() for t in self._stacks.values()
+        )
+
+    def remove(self) -> None:
+        super().remove()
+        self._stacks = {}
 
 
 def _concat(outs: list, where: str) -> Any:

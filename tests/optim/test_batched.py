@@ -164,3 +164,38 @@ def test_a_compiled_model_is_refused():
 def test_batched_needs_the_module():
     with pytest.raises(ValueError, match="needs the module itself"):
         kerzoo.optimizer("fzoo", list(llama().parameters()), perturb="batched")
+
+
+def mlp(freeze_last_weight=False):
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 4, bias=True)
+    )
+    model[2].weight.requires_grad_(not freeze_last_weight)
+    return model
+
+
+X = torch.randn(5, 3, 8, generator=torch.Generator().manual_seed(2))
+
+
+@pytest.mark.parametrize("freeze_last_weight", [False, True])
+def test_batched_linears_with_bias_equal_separate_forwards(freeze_last_weight):
+    """A trained Linear runs as one baddbmm over the replicas (its bias too); a Linear whose
+    weight is frozen but bias trained runs per replica. Either way each replica's loss is its
+    separate forward's."""
+    losses = {}
+    for perturb in ("onthefly", "batched"):
+        model = mlp(freeze_last_weight)
+        opt = kerzoo.optimizer("fzoo", model, perturb=perturb, seed=7, lr=0.0)
+        if perturb == "batched":
+            opt.step(lambda n: model(kerzoo.replicate(X, n)).square().view(n, -1).mean(1))
+            # the stack: 9 replicas of the largest trained Linear's weight and bias
+            stacked = 9 * (16 * 8 + 16 if freeze_last_weight else max(16 * 8 + 16, 4 * 16 + 4))
+            assert opt.perturber.memory_bytes() >= stacked * 4
+        else:
+            opt.step(lambda: model(X).square().mean())
+        losses[perturb] = opt.last_record["losses"]
+        assert all(torch.equal(p, q) for p, q in zip(model.parameters(), mlp().parameters()))
+    assert len(set(losses["batched"])) == 9
+    for x, y in zip(losses["onthefly"], losses["batched"]):
+        assert y == pytest.approx(x, rel=1e-6)
