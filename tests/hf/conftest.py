@@ -66,8 +66,9 @@ def model():
     return tiny_gpt2()
 
 
-def training_args(out, **kw):
-    """TrainingArguments for a CPU run with no reporting, logging every step."""
+def training_args(out, cls=None, **kw):
+    """TrainingArguments (or the subclass ``cls``, e.g. TRL's SFTConfig) for a CPU run with no
+    reporting, logging every step."""
     from transformers import TrainingArguments
 
     base = dict(
@@ -84,4 +85,4 @@ def training_args(out, **kw):
         disable_tqdm=True,
         seed=0,
     )
-    return TrainingArguments(**{**base, **kw})
+    return (cls or TrainingArguments)(**{**base, **kw})

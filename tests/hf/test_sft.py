@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import VOCAB, tiny_gpt2
+from conftest import VOCAB, tiny_gpt2, training_args
 
 pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
@@ -36,19 +36,7 @@ def test_sft_trains_without_backward_and_logs_its_metrics_as_training(tmp_path, 
     )
     model = tiny_gpt2()
     before = [p.clone() for p in model.parameters()]
-    args = SFTConfig(
-        output_dir=str(tmp_path),
-        use_cpu=True,
-        report_to=[],
-        save_strategy="no",
-        logging_steps=1,
-        max_steps=2,
-        max_length=8,
-        per_device_train_batch_size=2,
-        gradient_accumulation_steps=2,
-        learning_rate=1e-2,
-        disable_tqdm=True,
-    )
+    args = training_args(tmp_path, SFTConfig, max_steps=2, max_length=8, learning_rate=1e-2)
     trainer = ZOSFTTrainer(
         model=model, args=args, train_dataset=data, processing_class=char_tokenizer(), zo="mezo"
     )

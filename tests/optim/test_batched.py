@@ -4,26 +4,12 @@ import math
 
 import pytest
 import torch
-import transformers
+from tiny_llama import llama
 
 import kerzoo
 from kerzoo.estimators.two_point import FZOO
 
-CFG = transformers.LlamaConfig(
-    vocab_size=64,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=32,
-)
 IDS = torch.randint(0, 64, (3, 12), generator=torch.Generator().manual_seed(1))
-
-
-def llama(dtype=torch.float32):
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(CFG).to(dtype)
 
 
 def batched_closure(model, ids=IDS):

@@ -9,28 +9,14 @@ import pytest
 import torch
 import torch._dynamo
 import torch._dynamo.utils
-import transformers
+from tiny_llama import llama
 
 import kerzoo
 
 pytestmark = pytest.mark.slow
 
-CFG = transformers.LlamaConfig(
-    vocab_size=64,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=32,
-)
 IDS = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(1))
 STEPS = 6
-
-
-def llama(dtype):
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(CFG).to(dtype)
 
 
 def graphs() -> int:
