@@ -30,17 +30,22 @@ def best_time(fn, device: torch.device, repeat: int) -> float:
     return best
 
 
-def timed_steps(opt, closure, steps: int, device=None, warmup: int = 0) -> list[float]:
-    """Seconds of each of ``steps`` calls of ``opt.step(closure)`` after ``warmup`` untimed."""
+def timed_steps(
+    opt, closure, steps: int, device=None, warmup: int = 0, cpu: list | None = None
+) -> list[float]:
+    """Seconds of each of ``steps`` calls of ``opt.step(closure)`` after ``warmup`` untimed;
+    ``cpu``, a list, gets each step's CPU seconds of this process (steadier on a busy machine)."""
     for _ in range(warmup):
         opt.step(closure)
     times = []
     for _ in range(steps):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         opt.step(closure)
         if device is not None:
             sync(device)
         times.append(time.perf_counter() - t)
+        if cpu is not None:
+            cpu.append(time.process_time() - c)
     return times
 
 

@@ -618,11 +618,17 @@ def run_batched(args) -> None:
 
         else:
             closure = lambda model=model: model(input_ids=ids, labels=ids).loss
-        steps = timed_steps(opt, closure, args.steps, warmup=args.warmup)
+        cpu: list[float] = []
+        steps = timed_steps(opt, closure, args.steps, warmup=args.warmup, cpu=cpu)
         first[perturb] = opt.last_record["losses"]
         points = len(opt.last_record["losses"])
         step_s = median(steps)
-        res[perturb] = {"step_s": step_s, "points": points, "forwards_per_s": points / step_s}
+        res[perturb] = {
+            "step_s": step_s,
+            "cpu_step_s": median(cpu),
+            "points": points,
+            "forwards_per_s": points / step_s,
+        }
         print(perturb, res[perturb], flush=True)
     with torch.no_grad():
         model = build(dtype)
@@ -630,6 +636,7 @@ def run_batched(args) -> None:
             lambda: model(input_ids=ids, labels=ids).loss, torch.device("cpu"), args.repeat
         )
     res["batched_over_separate_step"] = res["batched"]["step_s"] / res["onthefly"]["step_s"]
+    res["batched_over_separate_cpu"] = res["batched"]["cpu_step_s"] / res["onthefly"]["cpu_step_s"]
     res["max_rel_loss_difference"] = max(
         abs(a - b) / abs(a) for a, b in zip(first["onthefly"], first["batched"])
     )
