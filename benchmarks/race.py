@@ -45,8 +45,8 @@ from common import parse_spec
 
 METHODS = ("mezo", "kerzoo", "subzero", "lozo", "pgap", "zo-adam")
 # lr grids around each preset family's scale on this task (mezo's default run uses 1e-4); the
-# replay and sparse grids are where their first race (race-cpu-replay-partial.md) put them: best
-# at the top of the default grid (zo-sgd-mmt-replay: at its bottom)
+# replay and sparse grids are where a first race put them: best at the top of the default grid
+# (zo-sgd-mmt-replay: at its bottom); race-cpu-replay-sparse.md was tuned on these
 GRIDS = {
     "zo-adam": (1e-5, 3e-5, 1e-4),
     "fzoo": (1e-6, 3e-6, 1e-5, 3e-5),
