@@ -16,8 +16,17 @@ writes race-cpu.json (every curve), race-cpu.md (the table) and race-cpu.png (th
 A method is a preset or preset:key=value,... (options of the preset, e.g. kerzoo:r_scope=tensor),
 plus one option of the harness: hidden_decay=T multiplies the lr at step t by KerZOO's hidden
 decay h(a) = E[r 4K(r)] / 4 = (15/4) a^2 (5/3 - 7 a^2 / 5), a = max(1 - t/T, 1e-4) (what the
-public KerZOO code's unrescaled shrink does to its step), to give mezo the same schedule. The
-KerZOO ablation, part by part (its shrink horizon scaled to the race's 667 kerzoo steps):
+public KerZOO code's unrescaled shrink does to its step), to give mezo the same schedule; and
+anneal=linear or anneal=cosine, which lowers the lr from its value to 0 at the budget's last
+forward (by forwards counted, so a method of 9 forwards a step anneals as one of 2). A race of a
+shorter budget to an earlier race's mezo final (--target) asks which method gets there in fewer
+forwards, each with its lr tuned at that budget:
+
+    python benchmarks/race.py --tune --forwards 1100 --tune-forwards 1100 --eval-forwards 100 \
+        --methods mezo mezo:anneal=cosine fzoo:anneal=cosine \
+        --target docs/benchmarks/race-cpu.json:mezo --out docs/benchmarks/race-cpu-1100
+
+The KerZOO ablation, part by part (its shrink horizon scaled to the race's 667 kerzoo steps):
 
     python benchmarks/race.py --tune --methods kerzoo \
         kerzoo:C=4,rescale=false,r_max=1,r_min=1e-4,r_shrink_steps=667 \
@@ -70,10 +79,35 @@ def grid(method: str, eps: float) -> tuple[float, ...]:
     return lrs
 
 
-def parse_method(method: str) -> tuple[str, dict, int]:
-    """preset[:key=value,...] -> (preset, optimizer options, hidden_decay steps or 0)."""
+HARNESS = ("hidden_decay", "anneal")  # options of the harness, not of the optimizer
+
+
+def parse_method(method: str) -> tuple[str, dict, dict]:
+    """preset[:key=value,...] -> (preset, optimizer options, harness options)."""
     preset, options = parse_spec(method)
-    return preset, options, int(options.pop("hidden_decay", 0))
+    harness = {k: options.pop(k) for k in HARNESS if k in options}
+    if "hidden_decay" in harness:
+        harness["hidden_decay"] = int(harness["hidden_decay"])
+    if harness.get("anneal") not in (None, "linear", "cosine"):
+        raise SystemExit(
+            f"{method!r}: anneal={harness['anneal']!r} is not a schedule: use anneal=linear or "
+            "anneal=cosine (the lr falls to 0 at the budget's last forward)"
+        )
+    return preset, options, harness
+
+
+def lr_factor(harness: dict, step: int, forwards: int, budget: int) -> float:
+    """The harness's multiplier of the lr at ``step``, after ``forwards`` of the ``budget``:
+    KerZOO's hidden decay over hidden_decay steps, and/or the anneal schedule from 1 to 0 over
+    the budget's forwards (by forwards, so a method of 9 forwards a step anneals as one of 2)."""
+    from kerzoo.schedules import factor
+
+    f = 1.0
+    if harness.get("hidden_decay"):
+        f *= hidden_decay(step, harness["hidden_decay"])
+    if harness.get("anneal"):
+        f *= factor(harness["anneal"], forwards, budget)
+    return f
 
 
 def without_lr(method: str) -> str:
@@ -113,7 +147,7 @@ def one_run(job: dict) -> dict:
 
     torch.set_num_threads(job["threads"])
     budget, every = job["forwards"], job["eval_forwards"]
-    preset, options, decay = parse_method(job["method"])
+    preset, options, harness = parse_method(job["method"])
     options.pop("lr", None)  # a method's own lr= is the job's lr
     with tempfile.TemporaryDirectory() as tmp:
         cfg = config_mod.validate(
@@ -136,16 +170,17 @@ def one_run(job: dict) -> dict:
             }
         )
         run = Run(cfg, resume=False, progress=False)
-        if decay:
+        counted = {"forwards": 0}
+        if harness:
             set_lr = run._set_lr
 
-            def decayed():
+            def scheduled():
                 set_lr()
+                f = lr_factor(harness, run.step, counted["forwards"], budget)
                 for g in run.opt.param_groups:
-                    g["lr"] *= hidden_decay(run.step, decay)
+                    g["lr"] *= f
 
-            run._set_lr = decayed
-        counted = {"forwards": 0}
+            run._set_lr = scheduled
         loss_of = run.batch_loss
 
         def counting(batch):
@@ -214,11 +249,32 @@ def checkpoints(forwards: int) -> tuple[int, ...]:
     return tuple(sorted({f for f in (800, 2000, 4000, 10000) if f < forwards} | {forwards}))
 
 
-def summarise(results: list[dict], forwards: int) -> dict:
+def target_of(spec: str) -> dict:
+    """--target FILE.json:METHOD: the mean final accuracy of METHOD in an earlier race, and the
+    forwards it took there to reach it (mean over the seeds that did)."""
+    path, method = spec.rsplit(":", 1)
+    saved = json.loads(Path(path).read_text())
+    runs = [r for r in saved["runs"] if r["method"] == method]
+    if not runs:
+        raise SystemExit(f"--target {spec}: no runs of {method!r} in {path}")
+    acc = statistics.fmean(r["curve"][-1]["acc"] for r in runs)
+    hits = [h for h in (reach(r["curve"], acc) for r in runs) if h is not None]
+    return {
+        "source": spec,
+        "method": method,
+        "acc": acc,
+        "budget": saved["meta"]["forwards"],
+        "forwards": statistics.fmean(h["forwards"] for h in hits),
+    }
+
+
+def summarise(results: list[dict], forwards: int, target: dict | None = None) -> dict:
     by = {}
     for r in results:
         by.setdefault(r["method"], []).append(r)
-    mezo_end = statistics.fmean(r["curve"][-1]["acc"] for r in by["mezo"])
+    mezo_end = (
+        target["acc"] if target else statistics.fmean(r["curve"][-1]["acc"] for r in by["mezo"])
+    )
     rows = {}
     for method, runs in by.items():
         hits = [reach(r["curve"], mezo_end) for r in runs]
@@ -254,7 +310,7 @@ def summarise(results: list[dict], forwards: int) -> dict:
                 for f in checkpoints(forwards)
             },
         }
-    return {"target": mezo_end, "methods": rows}
+    return {"target": mezo_end, "target_from": target, "methods": rows}
 
 
 def acc_at(curve: list[dict], forwards: int) -> float:
@@ -309,7 +365,13 @@ def write_markdown(path: Path, summary: dict, meta: dict) -> None:
         + "Time is training time only (evaluations excluded): wall minutes, and CPU minutes of "
         "the run's one thread, the steadier measure on a machine shared with other work.",
         "",
-        f"Target: the accuracy mezo ends at, mean over its seeds = **{target:.3f}**.",
+        (
+            f"Target: the accuracy {src['method']} ends at after {src['budget']:,} forwards in "
+            f"`{src['source']}`, mean over its seeds = **{target:.3f}**; it reached that there in "
+            f"{src['forwards']:,.0f} forwards (mean of the seeds that did)."
+            if (src := summary.get("target_from"))
+            else f"Target: the accuracy mezo ends at, mean over its seeds = **{target:.3f}**."
+        ),
         "",
         "| method | lr | final accuracy (per seed) | mean | forwards to target | wall min to "
         "target | CPU min to target | CPU ms per forward | reached |",
@@ -337,14 +399,31 @@ def write_markdown(path: Path, summary: dict, meta: dict) -> None:
             f"{row['final_acc_mean']:.3f} | {f2t} | {m2t} | {c2t} | {cpf} | "
             f"{row['reached']}/{row['runs']} |"
         )
+    src = summary.get("target_from")
     lines += [
         "",
-        "Against mezo (forwards and minutes to reach mezo's final accuracy; mean over the seeds "
-        "that reached it; a method that did not reach it in the budget needs more than all of "
-        "it):",
+        (
+            f"Against {src['method']}'s {src['forwards']:,.0f} forwards to the target in "
+            f"`{src['source']}` (mean over the seeds that reached it; a method that did not "
+            "reach it in this budget needs more than all of it):"
+            if src
+            else "Against mezo (forwards and minutes to reach mezo's final accuracy; mean over "
+            "the seeds that reached it; a method that did not reach it in the budget needs more "
+            "than all of it):"
+        ),
         "",
     ]
     for method, row in summary["methods"].items():
+        if src:
+            got = row["forwards_to_target"]
+            lines.append(
+                f"- {method}: {got:,.0f} forwards, {got / src['forwards']:.2f}x "
+                f"({row['reached']}/{row['runs']} seeds reached it)"
+                if got is not None
+                else f"- {method}: did not reach {target:.3f} within {meta['forwards']:,} "
+                "forwards on any seed"
+            )
+            continue
         if method == "mezo" or not mezo["forwards_to_target"]:
             continue
         if row["forwards_to_target"] is None:
@@ -452,7 +531,8 @@ def main(argv=None) -> None:
         "--methods",
         nargs="*",
         default=list(METHODS),
-        help="presets, preset:key=value,... (lr=X fixes the lr; hidden_decay=T); none: only "
+        help="presets, preset:key=value,... (lr=X fixes the lr; hidden_decay=T; "
+        "anneal=linear|cosine: the lr falls to 0 at the budget); none: only "
         "the --with races' runs, in one table",
     )
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -487,6 +567,21 @@ def main(argv=None) -> None:
         help="include METHOD's runs (and tuning) from an earlier race's JSON, same task and budget",
     )
     p.add_argument(
+        "--target",
+        default=None,
+        metavar="FILE.json:METHOD",
+        help="race to METHOD's final accuracy in an earlier race (any budget) instead of this "
+        "race's mezo's",
+    )
+    p.add_argument(
+        "--grid",
+        nargs="+",
+        type=float,
+        default=None,
+        metavar="LR",
+        help="--tune tries these lrs for every method instead of the method's grid",
+    )
+    p.add_argument(
         "--report",
         action="store_true",
         help="only rewrite the .md and .png from the .json at --out",
@@ -495,12 +590,15 @@ def main(argv=None) -> None:
     out = Path(args.out)
     if args.report:
         saved = json.loads(out.with_suffix(".json").read_text())
-        summary = summarise(saved["runs"], saved["meta"]["forwards"])
+        summary = summarise(
+            saved["runs"], saved["meta"]["forwards"], saved.get("summary", {}).get("target_from")
+        )
         out.with_suffix(".json").write_text(json.dumps({**saved, "summary": summary}, indent=1))
         write_markdown(out.with_suffix(".md"), summary, saved["meta"])
         plot(out.with_suffix(".png"), saved["runs"], summary["target"], saved["meta"])
         return print(out.with_suffix(".md").read_text())
     included = [include(spec, args) for spec in args.with_]  # checked before anything runs
+    target = target_of(args.target) if args.target else None
     if "mezo" not in [without_lr(m) for m in args.methods] + [m for _, _, m in included]:
         raise SystemExit(
             "the race's target is mezo's final accuracy: add mezo to --methods, or "
@@ -531,7 +629,7 @@ def main(argv=None) -> None:
                 "seed": 0,
             }
             for m in tuned
-            for lr in grid(m, args.eps)
+            for lr in (args.grid or grid(m, args.eps))
         ]
         for r in run_jobs(jobs, args.workers):
             last = r["curve"][-1]
@@ -575,11 +673,12 @@ def main(argv=None) -> None:
         "tune_forwards": args.tune_forwards if args.tune else 0,
         "tuning": tuning,
         "included": args.with_,
+        "target": args.target,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     # the runs first: a table that fails to build loses no curve (--report rebuilds it)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "runs": results}, indent=1))
-    summary = summarise(results, args.forwards)
+    summary = summarise(results, args.forwards, target)
     out.with_suffix(".json").write_text(
         json.dumps({"meta": meta, "summary": summary, "runs": results}, indent=1)
     )

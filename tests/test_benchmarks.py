@@ -92,19 +92,30 @@ def test_batched_mode_writes_its_json(tmp_path):
 def test_race_methods_parse_with_options_and_the_hidden_decay():
     import race
 
-    assert race.parse_method("mezo") == ("mezo", {}, 0)
+    assert race.parse_method("mezo") == ("mezo", {}, {})
     assert race.parse_method("kerzoo:C=4,rescale=false,r_min=1e-4,r_scope=tensor") == (
         "kerzoo",
         {"C": 4, "rescale": False, "r_min": 1e-4, "r_scope": "tensor"},
-        0,
+        {},
     )
-    assert race.parse_method("mezo:hidden_decay=2000") == ("mezo", {}, 2000)
+    assert race.parse_method("mezo:hidden_decay=2000") == ("mezo", {}, {"hidden_decay": 2000})
+    assert race.parse_method("fzoo:n=4,anneal=cosine") == ("fzoo", {"n": 4}, {"anneal": "cosine"})
     with pytest.raises(SystemExit, match="key=value"):
         race.parse_method("kerzoo:tensor")
+    with pytest.raises(SystemExit, match="anneal='cosin' is not a schedule: use anneal=linear"):
+        race.parse_method("mezo:anneal=cosin")
     # the factor is E[r 4K(r)] / 4: 1 at the start, 1.86 near a = 0.77, then ~ a^2
     assert race.hidden_decay(0, 100) == pytest.approx(1.0)
     assert max(race.hidden_decay(t, 1000) for t in range(1000)) == pytest.approx(1.86, abs=0.01)
     assert race.hidden_decay(900, 1000) == pytest.approx(15 / 4 * 0.01 * (5 / 3 - 0.014), rel=1e-9)
+    # the harness's lr factor: the hidden decay by steps, the anneal by forwards of the budget
+    assert race.lr_factor({}, 500, 900, 1000) == 1.0
+    assert race.lr_factor({"hidden_decay": 1000}, 900, 0, 1000) == race.hidden_decay(900, 1000)
+    assert race.lr_factor({"anneal": "linear"}, 3, 250, 1000) == pytest.approx(0.75)
+    assert race.lr_factor({"anneal": "cosine"}, 3, 500, 1000) == pytest.approx(0.5)
+    assert race.lr_factor({"anneal": "cosine"}, 3, 1000, 1000) == pytest.approx(0.0, abs=1e-12)
+    both = race.lr_factor({"hidden_decay": 100, "anneal": "linear"}, 50, 500, 1000)
+    assert both == pytest.approx(race.hidden_decay(50, 100) * 0.5)
 
 
 def test_race_grids_follow_the_preset_and_fzoo_follows_eps():
@@ -116,6 +127,58 @@ def test_race_grids_follow_the_preset_and_fzoo_follows_eps():
     # fzoo's step goes as lr / eps: at eps 1e-2 its grid is ten times larger
     assert race.grid("fzoo:n=4", 1e-2) == (1e-5, 3e-5, 1e-4, 3e-4)
     assert race.grid("kerzoo", 1e-2) == race.DEFAULT_GRID
+
+
+def test_a_race_to_an_earlier_races_target_counts_forwards_against_that_race(tmp_path):
+    import json
+
+    import race
+
+    def run(method, seed, accs, every=100):
+        curve = [
+            {"step": i, "forwards": i * every, "seconds": i, "cpu_seconds": i, "acc": a, "loss": 1}
+            for i, a in enumerate(accs)
+        ]
+        return {"method": method, "seed": seed, "lr": 1e-4, "curve": curve}
+
+    # the earlier race: mezo ends at 0.8 and 0.9 (target 0.85), reached at 300 and 200 forwards
+    earlier = tmp_path / "long.json"
+    runs = [run("mezo", 0, [0.5, 0.6, 0.7, 0.86, 0.8]), run("mezo", 1, [0.5, 0.7, 0.9, 0.9, 0.9])]
+    earlier.write_text(json.dumps({"meta": {"forwards": 400}, "runs": runs}))
+    target = race.target_of(f"{earlier}:mezo")
+    assert target["acc"] == pytest.approx(0.85) and target["forwards"] == 250
+    assert target["budget"] == 400 and target["method"] == "mezo"
+    with pytest.raises(SystemExit, match="no runs of 'fzoo'"):
+        race.target_of(f"{earlier}:fzoo")
+    # this race: 200 forwards; mezo does not reach 0.85, fzoo does on one seed of two at 100
+    short = [
+        run("mezo", 0, [0.5, 0.6, 0.7]),
+        run("fzoo", 0, [0.5, 0.85, 0.8]),
+        run("fzoo", 1, [0.5, 0.6, 0.7]),
+    ]
+    summary = race.summarise(short, 200, target)
+    assert summary["target"] == pytest.approx(0.85)
+    assert summary["methods"]["mezo"]["forwards_to_target"] is None
+    assert summary["methods"]["fzoo"]["forwards_to_target"] == 100
+    assert summary["methods"]["fzoo"]["reached"] == 1
+    meta = {
+        "command": "race",
+        "machine": "m",
+        "workers": 1,
+        "threads": 1,
+        "load": "0",
+        "forwards": 200,
+        "eval_forwards": 100,
+        "seeds": [0, 1],
+        "tune_forwards": 0,
+        "tuning": [],
+    }
+    md = tmp_path / "short.md"
+    race.write_markdown(md, summary, meta)
+    text = md.read_text()
+    assert f"after 400 forwards in `{earlier}:mezo`" in text and "**0.850**" in text
+    assert "- fzoo: 100 forwards, 0.40x (1/2 seeds reached it)" in text
+    assert "- mezo: did not reach 0.850 within 200 forwards on any seed" in text
 
 
 def test_race_columns_task_and_included_races_follow_the_budget(tmp_path):
