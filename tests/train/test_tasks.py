@@ -124,6 +124,26 @@ def test_trainable_selection_and_its_errors(make_cfg):
         Run(make_cfg(model={"trainable": ["decoder.nothing."]}), progress=False)
 
 
+def test_lora_adapters_start_from_the_run_seed_not_the_global_rng(make_cfg):
+    from kerzoo.train.model import load_model
+
+    cfg = make_cfg(model={"trainable": [], "lora": {"r": 4, "target_modules": ["query", "value"]}})[
+        "model"
+    ]
+
+    def adapters(seed, global_seed):
+        torch.manual_seed(global_seed)
+        model = load_model(cfg, torch.device("cpu"), seed=seed)[0]
+        after = torch.rand(1)  # the global stream goes on where the caller left it
+        torch.manual_seed(global_seed)
+        assert torch.equal(after, torch.rand(1))
+        return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_A" in n}
+
+    a = adapters(seed=0, global_seed=1)
+    assert a and all(torch.equal(v, adapters(seed=0, global_seed=2)[k]) for k, v in a.items())
+    assert not any(torch.equal(v, adapters(seed=1, global_seed=1)[k]) for k, v in a.items())
+
+
 def test_lora_through_peft_trains_only_the_adapters(make_cfg):
     run = Run(
         make_cfg(
