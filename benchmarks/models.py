@@ -27,40 +27,31 @@ def trainable(model):
 
 def opt(name: str, dtype, device):
     """An OPT causal LM of ``name``'s shapes (OPT_CONFIGS), random weights, built on ``device``."""
+    return _opt(*OPT_CONFIGS[name], OPT_VOCAB, 2048, dtype, device)
+
+
+def tiny_opt(dtype):
+    """A 4-layer OPT causal LM (hidden 256, vocab 8192), random weights."""
+    return _opt(256, 4, 4, 1024, 8192, 512, dtype, "cpu")
+
+
+def _opt(d: int, layers: int, heads: int, ffn: int, vocab: int, positions: int, dtype, device):
     from transformers import OPTConfig, OPTForCausalLM
 
-    d, layers, heads, ffn = OPT_CONFIGS[name]
     config = OPTConfig(
         hidden_size=d,
         num_hidden_layers=layers,
         num_attention_heads=heads,
         ffn_dim=ffn,
         word_embed_proj_dim=d,
-        vocab_size=OPT_VOCAB,
-        max_position_embeddings=2048,
+        vocab_size=vocab,
+        max_position_embeddings=positions,
     )
     torch.manual_seed(0)
     # initialised where it runs: a 1.3B model's CPU init takes longer than the benchmark
     with torch.device(device):
         model = OPTForCausalLM(config).to(dtype=dtype)
     return trainable(model)
-
-
-def tiny_opt(dtype):
-    """A 4-layer OPT causal LM (hidden 256, vocab 8192), random weights."""
-    from transformers import OPTConfig, OPTForCausalLM
-
-    cfg = OPTConfig(
-        hidden_size=256,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        ffn_dim=1024,
-        word_embed_proj_dim=256,
-        vocab_size=8192,
-        max_position_embeddings=512,
-    )
-    torch.manual_seed(0)
-    return trainable(OPTForCausalLM(cfg).to(dtype))
 
 
 def tiny_llama(dtype=torch.float32):
