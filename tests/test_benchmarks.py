@@ -161,6 +161,7 @@ def test_a_race_to_an_earlier_races_target_counts_forwards_against_that_race(tmp
     assert summary["methods"]["mezo"]["forwards_to_target"] is None
     assert summary["methods"]["fzoo"]["forwards_to_target"] == 100
     assert summary["methods"]["fzoo"]["reached"] == 1
+    assert summary["methods"]["fzoo"]["ends_at_target"] == 0  # 0.8 at the end: touched, not held
     meta = {
         "command": "race",
         "machine": "m",
@@ -178,6 +179,7 @@ def test_a_race_to_an_earlier_races_target_counts_forwards_against_that_race(tmp
     text = md.read_text()
     assert f"after 400 forwards in `{earlier}:mezo`" in text and "**0.850**" in text
     assert "- fzoo: 100 forwards, 0.40x (1/2 seeds reached it)" in text
+    assert "| 1/2 | 0/2 |" in text  # reached, and ends at or above
     assert "- mezo: did not reach 0.850 within 200 forwards on any seed" in text
 
 
