@@ -18,7 +18,9 @@ plus one option of the harness: hidden_decay=T multiplies the lr at step t by Ke
 decay h(a) = E[r 4K(r)] / 4 = (15/4) a^2 (5/3 - 7 a^2 / 5), a = max(1 - t/T, 1e-4) (what the
 public KerZOO code's unrescaled shrink does to its step), to give mezo the same schedule; and
 anneal=linear or anneal=cosine, which lowers the lr from its value to 0 at the budget's last
-forward (by forwards counted, so a method of 9 forwards a step anneals as one of 2). A race of a
+forward (by forwards counted, so a method of 9 forwards a step anneals as one of 2); and lora=R,
+which trains MeZO's LoRA setting (rank R, alpha 2R, on every layer's query and value) in place of
+the top two layers: the same model, data and task, far fewer trained parameters. A race of a
 shorter budget to an earlier race's mezo final (--target) asks which method gets there in fewer
 forwards, each with its lr tuned at that budget:
 
@@ -79,7 +81,7 @@ def grid(method: str, eps: float) -> tuple[float, ...]:
     return lrs
 
 
-HARNESS = ("hidden_decay", "anneal")  # options of the harness, not of the optimizer
+HARNESS = ("hidden_decay", "anneal", "lora")  # options of the harness, not of the optimizer
 
 
 def parse_method(method: str) -> tuple[str, dict, dict]:
@@ -88,6 +90,8 @@ def parse_method(method: str) -> tuple[str, dict, dict]:
     harness = {k: options.pop(k) for k in HARNESS if k in options}
     if "hidden_decay" in harness:
         harness["hidden_decay"] = int(harness["hidden_decay"])
+    if "lora" in harness and (not isinstance(harness["lora"], int) or harness["lora"] < 1):
+        raise SystemExit(f"{method!r}: lora={harness['lora']!r} is not a rank: use lora=8")
     if harness.get("anneal") not in (None, "linear", "cosine"):
         raise SystemExit(
             f"{method!r}: anneal={harness['anneal']!r} is not a schedule: use anneal=linear or "
@@ -150,9 +154,18 @@ def one_run(job: dict) -> dict:
     preset, options, harness = parse_method(job["method"])
     options.pop("lr", None)  # a method's own lr= is the job's lr
     with tempfile.TemporaryDirectory() as tmp:
+        run_cfg = task_run(job.get("task"), job.get("dtype", "float32"))
+        if harness.get("lora"):  # MeZO's LoRA setting: rank r, alpha 2r, on query and value
+            r = harness["lora"]
+            run_cfg["model"]["trainable"] = []
+            run_cfg["model"]["lora"] = {
+                "r": r,
+                "lora_alpha": 2 * r,
+                "target_modules": ["query", "value"],
+            }
         cfg = config_mod.validate(
             {
-                **task_run(job.get("task"), job.get("dtype", "float32")),
+                **run_cfg,
                 "optimizer": {
                     "preset": preset,
                     **options,
@@ -544,7 +557,8 @@ def main(argv=None) -> None:
         nargs="*",
         default=list(METHODS),
         help="presets, preset:key=value,... (lr=X fixes the lr; hidden_decay=T; "
-        "anneal=linear|cosine: the lr falls to 0 at the budget); none: only "
+        "anneal=linear|cosine: the lr falls to 0 at the budget; lora=R: LoRA adapters trained); "
+        "none: only "
         "the --with races' runs, in one table",
     )
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])

@@ -104,6 +104,13 @@ def test_race_methods_parse_with_options_and_the_hidden_decay():
         race.parse_method("kerzoo:tensor")
     with pytest.raises(SystemExit, match="anneal='cosin' is not a schedule: use anneal=linear"):
         race.parse_method("mezo:anneal=cosin")
+    assert race.parse_method("mezo:lora=8,anneal=cosine") == (
+        "mezo",
+        {},
+        {"lora": 8, "anneal": "cosine"},
+    )
+    with pytest.raises(SystemExit, match="lora=0 is not a rank: use lora=8"):
+        race.parse_method("mezo:lora=0")
     # the factor is E[r 4K(r)] / 4: 1 at the start, 1.86 near a = 0.77, then ~ a^2
     assert race.hidden_decay(0, 100) == pytest.approx(1.0)
     assert max(race.hidden_decay(t, 1000) for t in range(1000)) == pytest.approx(1.86, abs=0.01)
@@ -219,3 +226,27 @@ def test_a_race_without_mezo_is_refused_before_anything_runs():
 
     with pytest.raises(SystemExit, match="target is mezo's final accuracy"):
         race.main(["--methods", "fzoo:lr=3e-6", "--out", "/nonexistent/race"])
+
+
+def test_a_race_run_with_lora_trains_only_the_adapters_and_counts_its_forwards(monkeypatch):
+    """One short run of the harness: lora=4 trains MeZO's LoRA setting (query and value) in
+    place of the top two layers, and the curve counts every training forward."""
+    import race
+
+    from kerzoo.train import loop
+
+    seen = {}
+    init = loop.Run.__init__
+
+    def spy(self, cfg, *a, **kw):
+        init(self, cfg, *a, **kw)
+        seen["lora"] = cfg["model"]["lora"]
+        seen["trained"] = [n for n, p in self.model.named_parameters() if p.requires_grad]
+
+    monkeypatch.setattr(loop.Run, "__init__", spy)
+    job = {"forwards": 4, "eval_forwards": 2, "threads": 1, "method": "mezo:lora=4"}
+    curve = race.one_run({**job, "lr": 1e-3, "seed": 0})["curve"]
+    assert [p["forwards"] for p in curve] == [0, 2, 4]
+    assert seen["lora"] == {"r": 4, "lora_alpha": 8, "target_modules": ["query", "value"]}
+    assert seen["trained"] and all("lora_" in n for n in seen["trained"])
+    assert any(".query." in n for n in seen["trained"])
