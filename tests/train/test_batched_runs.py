@@ -56,11 +56,14 @@ def test_each_replicas_loss_sum_is_the_batches_own(make_cfg, tmp_path, task):
     torch.testing.assert_close(totals, total.expand(3), rtol=1e-6, atol=0)
 
 
-def fzoo(make_cfg, name, perturb, family="bert", train=(), lr=1e-4, **over):
+FP32_DOT = 64 * 2.0**-24  # worst-case relative rounding of a width-64 fp32 dot product
+
+
+def fzoo(make_cfg, name, perturb, family="bert", train=(), lr=1e-4, eps=1e-3, **over):
     cfg = make_cfg(
         name,
         family=family,
-        optimizer={"preset": "fzoo", "directions": 3, "lr": lr, "perturb": perturb},
+        optimizer={"preset": "fzoo", "directions": 3, "lr": lr, "eps": eps, "perturb": perturb},
         train={"steps": 4, "eval_every": 2, "checkpoint_every": 2, **dict(train)},
         **over,
     )
@@ -77,7 +80,12 @@ def step_losses(run):
 )
 def test_a_batched_run_follows_the_onthefly_run(make_cfg, tmp_path, task, train):
     family, over = task_cfg(tmp_path, task)
-    runs = [fzoo(make_cfg, p, p, family, train, 1e-6, **over) for p in ("onthefly", "batched")]
+    # eps 1e-2: FZOO divides its step by sigma, the spread of the perturbed losses, which grows
+    # with eps, so a loss's rounding moves the step by about rounding / sigma; at eps 1e-3 that
+    # is near 1 % on some CPUs (1.2 % on an AMD EPYC), the weights' bound below
+    runs = [
+        fzoo(make_cfg, p, p, family, train, 1e-6, 1e-2, **over) for p in ("onthefly", "batched")
+    ]
     seen = []
     real = runs[1].batch_loss
     runs[1].batch_loss = lambda b, n=None: seen.append(n) or real(b, n)
@@ -87,16 +95,19 @@ def test_a_batched_run_follows_the_onthefly_run(make_cfg, tmp_path, task, train)
     assert seen == [4] * (4 * train.get("grad_accum", 1))
     a, b = (step_losses(r) for r in runs)
     assert len(a) == len(b) == 4 and all(len(x) == 4 for x in a + b)
-    assert b[0] == pytest.approx(a[0], rel=1e-6)  # the same weights: float rounding only
+    # the same weights: float rounding only, of sums the BLAS kernel orders (one bmm over the
+    # replicas against one matmul each), bounded by a width-64 dot product's 64 u in fp32;
+    # measured: below 1e-6 on an Intel CPU, 1.2e-6 on an AMD EPYC
+    assert b[0] == pytest.approx(a[0], rel=FP32_DOT)
     # later steps inherit that rounding, which FZOO's 1 / sigma amplifies (as in
     # tests/optim/test_batched.py); at lr 1e-6 the steps are small enough that the losses
     # still agree to 1e-5, and the weights to 1 % of how far they moved
     for x, y in zip(a[1:], b[1:]):
         assert y == pytest.approx(x, rel=1e-5)
     metrics = [[m["loss"] for m in read_jsonl(r.metrics_path) if "loss" in m] for r in runs]
-    assert metrics[1][0] == pytest.approx(metrics[0][0], rel=1e-6)
+    assert metrics[1][0] == pytest.approx(metrics[0][0], rel=FP32_DOT)
     assert metrics[1] == pytest.approx(metrics[0], rel=1e-5)
-    start = params(fzoo(make_cfg, "start", "onthefly", family, train, **over))
+    start = params(fzoo(make_cfg, "start", "onthefly", family, train, 1e-6, 1e-2, **over))
     pa, pb = params(runs[0]), params(runs[1])
     moved = max(float((pa[k] - start[k]).abs().max()) for k in pa)
     assert moved > 0
