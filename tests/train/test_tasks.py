@@ -143,6 +143,26 @@ def test_lora_adapters_start_from_the_run_seed_not_the_global_rng(make_cfg):
     assert a and all(torch.equal(v, adapters(seed=0, global_seed=2)[k]) for k, v in a.items())
     assert not any(torch.equal(v, adapters(seed=1, global_seed=1)[k]) for k, v in a.items())
 
+    # a LoRA run's log replays in a process whose global RNG has moved on since
+    from kerzoo.train.model import trainable_state
+    from kerzoo.train.replay import replay
+
+    run = Run(
+        make_cfg(
+            "replayed",
+            model={"trainable": [], "lora": {"r": 4, "target_modules": ["query", "value"]}},
+            train={"steps": 3},
+        ),
+        progress=False,
+    )
+    run.train()
+    torch.manual_seed(123)
+    torch.rand(7)
+    model, n = replay(None, run.traj_path)
+    rebuilt, trained = trainable_state(model), params(run)
+    assert n == 3 and rebuilt.keys() == trained.keys()
+    assert all(torch.equal(rebuilt[k], v) for k, v in trained.items())
+
 
 def test_lora_through_peft_trains_only_the_adapters(make_cfg):
     run = Run(
