@@ -262,10 +262,19 @@ def checkpoints(forwards: int) -> tuple[int, ...]:
     return tuple(sorted({f for f in (800, 2000, 4000, 10000) if f < forwards} | {forwards}))
 
 
+def split_source(spec: str) -> tuple[str, str]:
+    """FILE.json:METHOD -> (FILE.json, METHOD); the method may hold colons of its own
+    (mezo:lora=8)."""
+    path, sep, method = spec.partition(".json:")
+    if not sep or not method:
+        raise SystemExit(f"{spec!r}: write an earlier race as FILE.json:METHOD")
+    return path + ".json", method
+
+
 def target_of(spec: str) -> dict:
     """--target FILE.json:METHOD: the mean final accuracy of METHOD in an earlier race, and the
     forwards it took there to reach it (mean over the seeds that did)."""
-    path, method = spec.rsplit(":", 1)
+    path, method = split_source(spec)
     saved = json.loads(Path(path).read_text())
     runs = [r for r in saved["runs"] if r["method"] == method]
     if not runs:
@@ -522,8 +531,8 @@ def plot(path: Path, results: list[dict], target: float, meta: dict) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend()
     dashed = (
-        f"the target, {meta['target'].rsplit(':', 1)[1]}'s final mean in "
-        f"{Path(meta['target'].rsplit(':', 1)[0]).name}"
+        f"the target, {split_source(meta['target'])[1]}'s final mean in "
+        f"{Path(split_source(meta['target'])[0]).name}"
         if meta.get("target")
         else "mezo's final mean"
     )
@@ -534,7 +543,7 @@ def plot(path: Path, results: list[dict], target: float, meta: dict) -> None:
 
 def include(spec: str, args) -> tuple[list, list, str]:
     """--with FILE.json:METHOD: that method's runs and tuning rows from an earlier race."""
-    path, method = spec.rsplit(":", 1)
+    path, method = split_source(spec)
     saved = json.loads(Path(path).read_text())
     defaults = {"eps": 1e-3, "task": None, "dtype": "float32"}  # what older races ran
     keys = ("forwards", "eval_forwards", "eps", "task", "dtype")

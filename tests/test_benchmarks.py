@@ -216,6 +216,12 @@ def test_race_columns_task_and_included_races_follow_the_budget(tmp_path):
         forwards=4000, eval_forwards=400, eps=1e-3, task=None, dtype="float32"
     )
     assert race.include(f"{saved}:mezo", args)[2] == "mezo"
+    assert race.split_source("a/b.json:mezo:lora=8,anneal=cosine") == (
+        "a/b.json",
+        "mezo:lora=8,anneal=cosine",
+    )
+    with pytest.raises(SystemExit, match=r"write an earlier race as FILE\.json:METHOD"):
+        race.split_source("a/b.json")
     for change in ({"dtype": "bfloat16"}, {"task": "configs/intensity.toml"}, {"forwards": 10000}):
         with pytest.raises(SystemExit, match="not this one's budget, eps, task and dtype"):
             race.include(f"{saved}:mezo", race.argparse.Namespace(**{**vars(args), **change}))
