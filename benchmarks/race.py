@@ -311,7 +311,7 @@ def summarise(results: list[dict], forwards: int, target: dict | None = None) ->
             ),
             "reached": len(reached),
             # reaching it once can be one lucky evaluation; ending at it is held
-            "ends_at_target": sum(r["curve"][-1]["acc"] >= mezo_end - 1e-12 for r in runs),
+            "ends_at_target": sum(reach(r["curve"][-1:], mezo_end) is not None for r in runs),
             "runs": len(runs),
             "forwards_to_target": statistics.fmean(h["forwards"] for h in reached)
             if reached
@@ -349,7 +349,7 @@ def title(meta: dict) -> str:
 
 
 def write_markdown(path: Path, summary: dict, meta: dict) -> None:
-    target = summary["target"]
+    target, src = summary["target"], summary.get("target_from")
     mezo = summary["methods"]["mezo"]
     lines = [
         f"# Convergence race on {title(meta)}",
@@ -393,7 +393,7 @@ def write_markdown(path: Path, summary: dict, meta: dict) -> None:
             f"Target: the accuracy {src['method']} ends at after {src['budget']:,} forwards in "
             f"`{src['source']}`, mean over its seeds = **{target:.3f}**; it reached that there in "
             f"{src['forwards']:,.0f} forwards (mean of the seeds that did)."
-            if (src := summary.get("target_from"))
+            if src
             else f"Target: the accuracy mezo ends at, mean over its seeds = **{target:.3f}**."
         ),
         "",
@@ -423,7 +423,6 @@ def write_markdown(path: Path, summary: dict, meta: dict) -> None:
             f"{row['final_acc_mean']:.3f} | {f2t} | {m2t} | {c2t} | {cpf} | "
             f"{row['reached']}/{row['runs']} | {row.get('ends_at_target', '-')}/{row['runs']} |"
         )
-    src = summary.get("target_from")
     lines += [
         "",
         "Reached: the seeds whose accuracy touched the target at some evaluation (one lucky "
